@@ -1,0 +1,267 @@
+//! The validated configuration: every value parsed, defaulted and checked, so the rest of the
+//! proxy never looks at raw TOML again (ripgrep's lowargs → hiargs split).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole validated `proxy.toml`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub admin: AdminConfig,
+    pub upstream: UpstreamConfig,
+    pub server: ServerConfig,
+    pub cors: CorsConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+    pub sse: SseConfig,
+    pub websocket: WebSocketConfig,
+    pub limits: LimitsConfig,
+    /// `[[route]]` tables in file order; the first match wins.
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    /// Both set or both unset (validated).
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `host:port`; resolved at start-up.
+    pub address: SocketAddr,
+    pub connect_timeout: Duration,
+    pub hide_error_bodies: bool,
+}
+
+/// Process-level settings (`[server]`).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Worker threads for the proxy service (default 1 per core is Pingora's; ours: 2).
+    pub threads: usize,
+    /// How long streams get to finish after SIGTERM before the process exits (default `10s`).
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CorsConfig {
+    pub allowed_origins: Vec<OriginPattern>,
+    pub allow_credentials: bool,
+    /// Upper-case method names.
+    pub allowed_methods: Vec<String>,
+    /// Lower-case header names.
+    pub allowed_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age: Duration,
+    pub require_origin: bool,
+}
+
+/// One `allowed_origins` entry, already split so matching is a few string compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// `https://app.example.com` (scheme + host + optional port, lower-case, no trailing slash).
+    Exact(String),
+    /// `https://*.example.com`: any subdomain of `suffix` (stored as `.example.com`) with `scheme`.
+    Wildcard { scheme: String, suffix: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    Required,
+    Optional,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardAs {
+    Header,
+    Cookie,
+    Query,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+/// Where the verification key material comes from (file contents already read at load time).
+#[derive(Clone)]
+pub enum KeySource {
+    /// HMAC secret bytes (`secret` or `secret_file`).
+    Secret(Vec<u8>),
+    /// PEM public key (`public_key_file`): RSA, EC or Ed25519.
+    PublicKeyPem(Vec<u8>),
+    /// JWKS JSON document (`jwks_file`); keys picked by `kid`.
+    Jwks(String),
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material, not even in debug output.
+        f.write_str(match self {
+            KeySource::Secret(_) => "Secret(<redacted>)",
+            KeySource::PublicKeyPem(_) => "PublicKeyPem(..)",
+            KeySource::Jwks(_) => "Jwks(..)",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// `None` only when `mode = "off"` and no route turns auth on.
+    pub key: Option<KeySource>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    pub user_claim: String,
+    pub roles_claim: String,
+    pub query_params: Vec<String>,
+    pub cookie: String,
+    pub forward_as: ForwardAs,
+    pub forward_name: String,
+    pub close_on_expiry: bool,
+    /// e.g. `bearer.`: a `Sec-WebSocket-Protocol` entry with this prefix carries the token.
+    pub websocket_protocol_prefix: Option<String>,
+    pub session: SessionConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub path: String,
+    pub ttl: Duration,
+    pub secure: bool,
+    pub same_site: SameSite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive such as `info` or `streamguard=debug`.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOversize {
+    Drop,
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInvalid {
+    Pass,
+    Drop,
+    Close,
+}
+
+/// `[sse]`, or a route's `sse = {..}` merged over it. A zero duration means "off".
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseConfig {
+    pub heartbeat: Duration,
+    pub heartbeat_comment: String,
+    pub stale_after: Duration,
+    pub retry: Option<Duration>,
+    /// 0.0..=1.0
+    pub retry_jitter: f64,
+    pub max_event_size: usize,
+    pub on_oversize: OnOversize,
+    pub on_invalid: OnInvalid,
+    pub write_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRateLimit {
+    Close,
+    Drop,
+}
+
+/// `N/second|minute|hour|day` (e.g. `600/minute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateSpec {
+    pub count: u32,
+    pub per: Duration,
+}
+
+/// `[websocket]`, or a route's `websocket = {..}` merged over it. A zero duration means "off".
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebSocketConfig {
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_message_size: usize,
+    pub messages_per_user: Option<RateSpec>,
+    pub on_rate_limit: OnRateLimit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnUserLimit {
+    Reject,
+    EvictOldest,
+}
+
+/// An IPv4 or IPv6 network in CIDR form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: std::net::IpAddr,
+    pub prefix_len: u8,
+}
+
+/// `[limits]`, or a route's `limits = {..}` merged over it. `None` means unlimited.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    pub max_streams: Option<u32>,
+    pub max_streams_per_user: Option<u32>,
+    pub on_user_limit: OnUserLimit,
+    pub connects_per_user: Option<RateSpec>,
+    pub requests_per_ip: Option<RateSpec>,
+    /// Extra requests allowed at once above the steady `requests_per_ip` rate.
+    pub burst: u32,
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// One `[[route]]`, compiled.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// The `path` string as written, for logs and `check`.
+    pub path: String,
+    pub segments: Vec<RouteSegment>,
+    pub auth: AuthMode,
+    /// Any of these roles admits; empty means no role check.
+    pub roles: Vec<String>,
+    /// `(path parameter name, claim name)`: the segment must equal the claim's string value.
+    pub claims: Vec<(String, String)>,
+    /// Effective settings for this route (global section with the route's overrides applied).
+    pub sse: SseConfig,
+    pub websocket: WebSocketConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteSegment {
+    Literal(String),
+    /// `{name}`: matches exactly one non-empty segment.
+    Param(String),
+}
