@@ -1,0 +1,43 @@
+//! The stream relay loops.
+//!
+//! Pingora's built-in relay has no timer branch, so SSE and WebSocket streams are relayed by
+//! our own loops inside `request_filter` (see `proxy`). Each loop is one `tokio::select!` over
+//! the upstream read, the client side, and the supervision timers below; the parsers in
+//! `sse::parser` and `websocket::frame` tell the loops where it is safe to inject bytes.
+
+pub mod sse;
+pub mod upstream;
+pub mod websocket;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::telemetry::Metrics;
+
+/// What a relay loop watches besides its two sockets.
+pub struct Supervision<'a> {
+    pub metrics: &'a Metrics,
+    /// Turns true on SIGTERM: streams end at a safe point so clients reconnect elsewhere.
+    pub shutdown: watch::Receiver<bool>,
+    /// When the client's token expires (only with `auth.close_on_expiry` and a verified token).
+    pub expires_at: Option<Instant>,
+    /// Resolves when the limiter evicts this stream to admit a newer one of the same user.
+    pub evicted: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+}
+
+/// Resolves once the process starts shutting down (or at once if it already has).
+pub async fn shutdown_started(rx: &mut watch::Receiver<bool>) {
+    // An Err means the sender is gone, which only happens when the process is going away.
+    let _ = rx.wait_for(|down| *down).await;
+}
+
+/// Sleeps until `at`, or forever when there is no deadline: a `select!` branch that is off.
+pub async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
