@@ -1,0 +1,197 @@
+//! The one `ProxyHttp` implementation: it wires the policies to the relays.
+//!
+//! Each hook has one job (Pingora's phase model): `early_request_filter` lifts the token out of
+//! the URL before anything can log it; `request_filter` runs the policy pipeline and either
+//! answers, relays a stream itself, or lets Pingora proxy a plain request; `response_filter`
+//! applies the header rules; `logging` writes the access line and the counters once.
+
+mod pipeline;
+pub use pipeline::now_unix;
+mod respond;
+pub mod state;
+mod stream;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::modules::http::HttpModules;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, Result};
+
+use crate::policy::auth::{FoundToken, Identity};
+use crate::policy::Rejection;
+use crate::telemetry::{CloseReason, Outcome, StreamKind, ACCESS_TARGET};
+pub use state::State;
+
+/// streamguard's proxy: a thin shell over `State`.
+pub struct StreamGuard {
+    state: Arc<State>,
+}
+
+impl StreamGuard {
+    pub fn new(state: Arc<State>) -> Self {
+        StreamGuard { state }
+    }
+}
+
+/// What the pipeline decided about one request, kept for the later phases and the access log.
+pub struct RequestCtx {
+    start: Instant,
+    token: Option<FoundToken>,
+    identity: Option<Identity>,
+    route: Option<usize>,
+    /// The request's Origin when the CORS policy allowed it.
+    cors_origin: Option<http::HeaderValue>,
+    outcome: Outcome,
+    rejection: Option<Rejection>,
+    stream: Option<(StreamKind, CloseReason)>,
+    /// The upstream answered 5xx and its body is being replaced.
+    hide_body: bool,
+    status: u16,
+}
+
+impl RequestCtx {
+    fn user(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| i.user.as_str())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for StreamGuard {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            token: None,
+            identity: None,
+            route: None,
+            cors_origin: None,
+            outcome: Outcome::Proxied,
+            rejection: None,
+            stream: None,
+            hide_body: false,
+            status: 0,
+        }
+    }
+
+    /// No response compression: event streams must not be buffered by an encoder, and the
+    /// upstream already decides encoding for everything else.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
+    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        pipeline::lift_token(&self.state, session, ctx)
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        pipeline::run(&self.state, session, ctx).await
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let up = &self.state.config.upstream;
+        let mut peer = HttpPeer::new(up.address, false, String::new());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.total_connection_timeout = Some(up.connect_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.status = resp.status.as_u16();
+        respond::finalize_headers(resp, &self.state.cors, ctx.cors_origin.as_ref())?;
+        if self.state.config.upstream.hide_error_bodies && resp.status.is_server_error() {
+            respond::hide_error_head(resp)?;
+            ctx.hide_body = true;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.hide_body {
+            // The generic body goes out with the first chunk; the upstream's bytes never do.
+            *body = Some(if ctx.status != 0 {
+                ctx.status = 0;
+                Bytes::from_static(respond::UPSTREAM_ERROR_BODY.as_bytes())
+            } else {
+                Bytes::new()
+            });
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let rejection = match e.esource() {
+            pingora::ErrorSource::Upstream => Some(Rejection::UpstreamDown),
+            pingora::ErrorSource::Downstream => None,
+            _ => Some(Rejection::UpstreamError),
+        };
+        ctx.outcome = Outcome::Failed;
+        let code = match rejection {
+            Some(rejection) if session.response_written().is_none() => {
+                tracing::warn!(error = %e.etype().as_str(), "upstream request failed");
+                let cors = ctx.cors_origin.as_ref().map(|o| (&self.state.cors, o));
+                let _ = respond::reject(session, rejection, cors, None).await;
+                rejection.status()
+            }
+            _ => 0,
+        };
+        if code != 0 {
+            ctx.status = code;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Client disconnects are routine for streams: keep them out of the error log.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        matches!(error.esource(), pingora::ErrorSource::Downstream)
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(ctx.status);
+        let metrics = &self.state.metrics;
+        metrics.requests.with_label_values(&[ctx.outcome.label()]).inc();
+        if let Some(rejection) = ctx.rejection {
+            metrics.rejections.with_label_values(&[rejection.metric_label()]).inc();
+        }
+        let req = session.req_header();
+        // The URI was stripped of query tokens in `early_request_filter`.
+        tracing::info!(
+            target: ACCESS_TARGET,
+            method = %req.method,
+            uri = %req.uri,
+            status,
+            duration_ms = ctx.start.elapsed().as_millis() as u64,
+            user = ctx.user().unwrap_or("-"),
+            outcome = ctx.outcome.label(),
+            stream = ctx.stream.map(|(k, _)| k.label()).unwrap_or("-"),
+            close = ctx.stream.map(|(_, r)| r.label()).unwrap_or("-"),
+            "request"
+        );
+    }
+
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        // Only method and path: never a query (it may have carried a token) or a header.
+        let req = session.req_header();
+        format!("{} {}", req.method, req.uri.path())
+    }
+}

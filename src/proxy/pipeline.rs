@@ -1,0 +1,356 @@
+//! The request pipeline: request rate, CORS, session cookie exchange, route, token, roles and
+//! claims, then the rewrite for the upstream. Each step asks a pure policy and acts on its
+//! answer; the first refusal ends the request with a fixed body and a security log line.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::{header, HeaderValue, Method, Uri};
+use pingora::proxy::Session;
+use pingora::Result;
+
+use super::respond;
+use super::stream;
+use super::{RequestCtx, State};
+use crate::config::AuthMode;
+use crate::policy::auth;
+use crate::policy::cors::CorsDecision;
+use crate::policy::limits::client_ip;
+use crate::policy::Rejection;
+use crate::telemetry::{Outcome, StreamKind, SECURITY_TARGET};
+
+/// Headers only the proxy may set: anything a client sends with this prefix is dropped.
+const PROXY_HEADER_PREFIX: &str = "x-streamguard-";
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Finds the request's token and removes it from the URL (and from `Sec-WebSocket-Protocol`)
+/// before any later phase, log line or upstream can see it.
+pub fn lift_token(state: &State, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    let cfg = &state.config.auth;
+    let req = session.req_header();
+    ctx.token = auth::find_token(&req.headers, &req.uri, cfg);
+
+    let stripped = req.uri.path_and_query().and_then(|pq| {
+        pq.query()?;
+        let clean = auth::strip_query_params(pq.as_str(), &cfg.query_params);
+        (clean != pq.as_str()).then_some(clean)
+    });
+    if let Some(clean) = stripped {
+        // The stripped string is a subset of a URI that already parsed.
+        let uri = Uri::try_from(clean).map_err(|_| {
+            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "request target")
+        })?;
+        session.req_header_mut().set_uri(uri);
+    }
+
+    if let Some(prefix) = cfg.websocket_protocol_prefix.as_deref() {
+        let offered = session
+            .req_header()
+            .headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if let Some(offered) = offered {
+            let req = session.req_header_mut();
+            match auth::strip_ws_protocol(&offered, prefix) {
+                Some(rest) if rest != offered => {
+                    req.insert_header(header::SEC_WEBSOCKET_PROTOCOL, rest)?;
+                }
+                Some(_) => {}
+                None => {
+                    req.remove_header(&header::SEC_WEBSOCKET_PROTOCOL);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs the pipeline. `Ok(true)`: the response was written here (refusal, preflight, session
+/// exchange, or a whole relayed stream); `Ok(false)`: Pingora proxies the request as usual.
+pub async fn run(state: &State, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    let peer = session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let xff = header_str(session, "x-forwarded-for").map(str::to_owned);
+    let client = client_ip(peer, xff.as_deref(), &state.config.limits.trusted_proxies);
+
+    if let Err((why, after)) = state
+        .limiter
+        .check_request(client, &state.config.limits, Instant::now())
+    {
+        return refuse(state, session, ctx, Rejection::from(why), Some(after), "request rate").await;
+    }
+
+    let req = session.req_header();
+    match state.cors.check(&req.method, &req.headers) {
+        CorsDecision::NoOrigin => {}
+        CorsDecision::Allowed { origin } => ctx.cors_origin = Some(origin),
+        CorsDecision::Preflight { headers } => {
+            ctx.outcome = Outcome::Local;
+            ctx.status = 204;
+            respond::send(session, 204, "", &headers).await?;
+            return Ok(true);
+        }
+        CorsDecision::Rejected { rejection, reason } => {
+            let origin = header_str(session, "origin").unwrap_or("-").to_owned();
+            security(session, "cors_rejected", reason, Some(&origin));
+            return refuse(state, session, ctx, rejection, None, reason).await;
+        }
+    }
+
+    if session.req_header().uri.path() == state.config.auth.session.path {
+        return session_exchange(state, session, ctx).await;
+    }
+
+    let path = session.req_header().uri.path().to_owned();
+    let matched = match state.routes.match_path(&path) {
+        Ok(m) => m,
+        Err(rejection) => return refuse(state, session, ctx, rejection, None, "bad path").await,
+    };
+    ctx.route = matched.index;
+
+    if matched.auth != AuthMode::Off {
+        if let (Some(found), Some(verifier)) = (&ctx.token, &state.verifier) {
+            match verifier.verify(&found.token, now_unix()) {
+                Ok(identity) => ctx.identity = Some(identity),
+                Err(e) => {
+                    security(session, "auth_failed", e.reason(), None);
+                    return refuse(state, session, ctx, Rejection::Unauthorized, None, e.reason()).await;
+                }
+            }
+        }
+    }
+    if let Err(rejection) = matched.authorize(ctx.identity.as_ref()) {
+        let (event, reason) = if rejection == Rejection::Unauthorized {
+            ("auth_failed", "missing_token")
+        } else {
+            ("forbidden", "role_or_claim")
+        };
+        security(session, event, reason, None);
+        return refuse(state, session, ctx, rejection, None, reason).await;
+    }
+
+    rewrite_for_upstream(state, session, ctx)?;
+
+    let kind = match stream_kind(session) {
+        Ok(kind) => kind,
+        Err(()) => {
+            return refuse(state, session, ctx, Rejection::UpgradeNotWebSocket, None, "bad upgrade").await;
+        }
+    };
+    match kind {
+        Some(kind) => stream::serve(state, session, ctx, kind, client).await,
+        None => Ok(false),
+    }
+}
+
+/// Writes a refusal and records it for the access log and metrics.
+pub async fn refuse(
+    state: &State,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    rejection: Rejection,
+    retry_after: Option<std::time::Duration>,
+    detail: &str,
+) -> Result<bool> {
+    tracing::debug!(reason = rejection.metric_label(), detail, "request refused");
+    ctx.rejection = Some(rejection);
+    ctx.outcome = Outcome::Rejected;
+    ctx.status = rejection.status();
+    let cors = ctx.cors_origin.as_ref().map(|o| (&state.cors, o));
+    respond::reject(session, rejection, cors, retry_after).await?;
+    Ok(true)
+}
+
+/// One security-log line. Carries the reason and the token-free path, never a token.
+fn security(session: &Session, event: &'static str, reason: &str, origin: Option<&str>) {
+    let req = session.req_header();
+    tracing::warn!(
+        target: SECURITY_TARGET,
+        security = true,
+        event,
+        reason,
+        origin = origin.unwrap_or("-"),
+        method = %req.method,
+        path = req.uri.path(),
+        client = %session.client_addr().map(|a| a.to_string()).unwrap_or_default(),
+        "security event"
+    );
+}
+
+fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
+    session.req_header().headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Is this an SSE request, a WebSocket upgrade, or neither? `Err` for an `Upgrade` that is not
+/// a valid RFC 6455 handshake: Pingora would tunnel any upgrade, we only relay WebSockets.
+fn stream_kind(session: &Session) -> std::result::Result<Option<StreamKind>, ()> {
+    let headers = &session.req_header().headers;
+    if let Some(upgrade) = headers.get(header::UPGRADE) {
+        let valid = upgrade.as_bytes().eq_ignore_ascii_case(b"websocket")
+            && session.req_header().method == Method::GET
+            && header_has_token(headers.get(header::CONNECTION), "upgrade")
+            && headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) == Some(b"13")
+            && headers
+                .get(header::SEC_WEBSOCKET_KEY)
+                .is_some_and(|k| valid_ws_key(k.as_bytes()));
+        return if valid { Ok(Some(StreamKind::WebSocket)) } else { Err(()) };
+    }
+    let wants_sse = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .any(|v| header_has_token(Some(v), "text/event-stream"));
+    Ok(wants_sse.then_some(StreamKind::Sse))
+}
+
+/// True when a comma-separated header value lists `token` (case-insensitive, `;params` ignored).
+fn header_has_token(value: Option<&HeaderValue>, token: &str) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|part| part.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(token))
+        })
+}
+
+/// RFC 6455 4.1: the key is 16 random bytes, base64-encoded: 24 characters ending in `==`.
+fn valid_ws_key(key: &[u8]) -> bool {
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+/// Drops client-sent `X-Streamguard-*`, sets the identity headers, and relocates the token per
+/// `auth.forward_as` (the plan also removes streamguard's own cookie).
+fn rewrite_for_upstream(state: &State, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
+    let req = session.req_header_mut();
+    let spoofed: Vec<http::HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| n.as_str().starts_with(PROXY_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        req.remove_header(&name);
+    }
+    let verified = match (&ctx.identity, &ctx.token) {
+        (Some(identity), Some(found)) => Some((identity, found.token.as_str())),
+        _ => None,
+    };
+    let target = req.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    let plan = auth::forward_plan(&state.config.auth, &req.headers, target, verified.map(|v| v.1));
+    apply_edit(req, header::AUTHORIZATION, plan.authorization)?;
+    apply_edit(req, header::COOKIE, plan.cookie)?;
+    apply_edit(req, header::SEC_WEBSOCKET_PROTOCOL, plan.websocket_protocol)?;
+    if let Some(target) = plan.path_and_query {
+        let uri = Uri::try_from(target).map_err(|_| {
+            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "rewritten target")
+        })?;
+        req.set_uri(uri);
+    }
+    if let Some((identity, _)) = verified {
+        req.insert_header("x-streamguard-user", identity.user.as_str())?;
+        if !identity.roles.is_empty() {
+            req.insert_header("x-streamguard-roles", identity.roles.join(","))?;
+        }
+    }
+    Ok(())
+}
+
+fn apply_edit(
+    req: &mut pingora::http::RequestHeader,
+    name: http::HeaderName,
+    edit: auth::HeaderEdit,
+) -> Result<()> {
+    match edit {
+        auth::HeaderEdit::Keep => {}
+        auth::HeaderEdit::Remove => {
+            req.remove_header(&name);
+        }
+        auth::HeaderEdit::Set(value) => {
+            req.insert_header(name, value)?;
+        }
+    }
+    Ok(())
+}
+
+/// `POST auth.session.path` with a valid bearer token sets the httpOnly cookie; `DELETE`
+/// clears it. Browsers then open streams with no token in any URL.
+async fn session_exchange(state: &State, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    let cfg = &state.config.auth;
+    let method = session.req_header().method.clone();
+    let cookie = if method == Method::DELETE {
+        auth::session_clear_cookie(cfg)
+    } else if method == Method::POST {
+        let bearer = ctx
+            .token
+            .as_ref()
+            .filter(|t| t.source == auth::TokenSource::Header);
+        let verified = match (bearer, &state.verifier) {
+            (Some(found), Some(verifier)) => verifier
+                .verify(&found.token, now_unix())
+                .map(|id| (found.token.clone(), id))
+                .map_err(Some),
+            _ => Err(None),
+        };
+        match verified {
+            Ok((token, identity)) => {
+                let cookie = auth::session_set_cookie(cfg, &token, identity.expires_at, now_unix());
+                ctx.identity = Some(identity);
+                cookie
+            }
+            Err(e) => {
+                let reason = e.as_ref().map_or("missing_token", |e| e.reason());
+                security(session, "auth_failed", reason, None);
+                return refuse(state, session, ctx, Rejection::Unauthorized, None, reason).await;
+            }
+        }
+    } else {
+        return refuse(state, session, ctx, Rejection::MethodNotAllowed, None, "session method").await;
+    };
+    ctx.outcome = Outcome::Local;
+    ctx.status = 204;
+    let mut extra = vec![(header::SET_COOKIE, HeaderValue::try_from(cookie).map_err(|_| {
+        pingora::Error::explain(pingora::ErrorType::InternalError, "session cookie")
+    })?)];
+    if let Some(origin) = &ctx.cors_origin {
+        extra.extend(state.cors.response_headers(origin));
+    }
+    respond::send(session, 204, "", &extra).await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn websocket_keys_follow_rfc_6455() {
+        assert!(valid_ws_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!valid_ws_key(b"dGhlIHNhbXBsZSBub25jZQ"));
+        assert!(!valid_ws_key(b"dGhlIHNhbXBsZSBub25jZQ=!"));
+        assert!(!valid_ws_key(b""));
+    }
+
+    #[test]
+    fn header_tokens_are_matched_case_insensitively() {
+        let v = HeaderValue::from_static("keep-alive, Upgrade");
+        assert!(header_has_token(Some(&v), "upgrade"));
+        let v = HeaderValue::from_static("text/event-stream;q=1, text/html");
+        assert!(header_has_token(Some(&v), "text/event-stream"));
+        let v = HeaderValue::from_static("text/event-streamx");
+        assert!(!header_has_token(Some(&v), "text/event-stream"));
+        assert!(!header_has_token(None, "upgrade"));
+    }
+}

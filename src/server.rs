@@ -1,0 +1,143 @@
+//! Assembles the Pingora server: the proxy service, the admin service and the supervisor that
+//! sweeps limiter state and runs the graceful drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+use tokio::sync::watch;
+
+use crate::admin::Admin;
+use crate::config::Config;
+use crate::proxy::{State, StreamGuard};
+use crate::telemetry::{self, Metrics};
+
+/// How often idle limiter keys are reclaimed and the key gauge refreshed.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Logging(String),
+    #[error(transparent)]
+    Setup(#[from] crate::proxy::state::SetupError),
+    #[error("listen.tls: cannot load the certificate or key: {0}")]
+    Tls(String),
+}
+
+/// Runs the proxy until SIGTERM (graceful drain) or SIGINT (fast stop). Never returns on success.
+pub fn run(config: Config) -> Result<(), RunError> {
+    telemetry::init_logging(&config.log).map_err(RunError::Logging)?;
+    let server = build(config)?;
+    server.run_forever()
+}
+
+/// Builds the server without starting it (also used by `demo`).
+pub fn build(config: Config) -> Result<Server, RunError> {
+    let mut conf = ServerConf {
+        threads: config.server.threads,
+        // Pingora sleeps the whole grace period after SIGTERM; the supervisor exits the process
+        // earlier, as soon as every stream has drained.
+        grace_period_seconds: Some(config.server.drain_timeout.as_secs() + 2),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    conf.upgrade_sock = format!("/tmp/streamguard-upgrade-{}.sock", std::process::id());
+    conf.pid_file = format!("/tmp/streamguard-{}.pid", std::process::id());
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let (drain_tx, drain_rx) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
+    let listen = config.listen.clone();
+    let admin_addr = config.admin.address;
+    let upstream = config.upstream.address;
+    let drain_timeout = config.server.drain_timeout;
+    let state = Arc::new(State::new(config, metrics.clone(), drain_rx.clone())?);
+
+    let mut proxy = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        StreamGuard::new(state.clone()),
+        "streamguard proxy",
+    );
+    let addr = listen.address.to_string();
+    match &listen.tls {
+        Some(tls) => proxy
+            .add_tls(
+                &addr,
+                &tls.cert_file.to_string_lossy(),
+                &tls.key_file.to_string_lossy(),
+            )
+            .map_err(|e| RunError::Tls(e.to_string()))?,
+        None => proxy.add_tcp(&addr),
+    }
+
+    let mut admin = Service::new(
+        "streamguard admin".to_string(),
+        HttpServer::new_app(Admin {
+            metrics,
+            upstream,
+            shutdown: drain_rx,
+        }),
+    );
+    admin.add_tcp(&admin_addr.to_string());
+
+    let supervisor = background_service(
+        "streamguard supervisor",
+        Supervisor {
+            state,
+            drain_tx,
+            drain_timeout,
+        },
+    );
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(supervisor);
+    Ok(server)
+}
+
+/// Sweeps limiter state, and on SIGTERM runs the drain: streams are told to end at a safe
+/// point, and the process exits as soon as none is left (or at `server.drain_timeout`).
+struct Supervisor {
+    state: Arc<State>,
+    drain_tx: watch::Sender<bool>,
+    drain_timeout: Duration,
+}
+
+impl Supervisor {
+    fn active_streams(&self) -> i64 {
+        let m = &self.state.metrics;
+        m.sse.active.get() + m.websocket.active.get()
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Supervisor {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                _ = sweep.tick() => {
+                    self.state.limiter.sweep(std::time::Instant::now());
+                    self.state.metrics.limiter_keys.set(self.state.limiter.tracked_keys() as i64);
+                }
+                _ = shutdown.wait_for(|down| *down) => break,
+            }
+        }
+        tracing::info!(streams = self.active_streams(), "SIGTERM: draining streams");
+        let _ = self.drain_tx.send(true);
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        while self.active_streams() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Give the relays a moment to flush their last frames before the sockets go.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tracing::info!(left = self.active_streams(), "drain finished, exiting");
+        std::process::exit(0);
+    }
+}
