@@ -1287,10 +1287,10 @@ mod tests {
     mod tungstenite_interop {
         use super::*;
         use std::io::{Cursor, Read, Write};
-        use tungstenite::protocol::frame::coding::CloseCode;
-        use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
-        use tungstenite::protocol::{Role, WebSocket};
-        use tungstenite::Message;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        use tokio_tungstenite::tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
+        use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket};
+        use tokio_tungstenite::tungstenite::Message;
 
         /// Tungstenite reads from `input` and writes to `output`.
         struct Duplex {
