@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
+use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -16,6 +18,11 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::proxy::{State, StreamGuard};
 use crate::telemetry::{self, Metrics};
+
+/// Pingora puts a 64 KiB read buffer in front of every client socket by default. Our relays
+/// read into their own bounded buffers, so it only costs memory per idle stream: read the
+/// socket directly instead (the HTTP layer has its own header and body buffers).
+const CLIENT_READ_BUFFER: usize = 0;
 
 /// How often idle limiter keys are reclaimed and the key gauge refreshed.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -65,17 +72,17 @@ pub fn build(config: Config) -> Result<Server, RunError> {
         StreamGuard::new(state.clone()),
         "streamguard proxy",
     );
-    let addr = listen.address.to_string();
-    match &listen.tls {
-        Some(tls) => proxy
-            .add_tls(
-                &addr,
-                &tls.cert_file.to_string_lossy(),
-                &tls.key_file.to_string_lossy(),
-            )
-            .map_err(|e| RunError::Tls(e.to_string()))?,
-        None => proxy.add_tcp(&addr),
+    let mut endpoint = ListenerConfig::tcp(listen.address.to_string())
+        .l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER));
+    if let Some(tls) = &listen.tls {
+        let settings = TlsSettings::intermediate(
+            &tls.cert_file.to_string_lossy(),
+            &tls.key_file.to_string_lossy(),
+        )
+        .map_err(|e| RunError::Tls(e.to_string()))?;
+        endpoint = endpoint.tls(settings);
     }
+    proxy.add_listener(endpoint);
 
     let mut admin = Service::new(
         "streamguard admin".to_string(),
