@@ -17,11 +17,17 @@ pub const ACCESS_TARGET: &str = "streamguard::access";
 /// Log target of security events (`auth_failed`, `cors_rejected`, `forbidden`, ...).
 pub const SECURITY_TARGET: &str = "streamguard::security";
 
+/// Filter directives appended to `log.level`.
+const PINGORA_LOG_CAP: &str = "pingora_proxy=info,pingora_core=info,pingora_http=info";
+
 /// Installs the global `tracing` subscriber (JSON or text on stdout). Pingora's own `log`
 /// records are bridged in so operators get one stream in one format.
 pub fn init_logging(cfg: &LogConfig) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&cfg.level).map_err(|e| format!("log.level: {e}"))?;
+    // Pingora's debug output prints whole request heads, credentials included: whatever level
+    // the operator picks, Pingora's own crates stay at info so no token reaches a log line.
+    let directives = format!("{},{PINGORA_LOG_CAP}", cfg.level);
+    let filter = EnvFilter::try_new(directives).map_err(|e| format!("log.level: {e}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout);

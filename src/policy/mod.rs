@@ -103,6 +103,17 @@ impl Rejection {
     }
 }
 
+impl From<limits::LimitRejection> for Rejection {
+    fn from(reason: limits::LimitRejection) -> Self {
+        match reason {
+            limits::LimitRejection::UserStreams => Rejection::UserStreams,
+            limits::LimitRejection::GlobalStreams => Rejection::GlobalStreams,
+            limits::LimitRejection::ConnectRate => Rejection::ConnectRate,
+            limits::LimitRejection::RequestRate => Rejection::RequestRate,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Rejection;
@@ -186,17 +197,6 @@ mod tests {
                 rejection == Rejection::Unauthorized,
                 "{rejection:?}"
             );
-        }
-    }
-}
-
-impl From<limits::LimitRejection> for Rejection {
-    fn from(reason: limits::LimitRejection) -> Self {
-        match reason {
-            limits::LimitRejection::UserStreams => Rejection::UserStreams,
-            limits::LimitRejection::GlobalStreams => Rejection::GlobalStreams,
-            limits::LimitRejection::ConnectRate => Rejection::ConnectRate,
-            limits::LimitRejection::RequestRate => Rejection::RequestRate,
         }
     }
 }

@@ -41,6 +41,9 @@ impl StreamGuard {
 /// What the pipeline decided about one request, kept for the later phases and the access log.
 pub struct RequestCtx {
     start: Instant,
+    /// The request target as logged: after query tokens were lifted, before `forward_as =
+    /// "query"` puts the token back on the upstream hop.
+    log_uri: String,
     token: Option<FoundToken>,
     identity: Option<Identity>,
     route: Option<usize>,
@@ -67,6 +70,7 @@ impl ProxyHttp for StreamGuard {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             start: Instant::now(),
+            log_uri: String::new(),
             token: None,
             identity: None,
             route: None,
@@ -84,7 +88,9 @@ impl ProxyHttp for StreamGuard {
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-        pipeline::lift_token(&self.state, session, ctx)
+        pipeline::lift_token(&self.state, session, ctx)?;
+        ctx.log_uri = session.req_header().uri.to_string();
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -173,12 +179,10 @@ impl ProxyHttp for StreamGuard {
         if let Some(rejection) = ctx.rejection {
             metrics.rejections.with_label_values(&[rejection.metric_label()]).inc();
         }
-        let req = session.req_header();
-        // The URI was stripped of query tokens in `early_request_filter`.
         tracing::info!(
             target: ACCESS_TARGET,
-            method = %req.method,
-            uri = %req.uri,
+            method = %session.req_header().method,
+            uri = %ctx.log_uri,
             status,
             duration_ms = ctx.start.elapsed().as_millis() as u64,
             user = ctx.user().unwrap_or("-"),

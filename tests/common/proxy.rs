@@ -410,3 +410,14 @@ mod tests {
         assert_ne!(config.listen(), config.admin());
     }
 }
+
+impl ProxyConfig {
+    /// Removes `key` from table `table`, e.g. the default `[auth] secret` for a proxy that
+    /// verifies tokens with a public key instead (the config allows exactly one key source).
+    pub fn without(mut self, table: &str, key: &str) -> Self {
+        if let Some(toml::Value::Table(t)) = self.doc.get_mut(table) {
+            t.remove(key);
+        }
+        self
+    }
+}

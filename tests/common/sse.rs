@@ -289,3 +289,11 @@ mod tests {
         assert_eq!(event_data(": only a comment"), None);
     }
 }
+
+impl SseClient {
+    /// True once the body's own framing completed (the chunked terminator, or the full
+    /// Content-Length): a clean end, as opposed to the connection just closing or resetting.
+    pub fn body_complete(&self) -> bool {
+        self.decoder.is_done()
+    }
+}
