@@ -15,7 +15,7 @@ use super::{RequestCtx, State};
 use crate::config::AuthMode;
 use crate::policy::auth;
 use crate::policy::cors::CorsDecision;
-use crate::policy::limits::client_ip;
+use crate::policy::limits::{client_ip, forwarded_for};
 use crate::policy::Rejection;
 use crate::telemetry::{Outcome, StreamKind, SECURITY_TARGET};
 
@@ -80,7 +80,7 @@ pub async fn run(state: &State, session: &mut Session, ctx: &mut RequestCtx) -> 
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let xff = header_str(session, "x-forwarded-for").map(str::to_owned);
+    let xff = forwarded_for(&session.req_header().headers);
     let client = client_ip(peer, xff.as_deref(), &state.config.limits.trusted_proxies);
 
     if let Err((why, after)) = state

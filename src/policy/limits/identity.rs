@@ -67,6 +67,25 @@ fn is_trusted(ip: IpAddr, trusted: &[Cidr]) -> bool {
     trusted.iter().any(|net| net.contains(ip))
 }
 
+/// Every `X-Forwarded-For` line of a request joined with `,`, the one list [`client_ip`] walks.
+///
+/// HTTP makes repeated field lines one comma-separated list, in order (RFC 9110 §5.3), and a
+/// proxy may append its hop as a line of its own. Reading only the first line would read what
+/// the client wrote and miss what our trusted proxy added after it, letting any client pick its
+/// own bucket. A line that is not text keeps its place as an entry that is not an address, so
+/// the walk stops there only if it reaches it.
+pub fn forwarded_for(headers: &http::HeaderMap) -> Option<String> {
+    let mut lines = headers.get_all("x-forwarded-for").iter().peekable();
+    lines.peek()?;
+    let joined: Vec<String> = lines
+        .map(|line| match line.to_str() {
+            Ok(text) => text.to_owned(),
+            Err(_) => "invalid".to_owned(),
+        })
+        .collect();
+    Some(joined.join(","))
+}
+
 /// The address to count an anonymous request against.
 ///
 /// `X-Forwarded-For` is only believed when the socket peer is one of our `trusted` proxies;
@@ -209,6 +228,43 @@ mod tests {
             client_ip(ip("::ffff:1.2.3.4"), None, &trusted),
             ip("1.2.3.4")
         );
+    }
+
+    #[test]
+    fn forwarded_for_lines_form_one_list() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(forwarded_for(&headers), None);
+        headers.append("x-forwarded-for", "198.51.100.9".parse().expect("value"));
+        headers.append(
+            "X-Forwarded-For",
+            "203.0.113.7, 10.0.0.3".parse().expect("value"),
+        );
+        let joined = forwarded_for(&headers).expect("header present");
+        assert_eq!(joined, "198.51.100.9,203.0.113.7, 10.0.0.3");
+        // The line our proxy appended names the client, whatever the client sent first.
+        let trusted = [cidr("10.0.0.0/8")];
+        assert_eq!(
+            client_ip(ip("10.0.0.2"), Some(&joined), &trusted),
+            ip("203.0.113.7")
+        );
+    }
+
+    #[test]
+    fn non_text_forwarded_for_line_stops_the_walk_only_when_reached() {
+        let trusted = [cidr("10.0.0.0/8")];
+        let peer = ip("10.0.0.2");
+        let line = |bytes: &[u8]| http::HeaderValue::from_bytes(bytes).expect("opaque value");
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-forwarded-for", line(b"\xff\xfe"));
+        headers.append("x-forwarded-for", line(b"203.0.113.7"));
+        let joined = forwarded_for(&headers).expect("header present");
+        assert_eq!(client_ip(peer, Some(&joined), &trusted), ip("203.0.113.7"));
+
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-forwarded-for", line(b"203.0.113.7"));
+        headers.append("x-forwarded-for", line(b"\xff"));
+        let joined = forwarded_for(&headers).expect("header present");
+        assert_eq!(client_ip(peer, Some(&joined), &trusted), peer);
     }
 
     #[test]

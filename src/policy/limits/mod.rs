@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use crate::config::types::{LimitsConfig, RateSpec};
 
 pub use gcra::Quota;
-pub use identity::{client_ip, LimitKey};
+pub use identity::{client_ip, forwarded_for, LimitKey};
 pub use permit::{StreamPermit, StreamTicket};
 pub use store::{Acquire, LimitStore, MemoryStore, StreamLimits};
 

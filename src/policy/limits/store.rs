@@ -68,7 +68,8 @@ pub trait LimitStore: Send + Sync {
     /// Admits one stream for `key`: takes a global slot (if fewer than `limits.global` are
     /// held), charges the connect attempt, and takes one of `key`'s slots. When `key` is at
     /// `limits.per_user` and the policy is `EvictOldest`, its oldest streams are evicted and
-    /// their slots handed to the new one in the same step. A refusal holds no slot; a refusal
+    /// their slots handed to the new one in the same step. A refusal holds no slot, not even
+    /// for the moment of the decision (others would see a full proxy that has room); a refusal
     /// by the user cap still counts as a connect attempt.
     fn acquire_stream(&self, key: &LimitKey, limits: &StreamLimits, now: Instant) -> Acquire;
 
@@ -216,24 +217,47 @@ impl MemoryStore {
         }
     }
 
+    /// Whether the global cap is reached right now. Only used to choose which refusal to
+    /// report; a slot is only ever taken by [`Self::reserve_global`].
+    fn global_full(&self, cap: Option<u32>) -> bool {
+        cap.is_some_and(|cap| self.active.0.load(Ordering::Relaxed) >= cap as usize)
+    }
+
     fn release_global(&self, slots: usize) {
         self.active.0.fetch_sub(slots, Ordering::Relaxed);
     }
 
-    /// The connect rate and user cap for one user, with a global slot already reserved.
+    /// Every rule for one user, under their shard's lock. Refusals take no global slot, not
+    /// even for a moment: a user retrying at their own cap must not make a proxy with room look
+    /// full to everyone else. The global cap still comes first: a refusal is reported as
+    /// `GlobalFull` when the proxy is full, and charges no connect attempt then.
     fn admit(&self, user: &mut UserState, limits: &StreamLimits, now: Instant) -> Acquire {
-        if let Some(quota) = limits.connect_rate {
-            match quota.check(user.connect_tat, now) {
-                Ok(tat) => user.connect_tat = Some(tat),
-                Err(retry_after) => return Acquire::ConnectRate(retry_after),
+        let connect_tat = match limits.connect_rate.map(|q| q.check(user.connect_tat, now)) {
+            None => None,
+            Some(Ok(tat)) => Some(tat),
+            Some(Err(retry_after)) if !self.global_full(limits.global) => {
+                return Acquire::ConnectRate(retry_after)
             }
-        }
+            Some(Err(_)) => return Acquire::GlobalFull,
+        };
         let cap = limits.per_user.map_or(usize::MAX, |cap| cap as usize);
         let held = user.streams.len();
-        if held >= cap {
-            if limits.on_user_limit != OnUserLimit::EvictOldest || cap == 0 {
-                return Acquire::UserFull;
+        let evict = limits.on_user_limit == OnUserLimit::EvictOldest && cap > 0;
+        if held >= cap && !evict {
+            if self.global_full(limits.global) {
+                return Acquire::GlobalFull;
             }
+            // A refusal by the user cap still counts as an attempt.
+            user.connect_tat = connect_tat.or(user.connect_tat);
+            return Acquire::UserFull;
+        }
+        // Taken before evicting: at the global cap, a user's new stream does not push out
+        // their old one only to be refused.
+        if !self.reserve_global(limits.global) {
+            return Acquire::GlobalFull;
+        }
+        user.connect_tat = connect_tat.or(user.connect_tat);
+        if held >= cap {
             // A route may cap lower than the streams a user holds elsewhere: evict down to one
             // below the cap so the newcomer fits.
             let excess = held + 1 - cap;
@@ -250,11 +274,12 @@ impl MemoryStore {
 
 impl LimitStore for MemoryStore {
     fn acquire_stream(&self, key: &LimitKey, limits: &StreamLimits, now: Instant) -> Acquire {
-        if !self.reserve_global(limits.global) {
+        // A full proxy answers without touching any lock.
+        if self.global_full(limits.global) {
             return Acquire::GlobalFull;
         }
         let mut map = self.users.lock(key);
-        let outcome = match map.get_mut(key) {
+        match map.get_mut(key) {
             Some(user) => self.admit(user, limits, now),
             None => {
                 let mut user = UserState::default();
@@ -265,12 +290,7 @@ impl LimitStore for MemoryStore {
                 }
                 outcome
             }
-        };
-        drop(map);
-        if !matches!(outcome, Acquire::Acquired(_)) {
-            self.release_global(1);
         }
-        outcome
     }
 
     fn release_stream(&self, key: &LimitKey, ticket: &StreamTicket) {
@@ -528,6 +548,47 @@ mod tests {
         assert!(peak_user.load(Ordering::Relaxed) <= CAP as usize);
         assert!(peak_user.load(Ordering::Relaxed) > 0);
         assert_eq!((store.active_streams(), store.tracked_keys()), (0, 0));
+    }
+
+    #[test]
+    fn refused_admissions_never_make_others_see_a_full_proxy() {
+        // One slot of two is free. A user hammering at their own cap (a reconnect loop getting
+        // 429s) must not make the free slot look taken, or everyone else gets 503s from a
+        // proxy that has room.
+        let store = MemoryStore::new();
+        let limit = caps(Some(2), Some(1), OnUserLimit::Reject);
+        let hog = user(1);
+        let _held = acquired(acquire(&store, &hog, limit));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let spurious = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    // GlobalFull too: while the other user holds the second slot, it is.
+                    let refused = acquire(&store, &hog, limit);
+                    assert!(matches!(refused, Acquire::UserFull | Acquire::GlobalFull));
+                }
+            });
+            let other = user(2);
+            let refusals: Vec<Acquire> = (0..50_000)
+                .filter_map(|_| match acquire(&store, &other, limit) {
+                    Acquire::Acquired(ticket) => {
+                        store.release_stream(&other, &ticket);
+                        None
+                    }
+                    refused => Some(refused),
+                })
+                .collect();
+            // Stopped before asserting, so a failure cannot leave the scope waiting forever.
+            stop.store(true, Ordering::Relaxed);
+            refusals
+        });
+        assert!(
+            spurious.is_empty(),
+            "{} admissions refused with a slot free, e.g. {:?}",
+            spurious.len(),
+            spurious.first()
+        );
+        assert_eq!(store.active_streams(), 1);
     }
 
     #[test]
