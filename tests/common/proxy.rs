@@ -197,8 +197,14 @@ impl Proxy {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("exited with {status} before /livez answered"));
             }
+            // Pingora opens the admin and proxy listeners separately: both must accept, and a
+            // port another process holds makes Pingora retry the bind in the background while
+            // /livez already answers, so its "in use" log line means "not ours".
             if let Ok(resp) = try_http_request(self.admin, &probe).await {
-                if resp.status == 200 {
+                if resp.status == 200 && tokio::net::TcpStream::connect(self.addr).await.is_ok() {
+                    if self.logs().contains("in use") {
+                        return Err("a listen port is in use by another process".to_string());
+                    }
                     return Ok(());
                 }
             }

@@ -47,6 +47,40 @@ pub fn retry_hint(cfg: &SseConfig) -> Option<Bytes> {
     Some(Bytes::from(format!("retry: {ms}\n\n")))
 }
 
+/// The query parameter EventSource polyfills use to resume where the native `Last-Event-ID`
+/// header cannot be set (they reconnect with `?lastEventId=<id>` appended to the URL).
+pub const LAST_EVENT_ID_PARAM: &str = "lastEventId";
+
+/// The `lastEventId` query parameter of a request target: its decoded value and the target
+/// without it, so the proxy can forward it as a `Last-Event-ID` header the app understands.
+///
+/// `None` when there is no such parameter, or when its value is empty or could not be a header
+/// value (not UTF-8 once percent-decoded, or holding CR, LF or NUL, which an SSE `id` never
+/// holds): the caller then forwards the target unchanged. Otherwise every `lastEventId`
+/// parameter is removed (names are matched percent-decoded, the other parameters keep their
+/// exact bytes and order, the `?` goes when nothing is left) and the first one's value is
+/// returned. The value is decoded as a browser's `URLSearchParams` would: `%XX` escapes and `+`
+/// for a space.
+///
+/// The caller should use the stripped target either way, and set `Last-Event-ID` from the value
+/// only when the request has no such header already (a real header is the browser's own).
+pub fn last_event_id_from_query(path_and_query: &str) -> Option<(String, String)> {
+    let (_, query) = path_and_query.split_once('?')?;
+    let names = [LAST_EVENT_ID_PARAM.to_owned()];
+    let raw = query.split('&').find_map(|piece| {
+        let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
+        let decoded: Vec<u8> = percent_encoding::percent_decode_str(name).collect();
+        (decoded == LAST_EVENT_ID_PARAM.as_bytes()).then_some(value)
+    })?;
+    let spaced = raw.replace('+', " ");
+    let value = percent_encoding::percent_decode_str(&spaced).decode_utf8().ok()?;
+    if value.is_empty() || value.contains(['\r', '\n', '\0']) {
+        return None;
+    }
+    let target = crate::policy::auth::strip_query_params(path_and_query, &names);
+    Some((value.into_owned(), target))
+}
+
 /// Why the loop is winding the stream down, and what the client is told.
 #[derive(Clone, Copy)]
 enum Ending {
@@ -92,13 +126,40 @@ pub async fn relay(
     let stale_after = (!cfg.stale_after.is_zero()).then_some(cfg.stale_after);
     let heartbeat_bytes = Bytes::from(format!(": {}\n\n", cfg.heartbeat_comment));
     let mut ending: Option<(Ending, Instant)> = None;
-    let mut expiry = sup.expires_at;
+    // Heartbeat and stale timers are armed once and re-armed only when they fire early: a
+    // write or an upstream read just stores an `Instant`, so events cost no timer work.
+    let heartbeat_timer = sleep_until_opt(heartbeat.map(|d| out.last_write + d));
+    tokio::pin!(heartbeat_timer);
+    let stale_timer = sleep_until_opt(stale_after.map(|d| last_upstream + d));
+    tokio::pin!(stale_timer);
+    // Registered once: these are polled on every turn of the loop (see below).
+    let expiry = sleep_until_opt(sup.expires_at);
+    tokio::pin!(expiry);
+    let shutdown = shutdown_started(&mut sup.shutdown);
+    tokio::pin!(shutdown);
+    let evicted = &mut sup.evicted;
 
     loop {
-        let heartbeat_due = heartbeat.map(|d| out.last_write + d);
-        let stale_due = stale_after.map(|d| last_upstream + d);
+        let grace_due = ending.map(|(_, at)| at);
         tokio::select! {
+            // Supervision first: an upstream that always has bytes ready (it outpaces the
+            // client) would otherwise win every turn and the stream would outlive its token, an
+            // eviction or the drain. Each check is a poll of an already-registered future, and
+            // each is off (so never polled again once it has fired) as soon as `ending` is set.
             biased;
+            _ = &mut expiry, if ending.is_none() => {
+                ending = Some((Ending::Expired, Instant::now() + FINISH_EVENT_GRACE));
+            }
+            _ = &mut *evicted, if ending.is_none() => {
+                ending = Some((Ending::Evicted, Instant::now() + FINISH_EVENT_GRACE));
+            }
+            _ = &mut shutdown, if ending.is_none() => {
+                ending = Some((Ending::Shutdown, Instant::now() + FINISH_EVENT_GRACE));
+            }
+            _ = sleep_until_opt(grace_due), if grace_due.is_some() => {
+                // The upstream stayed mid-event past the grace period: end without that event.
+                parser.discard_pending();
+            }
             read = upstream.read_body_bytes() => match read {
                 Ok(Some(chunk)) => {
                     last_upstream = Instant::now();
@@ -122,35 +183,25 @@ pub async fn relay(
                     return CloseReason::ClientGone;
                 }
             }
-            _ = sleep_until_opt(heartbeat_due) => {
+            _ = &mut heartbeat_timer, if heartbeat.is_some() => {
+                let every = heartbeat.unwrap_or_default();
                 // Units are forwarded whole, so the client is always at an event boundary here.
-                if heartbeat_due.is_some_and(|due| Instant::now() >= due) {
+                if Instant::now() >= out.last_write + every {
                     if let Err(reason) = out.write(heartbeat_bytes.clone()).await {
                         return reason;
                     }
                     metrics.heartbeats.inc();
                 }
+                heartbeat_timer.as_mut().set(sleep_until_opt(Some(out.last_write + every)));
             }
-            _ = sleep_until_opt(stale_due) => {
-                if stale_due.is_some_and(|due| Instant::now() >= due) {
+            _ = &mut stale_timer, if stale_after.is_some() => {
+                let after = stale_after.unwrap_or_default();
+                if Instant::now() >= last_upstream + after {
                     parser.discard_pending();
                     out.finish().await;
                     return CloseReason::Stale;
                 }
-            }
-            _ = sleep_until_opt(expiry), if ending.is_none() => {
-                expiry = None;
-                ending = Some((Ending::Expired, Instant::now() + FINISH_EVENT_GRACE));
-            }
-            _ = &mut sup.evicted, if ending.is_none() => {
-                ending = Some((Ending::Evicted, Instant::now() + FINISH_EVENT_GRACE));
-            }
-            _ = shutdown_started(&mut sup.shutdown), if ending.is_none() => {
-                ending = Some((Ending::Shutdown, Instant::now() + FINISH_EVENT_GRACE));
-            }
-            _ = sleep_until_opt(ending.map(|(_, at)| at)) => {
-                // The upstream stayed mid-event past the grace period: end without that event.
-                parser.discard_pending();
+                stale_timer.as_mut().set(sleep_until_opt(Some(last_upstream + after)));
             }
         }
         if let Some((why, _)) = ending {
@@ -172,6 +223,10 @@ pub async fn relay(
 }
 
 /// Writes the complete units of one upstream chunk, applying the size and validity rules.
+///
+/// When a rule closes the stream, the whole units that came before the offending one are still
+/// written, and nothing after it: what the client receives must not depend on how the upstream's
+/// bytes happened to be split into reads.
 async fn forward(
     out: &mut Writer<'_>,
     cfg: &SseConfig,
@@ -180,6 +235,7 @@ async fn forward(
     let metrics = out.metrics;
     let mut pass: Option<Bytes> = None;
     let mut joined: Option<BytesMut> = None;
+    let mut close: Option<CloseReason> = None;
     for segment in segments.drain(..) {
         match segment {
             Segment::Unit { bytes, info } => {
@@ -193,7 +249,8 @@ async fn forward(
                         }
                         OnInvalid::Close => {
                             tracing::warn!("closing an SSE stream: invalid UTF-8 or NUL bytes in an event");
-                            return Err(CloseReason::Invalid);
+                            close = Some(CloseReason::Invalid);
+                            break;
                         }
                     }
                 }
@@ -220,17 +277,28 @@ async fn forward(
                 }
                 OnOversize::Close => {
                     tracing::warn!(size, limit = cfg.max_event_size, "closing an SSE stream: oversize event");
-                    return Err(CloseReason::Oversize);
+                    close = Some(CloseReason::Oversize);
+                    break;
                 }
             },
         }
     }
+    // Segments after a closing one are dropped with the drain.
     let data = match (pass, joined) {
-        (Some(bytes), _) => bytes,
-        (None, Some(buf)) => buf.freeze(),
-        (None, None) => return Ok(()),
+        (Some(bytes), _) => Some(bytes),
+        (None, Some(buf)) => Some(buf.freeze()),
+        (None, None) => None,
     };
-    out.write(data).await
+    if let Some(data) = data {
+        out.write(data).await?;
+    }
+    match close {
+        Some(reason) => {
+            out.finish().await;
+            Err(reason)
+        }
+        None => Ok(()),
+    }
 }
 
 /// The client side: writes, and remembers when it last wrote (for heartbeats).
@@ -258,5 +326,89 @@ impl Writer<'_> {
     /// Ends the chunked body cleanly so the browser sees a normal end and reconnects.
     async fn finish(&mut self) {
         let _ = self.session.write_response_body(None, true).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lift(target: &str) -> Option<(String, String)> {
+        last_event_id_from_query(target)
+    }
+
+    fn some(value: &str, target: &str) -> Option<(String, String)> {
+        Some((value.to_owned(), target.to_owned()))
+    }
+
+    #[test]
+    fn lifts_the_parameter_and_keeps_the_rest_of_the_query_byte_for_byte() {
+        assert_eq!(lift("/sse?lastEventId=42"), some("42", "/sse"));
+        assert_eq!(lift("/sse?a=1&lastEventId=42&b=%2F"), some("42", "/sse?a=1&b=%2F"));
+        assert_eq!(lift("/sse?lastEventId=42&events=3"), some("42", "/sse?events=3"));
+        assert_eq!(lift("/a/b?x&lastEventId=7&&y="), some("7", "/a/b?x&&y="));
+    }
+
+    #[test]
+    fn decodes_the_value_as_urlsearchparams_does() {
+        assert_eq!(lift("/sse?lastEventId=a%20b%2Bc"), some("a b+c", "/sse"));
+        assert_eq!(lift("/sse?lastEventId=a+b"), some("a b", "/sse"));
+        assert_eq!(lift("/sse?lastEventId=%C3%A9t%C3%A9"), some("été", "/sse"));
+        // A percent-encoded name is the same parameter, so it cannot reach the app twice.
+        assert_eq!(lift("/sse?%6CastEventId=9"), some("9", "/sse"));
+    }
+
+    #[test]
+    fn the_first_value_wins_and_every_copy_is_removed() {
+        assert_eq!(lift("/sse?lastEventId=1&x=2&lastEventId=3"), some("1", "/sse?x=2"));
+    }
+
+    #[test]
+    fn leaves_other_targets_alone() {
+        for target in [
+            "/sse",
+            "/sse?",
+            "/sse?events=3",
+            "/sse?lasteventid=4",
+            "/sse?LastEventId=4",
+            "/sse?lastEventIdx=4",
+            "/sse?xlastEventId=4",
+            // No usable value: forwarded untouched rather than guessed at.
+            "/sse?lastEventId=",
+            "/sse?lastEventId",
+            "/sse?lastEventId=a%0Ab",
+            "/sse?lastEventId=a%0Db",
+            "/sse?lastEventId=a%00b",
+            "/sse?lastEventId=%FF",
+        ] {
+            assert_eq!(lift(target), None, "{target}");
+        }
+    }
+
+    #[test]
+    fn retry_hint_is_within_the_jitter_band() {
+        let mut cfg = SseConfig {
+            heartbeat: Duration::from_secs(15),
+            heartbeat_comment: "ping".into(),
+            stale_after: Duration::from_secs(45),
+            retry: Some(Duration::from_secs(3)),
+            retry_jitter: 0.5,
+            max_event_size: 1 << 20,
+            on_oversize: OnOversize::Drop,
+            on_invalid: OnInvalid::Pass,
+            write_timeout: Duration::from_secs(30),
+        };
+        for _ in 0..200 {
+            let hint = retry_hint(&cfg).expect("retry is set");
+            let text = std::str::from_utf8(&hint).expect("ascii");
+            let ms: u64 = text
+                .strip_prefix("retry: ")
+                .and_then(|t| t.strip_suffix("\n\n"))
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("{text:?}"));
+            assert!((1500..=4500).contains(&ms), "{ms}");
+        }
+        cfg.retry = None;
+        assert!(retry_hint(&cfg).is_none());
     }
 }
