@@ -13,7 +13,7 @@ use pingora::proxy::Session;
 use pingora::Result;
 use tokio::time::Instant;
 
-use super::pipeline::{now_unix, refuse};
+use super::pipeline::refuse;
 use super::respond;
 use super::{RequestCtx, State};
 use crate::policy::limits::{Admission, LimitKey};
@@ -48,6 +48,7 @@ pub async fn serve(
     if kind == StreamKind::Sse {
         // The relay parses events: the upstream must not compress them.
         req.remove_header(&header::ACCEPT_ENCODING);
+        resume_from_query(&mut req)?;
     }
     let mut up = match open_upstream(state, session, &req).await {
         Ok(up) => up,
@@ -87,7 +88,10 @@ pub async fn serve(
     let started = Instant::now();
     let expires_at = match &ctx.identity {
         Some(identity) if state.config.auth.close_on_expiry => {
-            Some(Instant::now() + Duration::from_secs(identity.expires_at.saturating_sub(now_unix())))
+            // Measured against the sub-second clock: whole-second `now` would close up to 1 s late.
+            let exp = std::time::UNIX_EPOCH + Duration::from_secs(identity.expires_at);
+            let left = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            Some(Instant::now() + left)
         }
         _ => None,
     };
@@ -169,6 +173,22 @@ async fn open_upstream(
     upstream::finish_body(&mut up).await?;
     upstream::read_response_head(&mut up).await?;
     Ok(up)
+}
+
+/// EventSource polyfills that cannot set headers pass `?lastEventId=`: the app gets the standard
+/// `Last-Event-ID` header instead (a real header, the browser's own, wins).
+fn resume_from_query(req: &mut pingora::http::RequestHeader) -> Result<()> {
+    let target = req.uri.path_and_query().map(|pq| pq.as_str().to_owned());
+    let Some((value, stripped)) = target.as_deref().and_then(sse::last_event_id_from_query) else {
+        return Ok(());
+    };
+    if !req.headers.contains_key("last-event-id") {
+        req.insert_header("last-event-id", value)?;
+    }
+    if let Ok(uri) = http::Uri::try_from(stripped) {
+        req.set_uri(uri);
+    }
+    Ok(())
 }
 
 fn is_event_stream(head: &ResponseHeader) -> bool {

@@ -5,6 +5,8 @@
 //! `Connector` and a peer template with no read timeout: a stream may stay quiet for hours, and
 //! the relay loops, not socket timeouts, decide when quiet becomes stale.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
@@ -14,6 +16,10 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 
 use crate::config::UpstreamConfig;
+
+/// An app that stops reading what the proxy forwards (WebSocket messages, a POST body) for this
+/// long is treated as gone: otherwise one hung app socket would stall its relay loop forever.
+pub const UPSTREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the upstream side of a stream could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +54,7 @@ impl StreamConnector {
         peer.options.connection_timeout = Some(cfg.connect_timeout);
         peer.options.total_connection_timeout = Some(cfg.connect_timeout);
         peer.options.read_timeout = None;
-        peer.options.write_timeout = None;
+        peer.options.write_timeout = Some(UPSTREAM_WRITE_TIMEOUT);
         StreamConnector {
             connector: Connector::new(None),
             peer,
