@@ -3,7 +3,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test deps build bench fuzz
+.PHONY: demo test deps test-deps build bench fuzz
 
 deps:
 	@command -v cmake >/dev/null 2>&1 || { \
@@ -11,14 +11,23 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake >/dev/null; }
 
+# The Socket.IO interop test needs python-socketio (and pip to install it).
+test-deps: deps
+	@python3 -m pip --version >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-pip >/dev/null; }
+	@python3 -c "import socketio, aiohttp" 2>/dev/null || \
+	  python3 -m pip install --quiet --disable-pip-version-check -r tests/socketio/requirements.txt \
+	  || python3 -m pip install --quiet --break-system-packages -r tests/socketio/requirements.txt
+
 build: deps
 	$(CARGO) build --release --bin streamguard
 
 demo: build
 	./target/release/streamguard demo -c proxy.toml
 
-test: deps
-	$(CARGO) test --all-targets -- --test-threads=4
+test: test-deps
+	RUST_TEST_THREADS=4 $(CARGO) test --all-targets
 
 bench: deps
 	bash bench/run.sh

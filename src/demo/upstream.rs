@@ -13,6 +13,20 @@
 //!   then an hour of silence so the proxy's heartbeats show.
 //! - `GET /demo/ws`, `GET /ws…` with `Upgrade: websocket`: echo; the first offered subprotocol is
 //!   selected; the handshake is recorded ([`UpstreamStats::last_ws_handshake`]).
+//! - Raw WebSocket endpoints, frame by frame on the socket (no library in between), each logging
+//!   what it received in [`UpstreamStats::raw_ws_log`] (`text:N`, `binary:N`, `continuation:N`
+//!   with ` fin` / ` rsv1` suffixes, `ping`, `pong:<payload>`, `close:<code>` or `close`, then
+//!   `eof`, `reset`, `dropped` or `protocol:<why>`):
+//!   - `/ws/raw`: echoes every data frame as received (FIN, RSV and opcode kept, unmasked),
+//!     answers pings, turns every pong it receives into a text frame `pong:<payload>` (so a pong
+//!     that should not have reached the app becomes visible to the client), echoes a close frame
+//!     and then waits for the peer's EOF.
+//!   - `/ws/deflate`: `/ws/raw` whose 101 says `Sec-WebSocket-Extensions: permessage-deflate`
+//!     (nothing is inflated: RSV1 frames are echoed as they are).
+//!   - `/ws/drop?after=N` (0): `/ws/raw` that drops the TCP connection, without a close frame,
+//!     once it has echoed N data messages (at once for 0).
+//!   - `/ws/slow-frame?bytes=N&pieces=P&ms=T` (262144, 64, 3000): first sends one binary frame
+//!     of N bytes (byte i is `i % 251`) in P writes spread over T ms, then behaves as `/ws/raw`.
 //! - `ANY /echo…`: `{"method","target","headers":{name: value | [values]},"body"}` as received.
 //! - `GET|POST /sse?…`: scripted SSE. `events=N` (3), `interval_ms` (0), `size` (min data
 //!   bytes), `then=close|quiet|hang` (quiet: silent but watching the socket; hang: silent and
@@ -108,6 +122,7 @@ pub struct UpstreamStats {
     open_sse: AtomicUsize,
     open_ws: AtomicUsize,
     closed_by_client: AtomicU64,
+    raw_ws_log: Mutex<Vec<String>>,
 }
 
 impl Default for UpstreamStats {
@@ -127,6 +142,7 @@ impl UpstreamStats {
             open_sse: AtomicUsize::new(0),
             open_ws: AtomicUsize::new(0),
             closed_by_client: AtomicU64::new(0),
+            raw_ws_log: Mutex::new(Vec::new()),
         }
     }
 
@@ -171,6 +187,16 @@ impl UpstreamStats {
         self.last_ws_handshake()
             .map(|r| r.headers)
             .unwrap_or_default()
+    }
+
+    /// What the raw WebSocket endpoints (`/ws/raw`, `/ws/deflate`, `/ws/drop`, `/ws/slow-frame`)
+    /// received, in order, over all their connections; see the module docs for the entries.
+    pub fn raw_ws_log(&self) -> Vec<String> {
+        lock(&self.raw_ws_log).clone()
+    }
+
+    fn log_raw_ws(&self, entry: String) {
+        lock(&self.raw_ws_log).push(entry);
     }
 
     /// The origin of the nanosecond timestamps written into scripted SSE events.
@@ -735,11 +761,21 @@ impl Conn {
         if let Some(protocol) = offered.map(str::trim).filter(|p| !p.is_empty()) {
             out.push_str(&format!("Sec-WebSocket-Protocol: {protocol}\r\n"));
         }
+        let raw = RawWsPlan::from_head(&head);
+        if raw.as_ref().is_some_and(|plan| plan.deflate) {
+            out.push_str("Sec-WebSocket-Extensions: permessage-deflate\r\n");
+        }
         out.push_str("\r\n");
         self.stream.write_all(out.as_bytes()).await?;
 
         let stats = Arc::clone(&self.stats);
         let _open = OpenGuard::new(&stats.open_ws);
+        if let Some(plan) = raw {
+            let buf = std::mem::take(&mut self.buf);
+            raw_websocket(self.stream, buf, &plan, &stats).await;
+            stats.client_left();
+            return Ok(());
+        }
         // Frames the client pipelined behind its handshake are already in our buffer.
         let early = self.buf.to_vec();
         let ws = WebSocketStream::from_partially_read(self.stream, early, Role::Server, None).await;
@@ -777,6 +813,306 @@ fn parse_head(buf: &[u8]) -> Result<Option<(RecordedRequest, bool, usize)>, Requ
             .collect(),
     };
     Ok(Some((head, req.version == Some(0), len)))
+}
+
+/// What a raw WebSocket endpoint does besides echoing (see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RawWsPlan {
+    deflate: bool,
+    /// Drop the TCP connection once this many data messages were echoed.
+    drop_after: Option<u64>,
+    /// One binary frame of `bytes` sent in `pieces` writes over `over` before anything else.
+    slow_frame: Option<(usize, usize, Duration)>,
+}
+
+impl RawWsPlan {
+    /// `None` for the library echo. Numbers that do not parse fall back to the defaults.
+    fn from_head(head: &RecordedRequest) -> Option<Self> {
+        let num = |key: &str, default: u64| -> u64 {
+            head.query(key)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        let plan = match head.path() {
+            "/ws/raw" => RawWsPlan {
+                deflate: false,
+                drop_after: None,
+                slow_frame: None,
+            },
+            "/ws/deflate" => RawWsPlan {
+                deflate: true,
+                drop_after: None,
+                slow_frame: None,
+            },
+            "/ws/drop" => RawWsPlan {
+                deflate: false,
+                drop_after: Some(num("after", 0)),
+                slow_frame: None,
+            },
+            "/ws/slow-frame" => {
+                let bytes = usize::try_from(num("bytes", 256 * 1024)).unwrap_or(usize::MAX);
+                RawWsPlan {
+                    deflate: false,
+                    drop_after: None,
+                    slow_frame: Some((
+                        bytes.min(MAX_BODY_BYTES),
+                        usize::try_from(num("pieces", 64)).unwrap_or(64).max(1),
+                        Duration::from_millis(num("ms", 3000)).min(MAX_SLOW),
+                    )),
+                }
+            }
+            _ => return None,
+        };
+        Some(plan)
+    }
+}
+
+/// One WebSocket frame as read off the wire, payload unmasked.
+struct RawFrame {
+    /// FIN, RSV1-3 and the opcode, as received.
+    first: u8,
+    payload: Vec<u8>,
+}
+
+impl RawFrame {
+    fn opcode(&self) -> u8 {
+        self.first & 0x0f
+    }
+
+    /// `text:5 fin`, `binary:0 fin rsv1`, `continuation:3`.
+    fn describe(&self) -> String {
+        let kind = match self.opcode() {
+            0x0 => "continuation",
+            0x1 => "text",
+            0x2 => "binary",
+            _ => "other",
+        };
+        let mut out = format!("{kind}:{}", self.payload.len());
+        if self.first & 0x80 != 0 {
+            out.push_str(" fin");
+        }
+        if self.first & 0x40 != 0 {
+            out.push_str(" rsv1");
+        }
+        out
+    }
+}
+
+/// An unmasked frame (what a server sends) with the given first byte.
+fn raw_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    match payload.len() {
+        len @ 0..=125 => out.push(len as u8),
+        len @ 126..=0xffff => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Takes one whole frame off the front of `buf`, or `None` if more bytes are needed.
+fn take_raw_frame(buf: &mut BytesMut) -> Result<Option<RawFrame>, &'static str> {
+    let [b0, b1, ..] = buf[..] else {
+        return Ok(None);
+    };
+    let masked = b1 & 0x80 != 0;
+    let (len, mut at) = match b1 & 0x7f {
+        126 => match buf.get(2..4) {
+            Some(b) => (u64::from(u16::from_be_bytes([b[0], b[1]])), 4),
+            None => return Ok(None),
+        },
+        127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            Some(b) => (u64::from_be_bytes(b), 10),
+            None => return Ok(None),
+        },
+        len => (u64::from(len), 2),
+    };
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&l| l <= MAX_BODY_BYTES)
+        .ok_or("frame larger than the upstream accepts")?;
+    let mask = if masked {
+        let Some(mask) = buf
+            .get(at..at + 4)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        else {
+            return Ok(None);
+        };
+        at += 4;
+        Some(mask)
+    } else {
+        None
+    };
+    if buf.len() < at + len {
+        return Ok(None);
+    }
+    buf.advance(at);
+    let mut payload = buf.split_to(len).to_vec();
+    if let Some(mask) = mask {
+        for (byte, key) in payload.iter_mut().zip(mask.iter().cycle()) {
+            *byte ^= key;
+        }
+    }
+    Ok(Some(RawFrame { first: b0, payload }))
+}
+
+/// How a raw connection ended.
+enum RawEnd {
+    /// The peer closed its side cleanly between frames.
+    Eof,
+    /// The peer reset, closed mid-frame, or broke the framing.
+    Reset,
+    /// `/ws/drop` let go of the connection on purpose (already logged as `dropped`).
+    Dropped,
+}
+
+/// Reads the next whole frame; `Err` once the connection ended (a half frame at EOF is a reset).
+async fn read_raw_frame(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    stats: &UpstreamStats,
+) -> Result<RawFrame, RawEnd> {
+    loop {
+        match take_raw_frame(buf) {
+            Ok(Some(frame)) => return Ok(frame),
+            Ok(None) => {}
+            Err(why) => {
+                stats.log_raw_ws(format!("protocol:{why}"));
+                return Err(RawEnd::Reset);
+            }
+        }
+        buf.reserve(READ_CHUNK);
+        match stream.read_buf(buf).await {
+            Ok(0) if buf.is_empty() => return Err(RawEnd::Eof),
+            Ok(0) | Err(_) => return Err(RawEnd::Reset),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Writes one frame of `/ws/slow-frame` in pieces, reading (and keeping) what the peer sends
+/// meanwhile so that a proxy's close or a vanished peer is still noticed.
+async fn send_slow_frame(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    (bytes, pieces, over): (usize, usize, Duration),
+) -> Result<(), RawEnd> {
+    let payload: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
+    let wire = raw_frame(0x82, &payload);
+    let step = wire.len().div_ceil(pieces).max(1);
+    let pause = over / u32::try_from(pieces).unwrap_or(u32::MAX);
+    let (mut rd, mut wr) = stream.split();
+    let send = async {
+        for (i, piece) in wire.chunks(step).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(pause).await;
+            }
+            wr.write_all(piece).await?;
+        }
+        io::Result::Ok(())
+    };
+    tokio::pin!(send);
+    loop {
+        buf.reserve(READ_CHUNK);
+        tokio::select! {
+            sent = &mut send => return sent.map_err(|_| RawEnd::Reset),
+            read = rd.read_buf(buf) => match read {
+                Ok(0) | Err(_) => return Err(RawEnd::Reset),
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// The raw endpoints: echo frame by frame, logging everything received.
+async fn raw_websocket(
+    mut stream: TcpStream,
+    mut buf: BytesMut,
+    plan: &RawWsPlan,
+    stats: &UpstreamStats,
+) {
+    let end = raw_echo(&mut stream, &mut buf, plan, stats).await;
+    match end {
+        RawEnd::Eof => stats.log_raw_ws("eof".to_owned()),
+        RawEnd::Reset => stats.log_raw_ws("reset".to_owned()),
+        RawEnd::Dropped => {}
+    }
+}
+
+async fn raw_echo(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    plan: &RawWsPlan,
+    stats: &UpstreamStats,
+) -> RawEnd {
+    if let Some(slow) = plan.slow_frame {
+        if let Err(end) = send_slow_frame(stream, buf, slow).await {
+            return end;
+        }
+    }
+    let mut echoed = 0u64;
+    loop {
+        if plan.drop_after.is_some_and(|n| echoed >= n) {
+            stats.log_raw_ws("dropped".to_owned());
+            // Dropping the socket sends FIN with no close frame before it: an app that died.
+            return RawEnd::Dropped;
+        }
+        let frame = match read_raw_frame(stream, buf, stats).await {
+            Ok(frame) => frame,
+            Err(end) => return end,
+        };
+        let reply = match frame.opcode() {
+            0x0..=0x2 => {
+                stats.log_raw_ws(frame.describe());
+                if frame.first & 0x80 != 0 {
+                    echoed += 1;
+                }
+                raw_frame(frame.first, &frame.payload)
+            }
+            0x9 => {
+                stats.log_raw_ws("ping".to_owned());
+                raw_frame(0x8A, &frame.payload)
+            }
+            0xA => {
+                let text = format!("pong:{}", String::from_utf8_lossy(&frame.payload));
+                stats.log_raw_ws(text.clone());
+                raw_frame(0x81, text.as_bytes())
+            }
+            0x8 => {
+                stats.log_raw_ws(match frame.payload.get(..2) {
+                    Some(code) => format!("close:{}", u16::from_be_bytes([code[0], code[1]])),
+                    None => "close".to_owned(),
+                });
+                if stream
+                    .write_all(&raw_frame(0x88, &frame.payload))
+                    .await
+                    .is_err()
+                {
+                    return RawEnd::Reset;
+                }
+                // The peer that sent the close now closes the TCP connection.
+                return loop {
+                    match read_raw_frame(stream, buf, stats).await {
+                        Ok(frame) => stats.log_raw_ws(format!("after-close:{}", frame.describe())),
+                        Err(end) => break end,
+                    }
+                };
+            }
+            other => {
+                stats.log_raw_ws(format!("protocol:opcode {other:#x}"));
+                return RawEnd::Reset;
+            }
+        };
+        if stream.write_all(&reply).await.is_err() {
+            return RawEnd::Reset;
+        }
+    }
 }
 
 async fn echo_websocket<S: AsyncRead + AsyncWrite + Unpin>(mut ws: WebSocketStream<S>) {

@@ -4,7 +4,11 @@
 //! Frames are forwarded as wire bytes, still masked as the client masked them, so relaying costs
 //! no copy and no re-masking. The two `FrameDecoder`s only track where frames start and end:
 //! the proxy injects its own frames (pings to the client, close frames) only at a frame
-//! boundary of the direction it writes into, never inside a frame being relayed.
+//! boundary of the direction it writes into, never inside a frame being relayed. A close the
+//! proxy decides on waits (at most `BOUNDARY_GRACE`) for both directions to reach a boundary,
+//! forwarding no new frame meanwhile; a side still mid-frame then just sees its socket close.
+//! With pings on, a write to the client may take at most `ping_interval + pong_timeout`: a
+//! client that stops reading is a dead peer too, even while an upstream frame blocks the pings.
 
 pub mod frame;
 
@@ -14,8 +18,8 @@ use pingora::proxy::Session;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use self::frame::{encode_frame, close_payload, Direction, FrameDecoder, FrameError, Item, OpCode};
-use super::{shutdown_started, sleep_until_opt, Supervision};
+use self::frame::{close_payload, encode_frame, Direction, FrameDecoder, FrameError, Item, OpCode};
+use super::{shutdown_started, Supervision};
 use crate::config::{OnRateLimit, WebSocketConfig};
 use crate::telemetry::CloseReason;
 
@@ -32,6 +36,12 @@ pub mod close_code {
 /// How long a proxy-initiated close waits for a half-relayed frame to finish before it gives up
 /// on a clean close frame and just closes the socket.
 const BOUNDARY_GRACE: Duration = Duration::from_secs(1);
+
+/// A deadline that never comes (the loop's timer when nothing is due).
+const NEVER: Duration = Duration::from_secs(86_400 * 365);
+
+/// How soon a ping that found an upstream frame half-relayed is tried again.
+const PING_RETRY: Duration = Duration::from_millis(10);
 
 /// Per-connection settings the relay needs besides `[websocket]`.
 pub struct WsOptions<'a> {
@@ -83,56 +93,147 @@ pub async fn relay(
     let mut last_data = now;
     let ping_interval = (!cfg.ping_interval.is_zero()).then_some(cfg.ping_interval);
     let idle_timeout = (!cfg.idle_timeout.is_zero()).then_some(cfg.idle_timeout);
+    if let Some(every) = ping_interval {
+        // A client that stops reading would block a write forever, and with it every timer of
+        // this loop: give a write the same time a silent client gets before it counts as dead.
+        session.set_write_timeout(Some(every + cfg.pong_timeout));
+    }
     // The payload of our outstanding ping and when its pong is due.
     let mut awaiting_pong: Option<(Bytes, Instant)> = None;
     let mut ping_seq: u64 = 0;
+    // The client message being decoded is dropped whole (rate limit): none of it reached the
+    // upstream, so the upstream's stream is at a frame boundary even mid-frame here.
     let mut dropping_message = false;
-    // A close the proxy wants to send, waiting for a frame boundary (or its deadline).
+    // A close the proxy wants to send, waiting for frame boundaries (or its deadline).
     let mut pending_close: Option<(ProxyClose, Instant)> = None;
-    // Set once either peer sent a close frame: the other side's answer then ends the exchange.
+    // Cleared when the client's bytes must not be forwarded any more (a protocol violation).
+    let mut client_readable = true;
+    // Set once either peer sent a close frame: the other side's answer then ends the exchange,
+    // and the peer that got that close frame must get no other frame (RFC 6455 5.5.1).
     let mut client_sent_close = false;
     let mut upstream_sent_close = false;
     let mut expiry = sup.expires_at;
+    // One timer for every deadline of this loop, re-armed lazily: message traffic only moves
+    // `last_client`/`last_data` later, so the timer just fires early now and then and is set
+    // again, instead of registering fresh timers on every frame.
+    let never = Instant::now() + NEVER;
+    let timer = tokio::time::sleep_until(never);
+    tokio::pin!(timer);
+    let mut timer_at = never;
+    // A second receiver: the loop still reads `sup.shutdown` to pick close codes.
+    let mut shutdown_rx = sup.shutdown.clone();
+    let shutdown = shutdown_started(&mut shutdown_rx);
+    tokio::pin!(shutdown);
+    let evicted = &mut sup.evicted;
 
     loop {
+        // Where each direction could take a frame of the proxy's own without splitting one.
+        let client_side_clean = from_upstream.at_frame_boundary();
+        let upstream_side_clean = from_client.at_frame_boundary() || dropping_message;
         if let Some((close, deadline)) = pending_close {
-            let clean = from_client.at_frame_boundary() && from_upstream.at_frame_boundary();
-            if clean || Instant::now() >= deadline {
-                close_both(session, upstream, close, clean).await;
+            if (client_side_clean && upstream_side_clean) || Instant::now() >= deadline {
+                let sides = Sides {
+                    client: client_side_clean && !upstream_sent_close,
+                    upstream: upstream_side_clean && !client_sent_close,
+                };
+                close_both(session, upstream, close, sides).await;
                 return close.reason;
             }
         }
+        let closing = pending_close.is_some();
+        // While a close waits for one direction's boundary, the other, already at one, takes
+        // no new frame: otherwise a busy stream might never be at a boundary in both at once.
+        let read_upstream = !(closing && client_side_clean);
+        let read_client = client_readable && !(closing && upstream_side_clean);
         let ping_due = match (&awaiting_pong, ping_interval) {
-            (None, Some(every)) if pending_close.is_none() => Some(last_client + every),
+            (None, Some(every)) if !closing && !upstream_sent_close => Some(last_client + every),
             _ => None,
         };
-        let pong_due = awaiting_pong.as_ref().map(|(_, due)| *due);
-        let idle_due = idle_timeout.map(|d| last_data + d);
+        let pong_due = awaiting_pong
+            .as_ref()
+            .map(|(_, due)| *due)
+            .filter(|_| !closing);
+        let idle_due = idle_timeout.map(|d| last_data + d).filter(|_| !closing);
         let close_due = pending_close.map(|(_, at)| at);
+        let expiry_due = expiry.filter(|_| !closing);
+        let next = [ping_due, pong_due, idle_due, close_due, expiry_due]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(never);
+        if next < timer_at {
+            timer.as_mut().reset(next);
+            timer_at = next;
+        }
 
         tokio::select! {
+            // Supervision first: a peer that always has bytes ready would otherwise win every
+            // turn and outlive its token, an eviction, the drain or its own pong deadline.
             biased;
-            read = upstream.read_body_bytes() => match read {
+            _ = &mut *evicted, if !closing => {
+                pending_close = Some((ProxyClose::new(close_code::POLICY_VIOLATION, "evicted", CloseReason::Evicted), Instant::now() + BOUNDARY_GRACE));
+            }
+            _ = &mut shutdown, if !closing => {
+                pending_close = Some((ProxyClose::new(close_code::GOING_AWAY, "server shutting down", CloseReason::Shutdown), Instant::now() + BOUNDARY_GRACE));
+            }
+            _ = &mut timer => {
+                // Fired: re-armed at the next turn from the deadlines as they stand then.
+                timer_at = never;
+                timer.as_mut().reset(never);
+                let now = Instant::now();
+                let due = |at: Option<Instant>| at.is_some_and(|at| now >= at);
+                if due(expiry_due) {
+                    expiry = None;
+                    pending_close = Some((ProxyClose::new(close_code::POLICY_VIOLATION, "token expired", CloseReason::Expired), now + BOUNDARY_GRACE));
+                } else if due(pong_due) {
+                    tracing::info!("closing a WebSocket: client did not answer a ping");
+                    pending_close = Some((ProxyClose::new(close_code::GOING_AWAY, "no pong", CloseReason::DeadPeer), now + BOUNDARY_GRACE));
+                    awaiting_pong = None;
+                } else if due(idle_due) {
+                    pending_close = Some((ProxyClose::new(close_code::GOING_AWAY, "idle", CloseReason::Idle), now + BOUNDARY_GRACE));
+                } else if due(ping_due) {
+                    if from_upstream.at_frame_boundary() {
+                        ping_seq += 1;
+                        let payload = Bytes::from(format!("streamguard-{ping_seq}"));
+                        if let Err(e) = write_client(session, encode_frame(OpCode::Ping, &payload, None)).await {
+                            let clean = from_client.at_frame_boundary() || dropping_message;
+                            return client_lost(upstream, &e, clean && !client_sent_close).await;
+                        }
+                        metrics.ws_pings.inc();
+                        awaiting_pong = Some((payload, Instant::now() + cfg.pong_timeout));
+                    } else {
+                        // Mid upstream frame: try again shortly rather than split the frame.
+                        last_client += PING_RETRY;
+                    }
+                }
+            }
+            read = upstream.read_body_bytes(), if read_upstream => match read {
                 Ok(Some(chunk)) => {
                     metrics.websocket.bytes_to_client.inc_by(chunk.len() as u64);
                     upstream_buf.extend_from_slice(&chunk);
                     loop {
+                        if pending_close.is_some() && from_upstream.at_frame_boundary() {
+                            // The close goes here; what follows is never forwarded.
+                            break;
+                        }
                         match from_upstream.decode(&mut upstream_buf) {
                             Ok(Some(Item::Data { bytes, message_start, .. })) => {
                                 if message_start {
                                     metrics.ws_messages_to_client.inc();
                                 }
                                 last_data = Instant::now();
-                                if write_client(session, bytes).await.is_err() {
-                                    return client_vanished(upstream).await;
+                                if let Err(e) = write_client(session, bytes).await {
+                                    let clean = from_client.at_frame_boundary() || dropping_message;
+                                    return client_lost(upstream, &e, clean && !client_sent_close).await;
                                 }
                             }
                             Ok(Some(Item::Control { opcode, wire, .. })) => {
                                 if opcode == OpCode::Close {
                                     upstream_sent_close = true;
                                 }
-                                if write_client(session, wire).await.is_err() {
-                                    return client_vanished(upstream).await;
+                                if let Err(e) = write_client(session, wire).await {
+                                    let clean = from_client.at_frame_boundary() || dropping_message;
+                                    return client_lost(upstream, &e, clean && !client_sent_close).await;
                                 }
                                 if opcode == OpCode::Close && client_sent_close {
                                     return CloseReason::ClientGone;
@@ -143,7 +244,9 @@ pub async fn relay(
                                 tracing::warn!(error = %err, "upstream broke the WebSocket protocol");
                                 let close = ProxyClose::new(close_code::INTERNAL_ERROR, "upstream error", CloseReason::ProtocolError);
                                 // The upstream stream is corrupt from here: no clean frame to it.
-                                close_client_only(session, close).await;
+                                if !upstream_sent_close {
+                                    close_client_only(session, close).await;
+                                }
                                 return close.reason;
                             }
                         }
@@ -152,6 +255,10 @@ pub async fn relay(
                 Ok(None) | Err(_) => {
                     if upstream_sent_close {
                         return if client_sent_close { CloseReason::ClientGone } else { CloseReason::UpstreamGone };
+                    }
+                    if client_sent_close {
+                        // The client is closing anyway; the upstream just did not answer.
+                        return CloseReason::ClientGone;
                     }
                     let shutting_down = *sup.shutdown.borrow();
                     let (code, reason) = if shutting_down {
@@ -165,35 +272,41 @@ pub async fn relay(
                     return reason;
                 }
             },
-            read = session.read_request_body() => match read {
+            read = session.read_request_body(), if read_client => match read {
                 Ok(Some(chunk)) => {
                     last_client = Instant::now();
                     metrics.websocket.bytes_to_upstream.inc_by(chunk.len() as u64);
                     client_buf.extend_from_slice(&chunk);
                     loop {
+                        if pending_close.is_some() && (from_client.at_frame_boundary() || dropping_message) {
+                            // The close goes here; what follows is never forwarded.
+                            break;
+                        }
                         match from_client.decode(&mut client_buf) {
                             Ok(Some(Item::Data { bytes, message_start, message_end, .. })) => {
                                 last_data = Instant::now();
                                 if message_start {
                                     dropping_message = false;
                                     if !(opts.allow_message)() {
+                                        dropping_message = true;
                                         match cfg.on_rate_limit {
                                             OnRateLimit::Drop => {
-                                                dropping_message = true;
                                                 metrics.dropped_events.with_label_values(&["rate_limited"]).inc();
                                             }
                                             OnRateLimit::Close => {
-                                                pending_close = Some((ProxyClose::new(close_code::POLICY_VIOLATION, "rate limited", CloseReason::RateLimited), Instant::now()));
                                                 // The message never reaches the upstream.
-                                                dropping_message = true;
+                                                pending_close = Some((ProxyClose::new(close_code::POLICY_VIOLATION, "rate limited", CloseReason::RateLimited), Instant::now() + BOUNDARY_GRACE));
                                             }
                                         }
                                     } else {
                                         metrics.ws_messages_to_upstream.inc();
                                     }
                                 }
-                                if !dropping_message && write_upstream(upstream, &bytes).await.is_err() {
-                                    return upstream_vanished(session, &sup.shutdown).await;
+                                if !dropping_message {
+                                    if let Err(e) = write_upstream(upstream, &bytes).await {
+                                        tracing::debug!(error = %e, "upstream write failed");
+                                        return upstream_vanished(session, &sup.shutdown, from_upstream.at_frame_boundary() && !upstream_sent_close).await;
+                                    }
                                 }
                                 if message_end {
                                     dropping_message = false;
@@ -212,8 +325,9 @@ pub async fn relay(
                                 if opcode == OpCode::Close {
                                     client_sent_close = true;
                                 }
-                                if write_upstream(upstream, &wire).await.is_err() {
-                                    return upstream_vanished(session, &sup.shutdown).await;
+                                if let Err(e) = write_upstream(upstream, &wire).await {
+                                    tracing::debug!(error = %e, "upstream write failed");
+                                    return upstream_vanished(session, &sup.shutdown, from_upstream.at_frame_boundary() && !upstream_sent_close).await;
                                 }
                                 if opcode == OpCode::Close && upstream_sent_close {
                                     return CloseReason::UpstreamGone;
@@ -223,55 +337,22 @@ pub async fn relay(
                             Err(err) => {
                                 let close = protocol_close(&err);
                                 tracing::info!(error = %err, "closing a WebSocket: client broke a rule");
-                                // Bytes after the bad frame are unusable; the upstream gets a
-                                // clean close only if no client frame was half-forwarded.
-                                pending_close = Some((close, Instant::now()));
+                                // Bytes from the bad frame on are unusable: nothing more is read
+                                // from the client. The upstream gets a clean close only if no
+                                // client frame was half-forwarded.
+                                pending_close = Some((close, Instant::now() + BOUNDARY_GRACE));
+                                client_readable = false;
                                 client_buf.clear();
                                 break;
                             }
                         }
                     }
                 }
-                Ok(None) | Err(_) => return client_vanished(upstream).await,
+                Ok(None) | Err(_) => {
+                    let clean = from_client.at_frame_boundary() || dropping_message;
+                    return client_vanished(upstream, clean && !client_sent_close).await;
+                }
             },
-            _ = sleep_until_opt(ping_due) => {
-                if ping_due.is_some_and(|due| Instant::now() >= due) && from_upstream.at_frame_boundary() {
-                    ping_seq += 1;
-                    let payload = Bytes::from(format!("streamguard-{ping_seq}"));
-                    if write_client(session, encode_frame(OpCode::Ping, &payload, None)).await.is_err() {
-                        return client_vanished(upstream).await;
-                    }
-                    metrics.ws_pings.inc();
-                    awaiting_pong = Some((payload, Instant::now() + cfg.pong_timeout));
-                } else if ping_due.is_some_and(|due| Instant::now() >= due) {
-                    // Mid upstream frame: try again shortly rather than split the frame.
-                    last_client += Duration::from_millis(10);
-                }
-            }
-            _ = sleep_until_opt(pong_due) => {
-                if pong_due.is_some_and(|due| Instant::now() >= due) {
-                    tracing::info!("closing a WebSocket: client did not answer a ping");
-                    let close = ProxyClose::new(close_code::GOING_AWAY, "no pong", CloseReason::DeadPeer);
-                    pending_close = Some((close, Instant::now()));
-                    awaiting_pong = None;
-                }
-            }
-            _ = sleep_until_opt(idle_due) => {
-                if idle_due.is_some_and(|due| Instant::now() >= due) && pending_close.is_none() {
-                    pending_close = Some((ProxyClose::new(close_code::GOING_AWAY, "idle", CloseReason::Idle), Instant::now() + BOUNDARY_GRACE));
-                }
-            }
-            _ = sleep_until_opt(expiry), if pending_close.is_none() => {
-                expiry = None;
-                pending_close = Some((ProxyClose::new(close_code::POLICY_VIOLATION, "token expired", CloseReason::Expired), Instant::now() + BOUNDARY_GRACE));
-            }
-            _ = &mut sup.evicted, if pending_close.is_none() => {
-                pending_close = Some((ProxyClose::new(close_code::POLICY_VIOLATION, "evicted", CloseReason::Evicted), Instant::now() + BOUNDARY_GRACE));
-            }
-            _ = shutdown_started(&mut sup.shutdown), if pending_close.is_none() => {
-                pending_close = Some((ProxyClose::new(close_code::GOING_AWAY, "server shutting down", CloseReason::Shutdown), Instant::now() + BOUNDARY_GRACE));
-            }
-            _ = sleep_until_opt(close_due) => {}
         }
     }
 }
@@ -300,14 +381,33 @@ async fn write_upstream(upstream: &mut H1Client, bytes: &[u8]) -> pingora::Resul
 }
 
 fn masked_close(code: u16, reason: &str) -> Bytes {
-    encode_frame(OpCode::Close, &close_payload(code, reason), Some(rand::random()))
+    encode_frame(
+        OpCode::Close,
+        &close_payload(code, reason),
+        Some(rand::random()),
+    )
+}
+
+/// Which peers may get a close frame of the proxy's own: only one whose stream is at a frame
+/// boundary (a frame spliced into another corrupts it) and that has not had a close frame yet.
+#[derive(Clone, Copy)]
+struct Sides {
+    client: bool,
+    upstream: bool,
 }
 
 /// Proxy-initiated close: the client gets `close.client_code`, the upstream (as its client)
-/// "going away"; without a frame boundary the sockets are just closed.
-async fn close_both(session: &mut Session, upstream: &mut H1Client, close: ProxyClose, clean: bool) {
-    if clean {
+/// "going away"; a side that cannot take a frame cleanly just sees its socket close.
+async fn close_both(
+    session: &mut Session,
+    upstream: &mut H1Client,
+    close: ProxyClose,
+    sides: Sides,
+) {
+    if sides.upstream {
         let _ = write_upstream(upstream, &masked_close(close_code::GOING_AWAY, "")).await;
+    }
+    if sides.client {
         close_client_only(session, close).await;
     }
     upstream.shutdown().await;
@@ -323,24 +423,50 @@ async fn close_client_only(session: &mut Session, close: ProxyClose) {
     let _ = session.write_response_body(None, true).await;
 }
 
-/// The client vanished without a close frame: the upstream hears "going away".
-async fn client_vanished(upstream: &mut H1Client) -> CloseReason {
-    let _ = write_upstream(upstream, &masked_close(close_code::GOING_AWAY, "client gone")).await;
+/// Writing to the client failed: it is gone, or it stopped reading for as long as a silent
+/// client is given (the write timed out), which makes it a dead peer.
+async fn client_lost(
+    upstream: &mut H1Client,
+    err: &pingora::Error,
+    tell_upstream: bool,
+) -> CloseReason {
+    client_vanished(upstream, tell_upstream).await;
+    if *err.etype() == pingora::ErrorType::WriteTimedout {
+        tracing::info!("closing a WebSocket: client stopped reading");
+        CloseReason::DeadPeer
+    } else {
+        CloseReason::ClientGone
+    }
+}
+
+/// The client vanished without a close frame: the upstream hears "going away" when that can
+/// be said without splitting a half-forwarded client frame.
+async fn client_vanished(upstream: &mut H1Client, tell_upstream: bool) -> CloseReason {
+    if tell_upstream {
+        let _ = write_upstream(
+            upstream,
+            &masked_close(close_code::GOING_AWAY, "client gone"),
+        )
+        .await;
+    }
     upstream.shutdown().await;
     CloseReason::ClientGone
 }
 
-/// Writing upstream failed: the client hears 1011, or 1001 while the proxy shuts down.
+/// Writing upstream failed: the client hears 1011, or 1001 while the proxy shuts down, when
+/// that can be said without splitting a half-relayed upstream frame.
 async fn upstream_vanished(
     session: &mut Session,
     shutdown: &tokio::sync::watch::Receiver<bool>,
+    tell_client: bool,
 ) -> CloseReason {
     let (code, reason) = if *shutdown.borrow() {
         (close_code::GOING_AWAY, CloseReason::Shutdown)
     } else {
         (close_code::INTERNAL_ERROR, CloseReason::UpstreamGone)
     };
-    close_client_only(session, ProxyClose::new(code, "upstream went away", reason)).await;
+    if tell_client {
+        close_client_only(session, ProxyClose::new(code, "upstream went away", reason)).await;
+    }
     reason
 }
-
