@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{self, Config, ConfigError, EnvSource, ProcessEnv};
 
 #[derive(Parser)]
-#[command(name = "streamguard", version, about = "Sidecar proxy that hardens SSE and WebSocket apps")]
+#[command(
+    name = "streamguard",
+    version,
+    about = "Sidecar proxy that hardens SSE and WebSocket apps"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,7 +36,12 @@ enum Command {
 #[derive(Args)]
 struct ConfigArg {
     /// Config file.
-    #[arg(short = 'c', long = "config", env = "STREAMGUARD_CONFIG", default_value = "proxy.toml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "STREAMGUARD_CONFIG",
+        default_value = "proxy.toml"
+    )]
     path: PathBuf,
 }
 
@@ -140,7 +149,9 @@ struct DemoEnv {
 
 impl EnvSource for DemoEnv {
     fn var(&self, name: &str) -> Option<String> {
-        ProcessEnv.var(name).or_else(|| self.generated.get(name).cloned())
+        ProcessEnv
+            .var(name)
+            .or_else(|| self.generated.get(name).cloned())
     }
 }
 

@@ -216,7 +216,10 @@ impl Metrics {
         let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c);
 
         let requests = IntCounterVec::new(
-            Opts::new("streamguard_requests_total", "Requests handled, by outcome."),
+            Opts::new(
+                "streamguard_requests_total",
+                "Requests handled, by outcome.",
+            ),
             &["outcome"],
         )?;
         reg(Box::new(requests.clone()))?;

@@ -75,11 +75,21 @@ mod tests {
         .unwrap();
         let mut v = Validation::default();
         v.validate_exp = false;
-        let data = decode::<Value>(&token, &DecodingKey::from_secret(b"0123456789abcdef0123456789abcdef"), &v).unwrap();
+        let data = decode::<Value>(
+            &token,
+            &DecodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+            &v,
+        )
+        .unwrap();
         assert_eq!(data.claims["sub"], "alice");
         assert_eq!(data.claims["exp"], 4_000_000_600u64);
         assert_eq!(data.claims["tenant_id"], "acme");
         assert_eq!(data.claims["roles"][0], "admin");
-        assert!(decode::<Value>(&token, &DecodingKey::from_secret(b"another-secret-another-secret-xx"), &v).is_err());
+        assert!(decode::<Value>(
+            &token,
+            &DecodingKey::from_secret(b"another-secret-another-secret-xx"),
+            &v
+        )
+        .is_err());
     }
 }

@@ -265,3 +265,49 @@ pub enum RouteSegment {
     /// `{name}`: matches exactly one non-empty segment.
     Param(String),
 }
+
+/// The documented defaults of `[sse]`.
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            heartbeat: Duration::from_secs(15),
+            heartbeat_comment: "ping".into(),
+            stale_after: Duration::from_secs(45),
+            retry: None,
+            retry_jitter: 0.0,
+            max_event_size: 1 << 20,
+            on_oversize: OnOversize::Drop,
+            on_invalid: OnInvalid::Pass,
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The documented defaults of `[websocket]`.
+impl Default for WebSocketConfig {
+    fn default() -> Self {
+        WebSocketConfig {
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::ZERO,
+            max_message_size: 1 << 20,
+            messages_per_user: None,
+            on_rate_limit: OnRateLimit::Close,
+        }
+    }
+}
+
+/// The documented defaults of `[limits]`: no limit at all.
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_streams: None,
+            max_streams_per_user: None,
+            on_user_limit: OnUserLimit::Reject,
+            connects_per_user: None,
+            requests_per_ip: None,
+            burst: 0,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}

@@ -513,43 +513,6 @@ fn route_path(s: &str) -> Result<Vec<RouteSegment>, String> {
     Ok(segments)
 }
 
-fn default_sse() -> SseConfig {
-    SseConfig {
-        heartbeat: Duration::from_secs(15),
-        heartbeat_comment: "ping".into(),
-        stale_after: Duration::from_secs(45),
-        retry: None,
-        retry_jitter: 0.0,
-        max_event_size: 1 << 20,
-        on_oversize: OnOversize::Drop,
-        on_invalid: OnInvalid::Pass,
-        write_timeout: Duration::from_secs(30),
-    }
-}
-
-fn default_websocket() -> WebSocketConfig {
-    WebSocketConfig {
-        ping_interval: Duration::from_secs(20),
-        pong_timeout: Duration::from_secs(10),
-        idle_timeout: Duration::ZERO,
-        max_message_size: 1 << 20,
-        messages_per_user: None,
-        on_rate_limit: OnRateLimit::Close,
-    }
-}
-
-fn default_limits() -> LimitsConfig {
-    LimitsConfig {
-        max_streams: None,
-        max_streams_per_user: None,
-        on_user_limit: OnUserLimit::Reject,
-        connects_per_user: None,
-        requests_per_ip: None,
-        burst: 0,
-        trusted_proxies: Vec::new(),
-    }
-}
-
 fn heartbeat_comment(s: &str) -> Result<String, String> {
     if s.contains(['\r', '\n']) {
         return Err(
@@ -1205,9 +1168,9 @@ pub(super) fn validate(
         .text("auth.mode", raw.auth.mode.as_ref(), choice(AUTH_MODES))
         .unwrap_or(AuthMode::Required);
     let log = log(cx, &raw.log);
-    let sse = sse(cx, "sse", &raw.sse, &default_sse());
-    let websocket = websocket(cx, "websocket", &raw.websocket, &default_websocket());
-    let limits = limits(cx, "limits", &raw.limits, &default_limits());
+    let sse = sse(cx, "sse", &raw.sse, &SseConfig::default());
+    let websocket = websocket(cx, "websocket", &raw.websocket, &WebSocketConfig::default());
+    let limits = limits(cx, "limits", &raw.limits, &LimitsConfig::default());
     let globals = Globals {
         auth: mode,
         sse: &sse,
@@ -1548,7 +1511,7 @@ claims = { tenant = "tid" }
             (c.log.format, c.log.level.as_str()),
             (LogFormat::Json, "info")
         );
-        assert_eq!(c.sse, default_sse());
+        assert_eq!(c.sse, SseConfig::default());
         assert_eq!(c.sse.heartbeat.as_secs(), 15);
         assert_eq!(c.sse.heartbeat_comment, "ping");
         assert_eq!(c.sse.stale_after.as_secs(), 45);
@@ -1559,14 +1522,14 @@ claims = { tenant = "tid" }
             (OnOversize::Drop, OnInvalid::Pass)
         );
         assert_eq!(c.sse.write_timeout.as_secs(), 30);
-        assert_eq!(c.websocket, default_websocket());
+        assert_eq!(c.websocket, WebSocketConfig::default());
         assert_eq!(c.websocket.ping_interval.as_secs(), 20);
         assert_eq!(c.websocket.pong_timeout.as_secs(), 10);
         assert_eq!(c.websocket.idle_timeout, Duration::ZERO);
         assert_eq!(c.websocket.max_message_size, 1_048_576);
         assert_eq!(c.websocket.messages_per_user, None);
         assert_eq!(c.websocket.on_rate_limit, OnRateLimit::Close);
-        assert_eq!(c.limits, default_limits());
+        assert_eq!(c.limits, LimitsConfig::default());
         assert_eq!(
             (c.limits.max_streams, c.limits.max_streams_per_user),
             (None, None)

@@ -159,11 +159,8 @@ fn route_params<'a>(route: &'a RouteConfig, segments: &[String]) -> Option<Vec<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::types::{
-        LimitsConfig, OnInvalid, OnOversize, OnRateLimit, OnUserLimit, SseConfig, WebSocketConfig,
-    };
+    use crate::config::types::{LimitsConfig, SseConfig, WebSocketConfig};
     use serde_json::{json, Map, Value};
-    use std::time::Duration;
 
     fn route(path: &str, auth: AuthMode, roles: &[&str], claims: &[(&str, &str)]) -> RouteConfig {
         let segments = path
@@ -185,34 +182,10 @@ mod tests {
                 .iter()
                 .map(|(p, c)| ((*p).to_owned(), (*c).to_owned()))
                 .collect(),
-            sse: SseConfig {
-                heartbeat: Duration::from_secs(15),
-                heartbeat_comment: "hb".into(),
-                stale_after: Duration::ZERO,
-                retry: None,
-                retry_jitter: 0.0,
-                max_event_size: 65536,
-                on_oversize: OnOversize::Drop,
-                on_invalid: OnInvalid::Pass,
-                write_timeout: Duration::from_secs(10),
-            },
-            websocket: WebSocketConfig {
-                ping_interval: Duration::ZERO,
-                pong_timeout: Duration::ZERO,
-                idle_timeout: Duration::ZERO,
-                max_message_size: 65536,
-                messages_per_user: None,
-                on_rate_limit: OnRateLimit::Close,
-            },
-            limits: LimitsConfig {
-                max_streams: None,
-                max_streams_per_user: None,
-                on_user_limit: OnUserLimit::Reject,
-                connects_per_user: None,
-                requests_per_ip: None,
-                burst: 0,
-                trusted_proxies: Vec::new(),
-            },
+            // Routing never reads these: the documented defaults will do.
+            sse: SseConfig::default(),
+            websocket: WebSocketConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 

@@ -87,7 +87,11 @@ impl ProxyHttp for StreamGuard {
     /// upstream already decides encoding for everything else.
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
-    async fn early_request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         pipeline::lift_token(&self.state, session, ctx)?;
         ctx.log_uri = session.req_header().uri.to_string();
         Ok(())
@@ -97,7 +101,11 @@ impl ProxyHttp for StreamGuard {
         pipeline::run(&self.state, session, ctx).await
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let up = &self.state.config.upstream;
         let mut peer = HttpPeer::new(up.address, false, String::new());
         peer.options.connection_timeout = Some(up.connect_timeout);
@@ -139,7 +147,12 @@ impl ProxyHttp for StreamGuard {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let rejection = match e.esource() {
             pingora::ErrorSource::Upstream => Some(Rejection::UpstreamDown),
             pingora::ErrorSource::Downstream => None,
@@ -175,9 +188,15 @@ impl ProxyHttp for StreamGuard {
             .map(|r| r.status.as_u16())
             .unwrap_or(ctx.status);
         let metrics = &self.state.metrics;
-        metrics.requests.with_label_values(&[ctx.outcome.label()]).inc();
+        metrics
+            .requests
+            .with_label_values(&[ctx.outcome.label()])
+            .inc();
         if let Some(rejection) = ctx.rejection {
-            metrics.rejections.with_label_values(&[rejection.metric_label()]).inc();
+            metrics
+                .rejections
+                .with_label_values(&[rejection.metric_label()])
+                .inc();
         }
         tracing::info!(
             target: ACCESS_TARGET,

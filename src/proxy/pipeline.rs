@@ -83,11 +83,20 @@ pub async fn run(state: &State, session: &mut Session, ctx: &mut RequestCtx) -> 
     let xff = forwarded_for(&session.req_header().headers);
     let client = client_ip(peer, xff.as_deref(), &state.config.limits.trusted_proxies);
 
-    if let Err((why, after)) = state
-        .limiter
-        .check_request(client, &state.config.limits, Instant::now())
+    if let Err((why, after)) =
+        state
+            .limiter
+            .check_request(client, &state.config.limits, Instant::now())
     {
-        return refuse(state, session, ctx, Rejection::from(why), Some(after), "request rate").await;
+        return refuse(
+            state,
+            session,
+            ctx,
+            Rejection::from(why),
+            Some(after),
+            "request rate",
+        )
+        .await;
     }
 
     let req = session.req_header();
@@ -124,7 +133,15 @@ pub async fn run(state: &State, session: &mut Session, ctx: &mut RequestCtx) -> 
                 Ok(identity) => ctx.identity = Some(identity),
                 Err(e) => {
                     security(session, "auth_failed", e.reason(), None);
-                    return refuse(state, session, ctx, Rejection::Unauthorized, None, e.reason()).await;
+                    return refuse(
+                        state,
+                        session,
+                        ctx,
+                        Rejection::Unauthorized,
+                        None,
+                        e.reason(),
+                    )
+                    .await;
                 }
             }
         }
@@ -144,7 +161,15 @@ pub async fn run(state: &State, session: &mut Session, ctx: &mut RequestCtx) -> 
     let kind = match stream_kind(session) {
         Ok(kind) => kind,
         Err(()) => {
-            return refuse(state, session, ctx, Rejection::UpgradeNotWebSocket, None, "bad upgrade").await;
+            return refuse(
+                state,
+                session,
+                ctx,
+                Rejection::UpgradeNotWebSocket,
+                None,
+                "bad upgrade",
+            )
+            .await;
         }
     };
     match kind {
@@ -188,7 +213,11 @@ fn security(session: &Session, event: &'static str, reason: &str, origin: Option
 }
 
 fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
-    session.req_header().headers.get(name).and_then(|v| v.to_str().ok())
+    session
+        .req_header()
+        .headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// Is this an SSE request, a WebSocket upgrade, or neither? `Err` for an `Upgrade` that is not
@@ -199,11 +228,18 @@ fn stream_kind(session: &Session) -> std::result::Result<Option<StreamKind>, ()>
         let valid = upgrade.as_bytes().eq_ignore_ascii_case(b"websocket")
             && session.req_header().method == Method::GET
             && header_has_token(headers.get(header::CONNECTION), "upgrade")
-            && headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) == Some(b"13")
+            && headers
+                .get(header::SEC_WEBSOCKET_VERSION)
+                .map(|v| v.as_bytes())
+                == Some(b"13")
             && headers
                 .get(header::SEC_WEBSOCKET_KEY)
                 .is_some_and(|k| valid_ws_key(k.as_bytes()));
-        return if valid { Ok(Some(StreamKind::WebSocket)) } else { Err(()) };
+        return if valid {
+            Ok(Some(StreamKind::WebSocket))
+        } else {
+            Err(())
+        };
     }
     let wants_sse = headers
         .get_all(header::ACCEPT)
@@ -214,12 +250,15 @@ fn stream_kind(session: &Session) -> std::result::Result<Option<StreamKind>, ()>
 
 /// True when a comma-separated header value lists `token` (case-insensitive, `;params` ignored).
 fn header_has_token(value: Option<&HeaderValue>, token: &str) -> bool {
-    value
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|part| part.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(token))
+    value.and_then(|v| v.to_str().ok()).is_some_and(|v| {
+        v.split(',').any(|part| {
+            part.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(token)
         })
+    })
 }
 
 /// RFC 6455 4.1: the key is 16 random bytes, base64-encoded: 24 characters ending in `==`.
@@ -248,8 +287,17 @@ fn rewrite_for_upstream(state: &State, session: &mut Session, ctx: &RequestCtx) 
         (Some(identity), Some(found)) => Some((identity, found.token.as_str())),
         _ => None,
     };
-    let target = req.uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-    let plan = auth::forward_plan(&state.config.auth, &req.headers, target, verified.map(|v| v.1));
+    let target = req
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let plan = auth::forward_plan(
+        &state.config.auth,
+        &req.headers,
+        target,
+        verified.map(|v| v.1),
+    );
     apply_edit(req, header::AUTHORIZATION, plan.authorization)?;
     apply_edit(req, header::COOKIE, plan.cookie)?;
     apply_edit(req, header::SEC_WEBSOCKET_PROTOCOL, plan.websocket_protocol)?;
@@ -287,7 +335,11 @@ fn apply_edit(
 
 /// `POST auth.session.path` with a valid bearer token sets the httpOnly cookie; `DELETE`
 /// clears it. Browsers then open streams with no token in any URL.
-async fn session_exchange(state: &State, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+async fn session_exchange(
+    state: &State,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<bool> {
     let cfg = &state.config.auth;
     let method = session.req_header().method.clone();
     let cookie = if method == Method::DELETE {
@@ -317,13 +369,24 @@ async fn session_exchange(state: &State, session: &mut Session, ctx: &mut Reques
             }
         }
     } else {
-        return refuse(state, session, ctx, Rejection::MethodNotAllowed, None, "session method").await;
+        return refuse(
+            state,
+            session,
+            ctx,
+            Rejection::MethodNotAllowed,
+            None,
+            "session method",
+        )
+        .await;
     };
     ctx.outcome = Outcome::Local;
     ctx.status = 204;
-    let mut extra = vec![(header::SET_COOKIE, HeaderValue::try_from(cookie).map_err(|_| {
-        pingora::Error::explain(pingora::ErrorType::InternalError, "session cookie")
-    })?)];
+    let mut extra = vec![(
+        header::SET_COOKIE,
+        HeaderValue::try_from(cookie).map_err(|_| {
+            pingora::Error::explain(pingora::ErrorType::InternalError, "session cookie")
+        })?,
+    )];
     if let Some(origin) = &ctx.cors_origin {
         extra.extend(state.cors.response_headers(origin));
     }

@@ -31,7 +31,9 @@ pub async fn send(
     for (name, value) in extra {
         resp.append_header(name.clone(), value.clone())?;
     }
-    session.write_response_header(Box::new(resp), body.is_empty()).await?;
+    session
+        .write_response_header(Box::new(resp), body.is_empty())
+        .await?;
     if !body.is_empty() {
         session
             .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
@@ -51,7 +53,12 @@ pub async fn reject(
     let mut extra: Vec<(http::HeaderName, HeaderValue)> = rejection
         .extra_headers()
         .iter()
-        .map(|(n, v)| (http::HeaderName::from_static(n), HeaderValue::from_static(v)))
+        .map(|(n, v)| {
+            (
+                http::HeaderName::from_static(n),
+                HeaderValue::from_static(v),
+            )
+        })
         .collect();
     if let Some(after) = retry_after {
         // Round up: a client retrying after the floor would be refused again.
@@ -104,6 +111,9 @@ pub fn hide_error_head(resp: &mut ResponseHeader) -> pingora::Result<()> {
     resp.remove_header(&header::TRANSFER_ENCODING);
     resp.remove_header(&header::CONTENT_ENCODING);
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(header::CONTENT_LENGTH, UPSTREAM_ERROR_BODY.len().to_string())?;
+    resp.insert_header(
+        header::CONTENT_LENGTH,
+        UPSTREAM_ERROR_BODY.len().to_string(),
+    )?;
     Ok(())
 }

@@ -42,7 +42,9 @@ impl State {
         shutdown: watch::Receiver<bool>,
     ) -> Result<State, SetupError> {
         let verifier = match &config.auth.key {
-            Some(_) => Some(Verifier::new(&config.auth).map_err(|e| SetupError::Auth(e.to_string()))?),
+            Some(_) => {
+                Some(Verifier::new(&config.auth).map_err(|e| SetupError::Auth(e.to_string()))?)
+            }
             None => None,
         };
         Ok(State {

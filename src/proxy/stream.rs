@@ -36,11 +36,25 @@ pub async fn serve(
         Some(identity) => LimitKey::User(identity.user.clone()),
         None => LimitKey::Ip(client),
     };
-    let permit = match state.limiter.admit_stream(&key, limits, std::time::Instant::now()) {
+    let permit = match state
+        .limiter
+        .admit_stream(&key, limits, std::time::Instant::now())
+    {
         Admission::Admitted(permit) => permit,
-        Admission::Rejected { reason, retry_after } => {
+        Admission::Rejected {
+            reason,
+            retry_after,
+        } => {
             let rejection = Rejection::from(reason);
-            return refuse(state, session, ctx, rejection, Some(retry_after), "stream limit").await;
+            return refuse(
+                state,
+                session,
+                ctx,
+                rejection,
+                Some(retry_after),
+                "stream limit",
+            )
+            .await;
         }
     };
 
@@ -55,7 +69,11 @@ pub async fn serve(
         Err(e) => {
             tracing::warn!(error = %e, "stream upstream failed");
             ctx.outcome = Outcome::Failed;
-            let rejection = if e.is_connect() { Rejection::UpstreamDown } else { Rejection::UpstreamError };
+            let rejection = if e.is_connect() {
+                Rejection::UpstreamDown
+            } else {
+                Rejection::UpstreamError
+            };
             refuse(state, session, ctx, rejection, None, "upstream").await?;
             ctx.outcome = Outcome::Failed;
             ctx.rejection = None;
@@ -63,7 +81,15 @@ pub async fn serve(
         }
     };
     let Some(head) = up.resp_header().cloned() else {
-        return refuse(state, session, ctx, Rejection::UpstreamError, None, "no head").await;
+        return refuse(
+            state,
+            session,
+            ctx,
+            Rejection::UpstreamError,
+            None,
+            "no head",
+        )
+        .await;
     };
     let mut head = Box::new(head);
     respond::finalize_headers(&mut head, &state.cors, ctx.cors_origin.as_ref())?;
@@ -90,7 +116,9 @@ pub async fn serve(
         Some(identity) if state.config.auth.close_on_expiry => {
             // Measured against the sub-second clock: whole-second `now` would close up to 1 s late.
             let exp = std::time::UNIX_EPOCH + Duration::from_secs(identity.expires_at);
-            let left = exp.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+            let left = exp
+                .duration_since(std::time::SystemTime::now())
+                .unwrap_or_default();
             Some(Instant::now() + left)
         }
         _ => None,
@@ -118,7 +146,9 @@ pub async fn serve(
             }
         }
         StreamKind::WebSocket => {
-            let cfg = route.map(|r| &r.websocket).unwrap_or(&state.config.websocket);
+            let cfg = route
+                .map(|r| &r.websocket)
+                .unwrap_or(&state.config.websocket);
             let allow_rsv1 = head
                 .headers
                 .get(header::SEC_WEBSOCKET_EXTENSIONS)
@@ -132,7 +162,9 @@ pub async fn serve(
                 let limiter = &state.limiter;
                 let rate = cfg.messages_per_user;
                 let check = move || {
-                    rate.is_none_or(|spec| limiter.allow_message(&messages_key, spec, std::time::Instant::now()))
+                    rate.is_none_or(|spec| {
+                        limiter.allow_message(&messages_key, spec, std::time::Instant::now())
+                    })
                 };
                 let opts = WsOptions {
                     cfg,
@@ -144,12 +176,18 @@ pub async fn serve(
         }
     };
     up.shutdown().await;
-    metrics.kind(kind).closed(reason, started.elapsed().as_secs_f64());
+    metrics
+        .kind(kind)
+        .closed(reason, started.elapsed().as_secs_f64());
     if reason == CloseReason::Evicted {
         metrics.evictions.inc();
     }
     ctx.stream = Some((kind, reason));
-    tracing::debug!(kind = kind.label(), reason = reason.label(), "stream closed");
+    tracing::debug!(
+        kind = kind.label(),
+        reason = reason.label(),
+        "stream closed"
+    );
     Ok(true)
 }
 
@@ -197,11 +235,20 @@ fn is_event_stream(head: &ResponseHeader) -> bool {
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("text/event-stream")
+            })
 }
 
 /// Relays a non-stream answer as an ordinary response (5xx bodies hidden when configured).
-async fn passthrough(state: &State, session: &mut Session, up: &mut H1Client, mut head: Box<ResponseHeader>) {
+async fn passthrough(
+    state: &State,
+    session: &mut Session,
+    up: &mut H1Client,
+    mut head: Box<ResponseHeader>,
+) {
     let hide = state.config.upstream.hide_error_bodies && head.status.is_server_error();
     if hide && respond::hide_error_head(&mut head).is_err() {
         return;
@@ -217,7 +264,11 @@ async fn passthrough(state: &State, session: &mut Session, up: &mut H1Client, mu
     loop {
         match up.read_body_bytes().await {
             Ok(Some(chunk)) => {
-                if session.write_response_body(Some(chunk), false).await.is_err() {
+                if session
+                    .write_response_body(Some(chunk), false)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -358,6 +358,18 @@ fn parse_labels(mut s: &str) -> Option<(Vec<(String, String)>, &str)> {
     }
 }
 
+
+impl ProxyConfig {
+    /// Removes `key` from table `table`, e.g. the default `[auth] secret` for a proxy that
+    /// verifies tokens with a public key instead (the config allows exactly one key source).
+    pub fn without(mut self, table: &str, key: &str) -> Self {
+        if let Some(toml::Value::Table(t)) = self.doc.get_mut(table) {
+            t.remove(key);
+        }
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,16 +426,5 @@ mod tests {
         assert_eq!(routes[0]["sse"]["heartbeat"].as_str(), Some("1s"));
         assert_eq!(doc["upstream"]["address"].as_str(), Some("127.0.0.1:9000"));
         assert_ne!(config.listen(), config.admin());
-    }
-}
-
-impl ProxyConfig {
-    /// Removes `key` from table `table`, e.g. the default `[auth] secret` for a proxy that
-    /// verifies tokens with a public key instead (the config allows exactly one key source).
-    pub fn without(mut self, table: &str, key: &str) -> Self {
-        if let Some(toml::Value::Table(t)) = self.doc.get_mut(table) {
-            t.remove(key);
-        }
-        self
     }
 }

@@ -251,6 +251,15 @@ fn field_values<'a, 'f>(
     })
 }
 
+
+impl SseClient {
+    /// True once the body's own framing completed (the chunked terminator, or the full
+    /// Content-Length): a clean end, as opposed to the connection just closing or resetting.
+    pub fn body_complete(&self) -> bool {
+        self.decoder.is_done()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,13 +296,5 @@ mod tests {
         assert_eq!(event_field(event, "event"), Some("resume"));
         assert_eq!(event_field(event, "retry"), None);
         assert_eq!(event_data(": only a comment"), None);
-    }
-}
-
-impl SseClient {
-    /// True once the body's own framing completed (the chunked terminator, or the full
-    /// Content-Length): a clean end, as opposed to the connection just closing or resetting.
-    pub fn body_complete(&self) -> bool {
-        self.decoder.is_done()
     }
 }

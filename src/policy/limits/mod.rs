@@ -183,15 +183,7 @@ mod tests {
     }
 
     fn unlimited() -> LimitsConfig {
-        LimitsConfig {
-            max_streams: None,
-            max_streams_per_user: None,
-            on_user_limit: OnUserLimit::Reject,
-            connects_per_user: None,
-            requests_per_ip: None,
-            burst: 0,
-            trusted_proxies: Vec::new(),
-        }
+        LimitsConfig::default()
     }
 
     fn per_minute(count: u32) -> Option<RateSpec> {

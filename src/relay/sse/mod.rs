@@ -25,7 +25,8 @@ use crate::config::{OnInvalid, OnOversize, SseConfig};
 use crate::telemetry::CloseReason;
 
 /// The event sent just before a stream closes because the client's token expired.
-pub const EXPIRED_EVENT: &[u8] = b"event: streamguard.expired\ndata: {\"reason\":\"token_expired\"}\n\n";
+pub const EXPIRED_EVENT: &[u8] =
+    b"event: streamguard.expired\ndata: {\"reason\":\"token_expired\"}\n\n";
 /// The event sent to a stream closed to admit a newer stream of the same user.
 pub const EVICTED_EVENT: &[u8] = b"event: streamguard.evicted\ndata: {\"reason\":\"evicted\"}\n\n";
 
@@ -73,7 +74,9 @@ pub fn last_event_id_from_query(path_and_query: &str) -> Option<(String, String)
         (decoded == LAST_EVENT_ID_PARAM.as_bytes()).then_some(value)
     })?;
     let spaced = raw.replace('+', " ");
-    let value = percent_encoding::percent_decode_str(&spaced).decode_utf8().ok()?;
+    let value = percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()?;
     if value.is_empty() || value.contains(['\r', '\n', '\0']) {
         return None;
     }
@@ -244,11 +247,16 @@ async fn forward(
                         OnInvalid::Pass => {}
                         OnInvalid::Drop => {
                             metrics.dropped_events.with_label_values(&["invalid"]).inc();
-                            tracing::warn!(bytes = bytes.len(), "dropped an SSE event with invalid UTF-8 or NUL bytes");
+                            tracing::warn!(
+                                bytes = bytes.len(),
+                                "dropped an SSE event with invalid UTF-8 or NUL bytes"
+                            );
                             continue;
                         }
                         OnInvalid::Close => {
-                            tracing::warn!("closing an SSE stream: invalid UTF-8 or NUL bytes in an event");
+                            tracing::warn!(
+                                "closing an SSE stream: invalid UTF-8 or NUL bytes in an event"
+                            );
                             close = Some(CloseReason::Invalid);
                             break;
                         }
@@ -272,11 +280,22 @@ async fn forward(
             }
             Segment::Oversize { size } => match cfg.on_oversize {
                 OnOversize::Drop => {
-                    metrics.dropped_events.with_label_values(&["oversize"]).inc();
-                    tracing::warn!(size, limit = cfg.max_event_size, "dropped an oversize SSE event");
+                    metrics
+                        .dropped_events
+                        .with_label_values(&["oversize"])
+                        .inc();
+                    tracing::warn!(
+                        size,
+                        limit = cfg.max_event_size,
+                        "dropped an oversize SSE event"
+                    );
                 }
                 OnOversize::Close => {
-                    tracing::warn!(size, limit = cfg.max_event_size, "closing an SSE stream: oversize event");
+                    tracing::warn!(
+                        size,
+                        limit = cfg.max_event_size,
+                        "closing an SSE stream: oversize event"
+                    );
                     close = Some(CloseReason::Oversize);
                     break;
                 }
@@ -344,8 +363,14 @@ mod tests {
     #[test]
     fn lifts_the_parameter_and_keeps_the_rest_of_the_query_byte_for_byte() {
         assert_eq!(lift("/sse?lastEventId=42"), some("42", "/sse"));
-        assert_eq!(lift("/sse?a=1&lastEventId=42&b=%2F"), some("42", "/sse?a=1&b=%2F"));
-        assert_eq!(lift("/sse?lastEventId=42&events=3"), some("42", "/sse?events=3"));
+        assert_eq!(
+            lift("/sse?a=1&lastEventId=42&b=%2F"),
+            some("42", "/sse?a=1&b=%2F")
+        );
+        assert_eq!(
+            lift("/sse?lastEventId=42&events=3"),
+            some("42", "/sse?events=3")
+        );
         assert_eq!(lift("/a/b?x&lastEventId=7&&y="), some("7", "/a/b?x&&y="));
     }
 
@@ -360,7 +385,10 @@ mod tests {
 
     #[test]
     fn the_first_value_wins_and_every_copy_is_removed() {
-        assert_eq!(lift("/sse?lastEventId=1&x=2&lastEventId=3"), some("1", "/sse?x=2"));
+        assert_eq!(
+            lift("/sse?lastEventId=1&x=2&lastEventId=3"),
+            some("1", "/sse?x=2")
+        );
     }
 
     #[test]
