@@ -8,7 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header;
 use pingora::http::ResponseHeader;
-use pingora::protocols::http::v1::client::HttpSession as H1Client;
 use pingora::proxy::Session;
 use pingora::Result;
 use tokio::time::Instant;
@@ -18,7 +17,7 @@ use super::respond;
 use super::{RequestCtx, State};
 use crate::policy::limits::{Admission, LimitKey};
 use crate::policy::Rejection;
-use crate::relay::upstream::{self, UpstreamError};
+use crate::relay::upstream::{self, UpstreamConn, UpstreamError};
 use crate::relay::websocket::WsOptions;
 use crate::relay::{sse, websocket, Supervision};
 use crate::telemetry::{ActiveStream, CloseReason, Outcome, StreamKind};
@@ -80,7 +79,7 @@ pub async fn serve(
             return Ok(true);
         }
     };
-    let Some(head) = up.resp_header().cloned() else {
+    let Some(mut head) = up.take_resp_header() else {
         return refuse(
             state,
             session,
@@ -91,7 +90,6 @@ pub async fn serve(
         )
         .await;
     };
-    let mut head = Box::new(head);
     respond::finalize_headers(&mut head, &state.cors, ctx.cors_origin.as_ref())?;
     ctx.status = head.status.as_u16();
     ctx.outcome = Outcome::Streamed;
@@ -154,7 +152,6 @@ pub async fn serve(
                 .get(header::SEC_WEBSOCKET_EXTENSIONS)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.contains("permessage-deflate"));
-            up.maybe_upgrade_body_writer();
             if session.write_response_header(head, false).await.is_err() {
                 CloseReason::ClientGone
             } else {
@@ -196,7 +193,7 @@ async fn open_upstream(
     state: &State,
     session: &mut Session,
     req: &pingora::http::RequestHeader,
-) -> std::result::Result<Box<H1Client>, UpstreamError> {
+) -> std::result::Result<UpstreamConn, UpstreamError> {
     let mut up = state.streams.open(req).await?;
     // A body the client sends (LLM-style POST streams) reaches the upstream before the stream starts.
     if !session.is_body_empty() {
@@ -205,11 +202,11 @@ async fn open_upstream(
             .await
             .map_err(|e| UpstreamError::Write(upstream::describe(&e)))?
         {
-            upstream::write_body(&mut up, &chunk).await?;
+            up.write_body(&chunk).await?;
         }
     }
-    upstream::finish_body(&mut up).await?;
-    upstream::read_response_head(&mut up).await?;
+    up.finish_body().await?;
+    up.read_response_head().await?;
     Ok(up)
 }
 
@@ -246,7 +243,7 @@ fn is_event_stream(head: &ResponseHeader) -> bool {
 async fn passthrough(
     state: &State,
     session: &mut Session,
-    up: &mut H1Client,
+    up: &mut UpstreamConn,
     mut head: Box<ResponseHeader>,
 ) {
     let hide = state.config.upstream.hide_error_bodies && head.status.is_server_error();

@@ -358,7 +358,6 @@ fn parse_labels(mut s: &str) -> Option<(Vec<(String, String)>, &str)> {
     }
 }
 
-
 impl ProxyConfig {
     /// Removes `key` from table `table`, e.g. the default `[auth] secret` for a proxy that
     /// verifies tokens with a public key instead (the config allows exactly one key source).

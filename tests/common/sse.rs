@@ -251,7 +251,6 @@ fn field_values<'a, 'f>(
     })
 }
 
-
 impl SseClient {
     /// True once the body's own framing completed (the chunked terminator, or the full
     /// Content-Length): a clean end, as opposed to the connection just closing or resetting.

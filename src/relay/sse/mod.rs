@@ -11,8 +11,8 @@
 
 pub mod parser;
 
+use super::upstream::UpstreamConn;
 use bytes::{Bytes, BytesMut};
-use pingora::protocols::http::v1::client::HttpSession as H1Client;
 use pingora::proxy::Session;
 use pingora::ErrorType;
 use rand::Rng;
@@ -106,7 +106,7 @@ impl Ending {
 /// the caller closes both connections.
 pub async fn relay(
     session: &mut Session,
-    upstream: &mut H1Client,
+    upstream: &mut UpstreamConn,
     cfg: &SseConfig,
     mut sup: Supervision<'_>,
 ) -> CloseReason {

@@ -12,8 +12,8 @@
 
 pub mod frame;
 
+use super::upstream::{UpstreamConn, UpstreamError};
 use bytes::{Bytes, BytesMut};
-use pingora::protocols::http::v1::client::HttpSession as H1Client;
 use pingora::proxy::Session;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -73,7 +73,7 @@ impl ProxyClose {
 /// Relays an upgraded connection whose 101 was already written downstream.
 pub async fn relay(
     session: &mut Session,
-    upstream: &mut H1Client,
+    upstream: &mut UpstreamConn,
     opts: WsOptions<'_>,
     mut sup: Supervision<'_>,
 ) -> CloseReason {
@@ -376,8 +376,8 @@ async fn write_client(session: &mut Session, bytes: Bytes) -> pingora::Result<()
     session.write_response_body(Some(bytes), false).await
 }
 
-async fn write_upstream(upstream: &mut H1Client, bytes: &[u8]) -> pingora::Result<()> {
-    upstream.write_body(bytes).await.map(|_| ())
+async fn write_upstream(upstream: &mut UpstreamConn, bytes: &[u8]) -> Result<(), UpstreamError> {
+    upstream.write_raw(bytes).await
 }
 
 fn masked_close(code: u16, reason: &str) -> Bytes {
@@ -400,7 +400,7 @@ struct Sides {
 /// "going away"; a side that cannot take a frame cleanly just sees its socket close.
 async fn close_both(
     session: &mut Session,
-    upstream: &mut H1Client,
+    upstream: &mut UpstreamConn,
     close: ProxyClose,
     sides: Sides,
 ) {
@@ -426,7 +426,7 @@ async fn close_client_only(session: &mut Session, close: ProxyClose) {
 /// Writing to the client failed: it is gone, or it stopped reading for as long as a silent
 /// client is given (the write timed out), which makes it a dead peer.
 async fn client_lost(
-    upstream: &mut H1Client,
+    upstream: &mut UpstreamConn,
     err: &pingora::Error,
     tell_upstream: bool,
 ) -> CloseReason {
@@ -441,7 +441,7 @@ async fn client_lost(
 
 /// The client vanished without a close frame: the upstream hears "going away" when that can
 /// be said without splitting a half-forwarded client frame.
-async fn client_vanished(upstream: &mut H1Client, tell_upstream: bool) -> CloseReason {
+async fn client_vanished(upstream: &mut UpstreamConn, tell_upstream: bool) -> CloseReason {
     if tell_upstream {
         let _ = write_upstream(
             upstream,
