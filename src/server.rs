@@ -52,6 +52,9 @@ pub fn build(config: Config) -> Result<Server, RunError> {
         // earlier, as soon as every stream has drained.
         grace_period_seconds: Some(config.server.drain_timeout.as_secs() + 2),
         graceful_shutdown_timeout_seconds: Some(1),
+        // One single-threaded runtime per worker thread: a stream's socket, timers and relay
+        // stay on one thread, with none of the cross-thread wake-ups work stealing costs.
+        work_stealing: false,
         ..ServerConf::default()
     };
     conf.upgrade_sock = format!("/tmp/streamguard-upgrade-{}.sock", std::process::id());
