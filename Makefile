@@ -11,8 +11,12 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake >/dev/null; }
 
-# The Socket.IO interop test needs python-socketio (and pip to install it).
+# The TLS listener test makes a certificate with openssl and talks to it with curl; the
+# Socket.IO interop test needs python-socketio (and pip to install it).
 test-deps: deps
+	@command -v openssl >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq openssl curl >/dev/null; }
 	@python3 -m pip --version >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-pip >/dev/null; }

@@ -1581,3 +1581,84 @@ async fn probes_follow_the_upstream() {
         "alive, just not ready"
     );
 }
+
+/// With `tls_cert_file`/`tls_key_file` the public listener speaks HTTPS (rustls), and the whole
+/// pipeline runs behind it: a real TLS client (curl) gets through with a token and is refused
+/// without one.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_listener_serves_the_pipeline_over_https() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is needed to make a test certificate (make test installs it)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+
+    let up = Upstream::start().await;
+    let config = ProxyConfig::new(up.addr).section(
+        "listen",
+        &format!(
+            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let proxy = Proxy::start_with(config).await;
+    let token = mint_token("alice", &[], 600, json!({}));
+    let url = format!("https://{}/echo?a=1", proxy.addr);
+    let ca = cert.clone();
+    let curl = move |auth: Option<String>| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "--cacert"])
+            .arg(&ca)
+            .args(["-w", "\n%{http_code}"]);
+        if let Some(auth) = auth {
+            cmd.args(["-H", &auth]);
+        }
+        let out = cmd
+            .arg(&url)
+            .output()
+            .expect("curl is needed for the TLS test (make test installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let authed = tokio::task::spawn_blocking({
+        let curl = curl.clone();
+        let bearer = format!("Authorization: Bearer {token}");
+        move || curl(Some(bearer))
+    })
+    .await
+    .expect("curl task");
+    let (body, status) = authed.rsplit_once('\n').expect("status line");
+    assert_eq!(status, "200", "{authed}");
+    let echoed: Value = serde_json::from_str(body).expect("echo body");
+    assert_eq!(echoed["target"], "/echo?a=1");
+    assert_eq!(echoed["headers"]["x-streamguard-user"], "alice");
+
+    let anonymous = tokio::task::spawn_blocking(move || curl(None))
+        .await
+        .expect("curl task");
+    assert!(anonymous.ends_with("\n401"), "{anonymous}");
+    assert!(
+        anonymous.starts_with(r#"{"error":"unauthorized"}"#),
+        "{anonymous}"
+    );
+}
