@@ -120,14 +120,7 @@ async fn try_open(
 ) -> Result<Result<Held, Refused>, String> {
     match kind {
         Kind::Sse => {
-            let head = request_head(
-                "GET",
-                addr,
-                path,
-                &[("Accept", "text/event-stream")],
-                headers,
-            );
-            let mut sse = SseClient::try_open(addr, &head)
+            let mut sse = SseClient::try_connect(addr, path, headers)
                 .await
                 .map_err(|e| format!("SSE {path}: {e}"))?;
             if sse.status == 200 {

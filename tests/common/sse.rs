@@ -51,14 +51,26 @@ impl SseClient {
     /// `GET path` with `Accept: text/event-stream` plus `headers`; panics if no response head
     /// arrives. Any status is returned: check `status` before reading events.
     pub async fn connect(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Self {
-        let head = request_head(
+        Self::open(addr, &Self::request(addr, path, headers)).await
+    }
+
+    /// Like [`Self::connect`], but a failed connection is an error, not a panic.
+    pub async fn try_connect(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> io::Result<Self> {
+        Self::try_open(addr, &Self::request(addr, path, headers)).await
+    }
+
+    fn request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
+        request_head(
             "GET",
             addr,
             path,
             &[("Accept", "text/event-stream")],
             headers,
-        );
-        Self::open(addr, &head).await
+        )
     }
 
     /// Sends `raw` as the request (any method, any body) and reads the response head.
