@@ -213,56 +213,66 @@ impl Metrics {
 
     fn try_new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let reg = |c: Box<dyn prometheus::core::Collector>| registry.register(c);
-
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "streamguard_requests_total",
-                "Requests handled, by outcome.",
-            ),
-            &["outcome"],
+        let requests = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "streamguard_requests_total",
+                    "Requests handled, by outcome.",
+                ),
+                &["outcome"],
+            )?,
         )?;
-        reg(Box::new(requests.clone()))?;
-        let rejections = IntCounterVec::new(
-            Opts::new(
-                "streamguard_rejections_total",
-                "Requests refused by a policy, by reason.",
-            ),
-            &["reason"],
+        let rejections = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "streamguard_rejections_total",
+                    "Requests refused by a policy, by reason.",
+                ),
+                &["reason"],
+            )?,
         )?;
-        reg(Box::new(rejections.clone()))?;
-        let active = IntGaugeVec::new(
-            Opts::new("streamguard_streams_active", "Streams open now, by kind."),
-            &["kind"],
+        let active = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("streamguard_streams_active", "Streams open now, by kind."),
+                &["kind"],
+            )?,
         )?;
-        reg(Box::new(active.clone()))?;
-        let closes = IntCounterVec::new(
-            Opts::new(
-                "streamguard_stream_closes_total",
-                "Streams ended, by kind and reason.",
-            ),
-            &["kind", "reason"],
+        let closes = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "streamguard_stream_closes_total",
+                    "Streams ended, by kind and reason.",
+                ),
+                &["kind", "reason"],
+            )?,
         )?;
-        reg(Box::new(closes.clone()))?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "streamguard_stream_duration_seconds",
-                "How long streams lasted, by kind.",
-            )
-            .buckets(vec![
-                1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
-            ]),
-            &["kind"],
+        let duration = registered(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "streamguard_stream_duration_seconds",
+                    "How long streams lasted, by kind.",
+                )
+                .buckets(vec![
+                    1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0,
+                ]),
+                &["kind"],
+            )?,
         )?;
-        reg(Box::new(duration.clone()))?;
-        let bytes = IntCounterVec::new(
-            Opts::new(
-                "streamguard_relayed_bytes_total",
-                "Bytes relayed on streams, by kind and direction.",
-            ),
-            &["kind", "direction"],
+        let bytes = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "streamguard_relayed_bytes_total",
+                    "Bytes relayed on streams, by kind and direction.",
+                ),
+                &["kind", "direction"],
+            )?,
         )?;
-        reg(Box::new(bytes.clone()))?;
         let kind = |k: StreamKind| KindMetrics {
             active: active.with_label_values(&[k.label()]),
             bytes_to_client: bytes.with_label_values(&[k.label(), Direction::Downstream.label()]),
@@ -276,11 +286,7 @@ impl Metrics {
         let sse = kind(StreamKind::Sse);
         let websocket = kind(StreamKind::WebSocket);
 
-        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
-            let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
+        let counter = |name: &str, help: &str| registered(&registry, IntCounter::new(name, help)?);
         let sse_events = counter(
             "streamguard_sse_events_total",
             "SSE events relayed to clients.",
@@ -289,22 +295,26 @@ impl Metrics {
             "streamguard_heartbeats_total",
             "Heartbeat comments injected into quiet SSE streams.",
         )?;
-        let dropped_events = IntCounterVec::new(
-            Opts::new(
-                "streamguard_dropped_events_total",
-                "SSE events or WebSocket messages dropped, by reason.",
-            ),
-            &["reason"],
+        let dropped_events = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "streamguard_dropped_events_total",
+                    "SSE events or WebSocket messages dropped, by reason.",
+                ),
+                &["reason"],
+            )?,
         )?;
-        reg(Box::new(dropped_events.clone()))?;
-        let ws_messages = IntCounterVec::new(
-            Opts::new(
-                "streamguard_ws_messages_total",
-                "WebSocket data messages relayed, by direction.",
-            ),
-            &["direction"],
+        let ws_messages = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "streamguard_ws_messages_total",
+                    "WebSocket data messages relayed, by direction.",
+                ),
+                &["direction"],
+            )?,
         )?;
-        reg(Box::new(ws_messages.clone()))?;
         let ws_pings = counter(
             "streamguard_ws_pings_total",
             "Pings the proxy sent to WebSocket clients.",
@@ -313,16 +323,20 @@ impl Metrics {
             "streamguard_evictions_total",
             "Streams closed to admit a newer stream of the same user.",
         )?;
-        let limiter_keys = IntGauge::new(
-            "streamguard_limiter_keys",
-            "Users and addresses the limiter currently tracks.",
+        let limiter_keys = registered(
+            &registry,
+            IntGauge::new(
+                "streamguard_limiter_keys",
+                "Users and addresses the limiter currently tracks.",
+            )?,
         )?;
-        reg(Box::new(limiter_keys.clone()))?;
-        let build_info = IntGaugeVec::new(
-            Opts::new("streamguard_build_info", "Build information; always 1."),
-            &["version"],
+        let build_info = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new("streamguard_build_info", "Build information; always 1."),
+                &["version"],
+            )?,
         )?;
-        reg(Box::new(build_info.clone()))?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -358,6 +372,15 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
+}
+
+/// Registers `metric` and hands it back, so each metric is defined in one expression.
+fn registered<C>(registry: &Registry, metric: C) -> prometheus::Result<C>
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }
 
 impl Default for Metrics {
