@@ -162,15 +162,12 @@ impl ProxyHttp for StreamGuard {
         let code = match rejection {
             Some(rejection) if session.response_written().is_none() => {
                 tracing::warn!(error = %e.etype().as_str(), "upstream request failed");
-                let cors = ctx.cors_origin.as_ref().map(|o| (&self.state.cors, o));
-                let _ = respond::reject(session, rejection, cors, None).await;
+                // The client may be gone too; the status is recorded either way.
+                let _ = pipeline::fail(&self.state, session, ctx, rejection).await;
                 rejection.status()
             }
             _ => 0,
         };
-        if code != 0 {
-            ctx.status = code;
-        }
         FailToProxy {
             error_code: code,
             can_reuse_downstream: false,

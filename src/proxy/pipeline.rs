@@ -196,6 +196,20 @@ pub async fn refuse(
     Ok(true)
 }
 
+/// Writes the fixed answer for an upstream that could not be reached or failed mid-exchange:
+/// counted as a failed request, not as a policy refusal.
+pub async fn fail(
+    state: &State,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    rejection: Rejection,
+) -> Result<()> {
+    ctx.outcome = Outcome::Failed;
+    ctx.status = rejection.status();
+    let cors = ctx.cors_origin.as_ref().map(|o| (&state.cors, o));
+    respond::reject(session, rejection, cors, None).await
+}
+
 /// One security-log line. Carries the reason and the token-free path, never a token.
 fn security(session: &Session, event: &'static str, reason: &str, origin: Option<&str>) {
     let req = session.req_header();

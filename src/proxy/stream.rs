@@ -12,7 +12,7 @@ use pingora::proxy::Session;
 use pingora::Result;
 use tokio::time::Instant;
 
-use super::pipeline::refuse;
+use super::pipeline::{fail, refuse};
 use super::respond;
 use super::{RequestCtx, State};
 use crate::policy::limits::{Admission, LimitKey};
@@ -67,15 +67,12 @@ pub async fn serve(
         Ok(up) => up,
         Err(e) => {
             tracing::warn!(error = %e, "stream upstream failed");
-            ctx.outcome = Outcome::Failed;
             let rejection = if e.is_connect() {
                 Rejection::UpstreamDown
             } else {
                 Rejection::UpstreamError
             };
-            refuse(state, session, ctx, rejection, None, "upstream").await?;
-            ctx.outcome = Outcome::Failed;
-            ctx.rejection = None;
+            fail(state, session, ctx, rejection).await?;
             return Ok(true);
         }
     };
