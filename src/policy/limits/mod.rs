@@ -182,10 +182,6 @@ mod tests {
         Limiter::new(Arc::new(MemoryStore::new()), 42)
     }
 
-    fn unlimited() -> LimitsConfig {
-        LimitsConfig::default()
-    }
-
     fn per_minute(count: u32) -> Option<RateSpec> {
         Some(RateSpec {
             count,
@@ -223,7 +219,7 @@ mod tests {
         let limiter = limiter();
         let limits = LimitsConfig {
             connects_per_user: per_minute(3),
-            ..unlimited()
+            ..LimitsConfig::default()
         };
         let t0 = Instant::now();
         let ann = user("ann");
@@ -245,7 +241,7 @@ mod tests {
         let limiter = limiter();
         let limits = LimitsConfig {
             max_streams_per_user: Some(2),
-            ..unlimited()
+            ..LimitsConfig::default()
         };
         let now = Instant::now();
         let ann = user("ann");
@@ -270,7 +266,7 @@ mod tests {
         let limits = LimitsConfig {
             max_streams: Some(1),
             connects_per_user: per_minute(1),
-            ..unlimited()
+            ..LimitsConfig::default()
         };
         let now = Instant::now();
         let held = admitted(limiter.admit_stream(&user("ann"), &limits, now));
@@ -287,11 +283,11 @@ mod tests {
         let limiter = limiter();
         let wide = LimitsConfig {
             max_streams_per_user: Some(3),
-            ..unlimited()
+            ..LimitsConfig::default()
         };
         let narrow = LimitsConfig {
             max_streams_per_user: Some(1),
-            ..unlimited()
+            ..LimitsConfig::default()
         };
         let now = Instant::now();
         let ann = user("ann");
@@ -309,7 +305,7 @@ mod tests {
             max_streams: Some(2),
             max_streams_per_user: Some(2),
             on_user_limit: OnUserLimit::EvictOldest,
-            ..unlimited()
+            ..LimitsConfig::default()
         };
         let now = Instant::now();
         let ann = user("ann");
@@ -344,7 +340,7 @@ mod tests {
         let limits = LimitsConfig {
             max_streams_per_user: Some(1),
             on_user_limit: OnUserLimit::EvictOldest,
-            ..unlimited()
+            ..LimitsConfig::default()
         };
         let now = Instant::now();
         let ann = user("ann");
@@ -370,7 +366,7 @@ mod tests {
         let limiter = Arc::new(limiter());
         let limits = LimitsConfig {
             max_streams_per_user: Some(1),
-            ..unlimited()
+            ..LimitsConfig::default()
         };
         let ann = user("ann");
         let permit = admitted(limiter.admit_stream(&ann, &limits, Instant::now()));
@@ -387,7 +383,7 @@ mod tests {
     #[test]
     fn panicking_stream_releases_its_slot() {
         let limiter = limiter();
-        let limits = unlimited();
+        let limits = LimitsConfig::default();
         let unwound = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
@@ -411,7 +407,7 @@ mod tests {
                 per: Duration::from_secs(1),
             }),
             burst: 5,
-            ..unlimited()
+            ..LimitsConfig::default()
         };
         let t0 = Instant::now();
         let ip: IpAddr = "203.0.113.5".parse().expect("test ip");
@@ -428,7 +424,9 @@ mod tests {
         assert!(limiter
             .check_request(ip, &limits, t0 + Duration::from_millis(100))
             .is_ok());
-        assert!(limiter.check_request(ip, &unlimited(), t0).is_ok());
+        assert!(limiter
+            .check_request(ip, &LimitsConfig::default(), t0)
+            .is_ok());
     }
 
     #[test]
@@ -439,7 +437,7 @@ mod tests {
             max_streams_per_user: Some(1),
             connects_per_user: per_minute(6),
             requests_per_ip: per_minute(60),
-            ..unlimited()
+            ..LimitsConfig::default()
         };
         let t0 = Instant::now();
         let permits: Vec<_> = (0..USERS)
@@ -513,7 +511,7 @@ mod tests {
                             max_streams: Some(global),
                             max_streams_per_user: Some(cap),
                             on_user_limit: if evict { OnUserLimit::EvictOldest } else { OnUserLimit::Reject },
-                            ..unlimited()
+                            ..LimitsConfig::default()
                         };
                         let expected = if model.live.len() >= global as usize {
                             Err(LimitRejection::GlobalStreams)
