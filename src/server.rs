@@ -19,10 +19,16 @@ use crate::config::Config;
 use crate::proxy::{State, StreamGuard};
 use crate::telemetry::{self, Metrics};
 
-/// Pingora puts a 64 KiB read buffer in front of every client socket by default. Our relays
-/// read into their own bounded buffers, so it only costs memory per idle stream: read the
-/// socket directly instead (the HTTP layer has its own header and body buffers).
-const CLIENT_READ_BUFFER: usize = 0;
+/// Pingora puts a 64 KiB read buffer and a 1,460-byte write buffer in front of every client
+/// socket by default. Both live as long as the socket, and a stream's socket lives for hours.
+/// The relays read into buffers that exist only while there is something to read, so there is
+/// no read buffer. The write buffer stays, small: it is what lets Pingora send a fixed answer
+/// (a 429, a preflight) as one segment, head and body together; some WebSocket clients read
+/// only what arrives with the head of a refused handshake.
+const CLIENT_BUFFERS: L4BufferSettings = L4BufferSettings {
+    read: Some(0),
+    write: Some(512),
+};
 
 /// How often idle limiter keys are reclaimed and the key gauge refreshed.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
@@ -75,8 +81,7 @@ pub fn build(config: Config) -> Result<Server, RunError> {
         StreamGuard::new(state.clone()),
         "streamguard proxy",
     );
-    let mut endpoint = ListenerConfig::tcp(listen.address.to_string())
-        .l4_buffer(L4BufferSettings::default().read(CLIENT_READ_BUFFER));
+    let mut endpoint = ListenerConfig::tcp(listen.address.to_string()).l4_buffer(CLIENT_BUFFERS);
     if let Some(tls) = &listen.tls {
         let settings = TlsSettings::intermediate(
             &tls.cert_file.to_string_lossy(),

@@ -24,7 +24,7 @@ use pingora::{Error, Result};
 
 use crate::policy::auth::{FoundToken, Identity};
 use crate::policy::Rejection;
-use crate::telemetry::{CloseReason, Outcome, StreamKind, ACCESS_TARGET};
+use crate::telemetry::{CloseReason, Metrics, Outcome, StreamKind, ACCESS_TARGET};
 pub use state::State;
 
 /// streamguard's proxy: a thin shell over `State`.
@@ -41,6 +41,7 @@ impl StreamGuard {
 /// What the pipeline decided about one request, kept for the later phases and the access log.
 pub struct RequestCtx {
     start: Instant,
+    method: http::Method,
     /// The request target as logged: after query tokens were lifted, before `forward_as =
     /// "query"` puts the token back on the upstream hop.
     log_uri: String,
@@ -51,15 +52,68 @@ pub struct RequestCtx {
     cors_origin: Option<http::HeaderValue>,
     outcome: Outcome,
     rejection: Option<Rejection>,
-    stream: Option<(StreamKind, CloseReason)>,
     /// The upstream answered 5xx and its body is being replaced.
     hide_body: bool,
     status: u16,
+    /// The connection went to a stream task, which writes the access line when it ends.
+    handed_off: bool,
 }
 
 impl RequestCtx {
     fn user(&self) -> Option<&str> {
         self.identity.as_ref().map(|i| i.user.as_str())
+    }
+
+    /// What the access line of a stream needs once the request is gone.
+    fn hand_off(&mut self) -> AccessRecord {
+        self.handed_off = true;
+        AccessRecord {
+            start: self.start,
+            method: self.method.clone(),
+            uri: std::mem::take(&mut self.log_uri),
+            user: self.identity.take().map(|i| i.user),
+            outcome: self.outcome,
+        }
+    }
+
+    fn access_record(&self) -> AccessRecord {
+        AccessRecord {
+            start: self.start,
+            method: self.method.clone(),
+            uri: self.log_uri.clone(),
+            user: self.user().map(str::to_owned),
+            outcome: self.outcome,
+        }
+    }
+}
+
+/// One request's access line and request counter, written once when it is over.
+pub struct AccessRecord {
+    start: Instant,
+    method: http::Method,
+    uri: String,
+    user: Option<String>,
+    outcome: Outcome,
+}
+
+impl AccessRecord {
+    fn log(&self, metrics: &Metrics, status: u16, stream: Option<(StreamKind, CloseReason)>) {
+        metrics
+            .requests
+            .with_label_values(&[self.outcome.label()])
+            .inc();
+        tracing::info!(
+            target: ACCESS_TARGET,
+            method = %self.method,
+            uri = %self.uri,
+            status,
+            duration_ms = self.start.elapsed().as_millis() as u64,
+            user = self.user.as_deref().unwrap_or("-"),
+            outcome = self.outcome.label(),
+            stream = stream.map(|(k, _)| k.label()).unwrap_or("-"),
+            close = stream.map(|(_, r)| r.label()).unwrap_or("-"),
+            "request"
+        );
     }
 }
 
@@ -70,6 +124,7 @@ impl ProxyHttp for StreamGuard {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             start: Instant::now(),
+            method: http::Method::GET,
             log_uri: String::new(),
             token: None,
             identity: None,
@@ -77,9 +132,9 @@ impl ProxyHttp for StreamGuard {
             cors_origin: None,
             outcome: Outcome::Proxied,
             rejection: None,
-            stream: None,
             hide_body: false,
             status: 0,
+            handed_off: false,
         }
     }
 
@@ -93,6 +148,7 @@ impl ProxyHttp for StreamGuard {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         pipeline::lift_token(&self.state, session, ctx)?;
+        ctx.method = session.req_header().method.clone();
         ctx.log_uri = session.req_header().uri.to_string();
         Ok(())
     }
@@ -180,38 +236,29 @@ impl ProxyHttp for StreamGuard {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.handed_off {
+            // The stream task logs the request when the stream ends; the session here is an
+            // empty placeholder.
+            return;
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(ctx.status);
-        let metrics = &self.state.metrics;
-        metrics
-            .requests
-            .with_label_values(&[ctx.outcome.label()])
-            .inc();
         if let Some(rejection) = ctx.rejection {
-            metrics
+            self.state
+                .metrics
                 .rejections
                 .with_label_values(&[rejection.metric_label()])
                 .inc();
         }
-        tracing::info!(
-            target: ACCESS_TARGET,
-            method = %session.req_header().method,
-            uri = %ctx.log_uri,
-            status,
-            duration_ms = ctx.start.elapsed().as_millis() as u64,
-            user = ctx.user().unwrap_or("-"),
-            outcome = ctx.outcome.label(),
-            stream = ctx.stream.map(|(k, _)| k.label()).unwrap_or("-"),
-            close = ctx.stream.map(|(_, r)| r.label()).unwrap_or("-"),
-            "request"
-        );
+        ctx.access_record().log(&self.state.metrics, status, None);
     }
 
-    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
-        // Only method and path: never a query (it may have carried a token) or a header.
-        let req = session.req_header();
-        format!("{} {}", req.method, req.uri.path())
+    fn request_summary(&self, _session: &Session, ctx: &RequestCtx) -> String {
+        // Only method and path: never a query (it may have carried a token) or a header. Read
+        // from the context: a handed-off stream's session no longer holds the request.
+        let path = ctx.log_uri.split('?').next().unwrap_or("");
+        format!("{} {}", ctx.method, path)
     }
 }

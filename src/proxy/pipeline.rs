@@ -3,6 +3,7 @@
 //! answer; the first refusal ends the request with a fixed body and a security log line.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::{header, HeaderValue, Method, Uri};
@@ -74,7 +75,7 @@ pub fn lift_token(state: &State, session: &mut Session, ctx: &mut RequestCtx) ->
 
 /// Runs the pipeline. `Ok(true)`: the response was written here (refusal, preflight, session
 /// exchange, or a whole relayed stream); `Ok(false)`: Pingora proxies the request as usual.
-pub async fn run(state: &State, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())

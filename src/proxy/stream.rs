@@ -1,29 +1,36 @@
 //! Serving one SSE or WebSocket request: admission by the limiter, the upstream exchange, and
 //! handing the connection to the right relay loop. Non-stream answers from the upstream (a 401
 //! JSON, a 404, a redirect) are passed through as ordinary responses.
+//!
+//! A stream leaves the request that opened it: once the upstream has answered with a stream,
+//! the client socket is taken out of Pingora's session and relayed by a task of its own, so
+//! the request's state is freed while the stream lives on (see `relay::client`).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header;
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession as HttpSession;
 use pingora::proxy::Session;
 use pingora::Result;
 use tokio::time::Instant;
 
 use super::pipeline::{fail, refuse};
 use super::respond;
-use super::{RequestCtx, State};
-use crate::policy::limits::{Admission, LimitKey};
+use super::{AccessRecord, RequestCtx, State};
+use crate::policy::limits::{Admission, LimitKey, StreamPermit};
 use crate::policy::Rejection;
+use crate::relay::client::{ClientConn, Framing};
 use crate::relay::upstream::{self, UpstreamConn, UpstreamError};
 use crate::relay::websocket::WsOptions;
 use crate::relay::{sse, websocket, Supervision};
 use crate::telemetry::{ActiveStream, CloseReason, Outcome, StreamKind};
 
 pub async fn serve(
-    state: &State,
+    state: &Arc<State>,
     session: &mut Session,
     ctx: &mut RequestCtx,
     kind: StreamKind,
@@ -90,23 +97,33 @@ pub async fn serve(
     respond::finalize_headers(&mut head, &state.cors, ctx.cors_origin.as_ref())?;
     ctx.status = head.status.as_u16();
     ctx.outcome = Outcome::Streamed;
-    // Streams are quiet for as long as they like: the relays supervise them, not read timeouts.
-    session.set_read_timeout(None);
-    session.set_keepalive(None);
 
     let is_stream = match kind {
         StreamKind::Sse => is_event_stream(&head),
         StreamKind::WebSocket => head.status.as_u16() == 101,
     };
     if !is_stream {
+        // The upstream connection is not reused, and this one ends with the answer too.
+        session.set_keepalive(None);
         passthrough(state, session, &mut up, head).await;
         ctx.outcome = Outcome::Proxied;
         return Ok(true);
     }
 
-    let metrics = &state.metrics;
-    let _active = ActiveStream::new(metrics.kind(kind));
-    let started = Instant::now();
+    let framing = match kind {
+        StreamKind::Sse => {
+            respond::event_stream_headers(&mut head)?;
+            // The connection ends with the stream: say so, and frame the body ourselves.
+            head.insert_header(header::CONNECTION, "close")?;
+            if session.req_header().version == http::Version::HTTP_10 {
+                Framing::Raw
+            } else {
+                head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+                Framing::Chunked
+            }
+        }
+        StreamKind::WebSocket => Framing::Raw,
+    };
     let expires_at = match &ctx.identity {
         Some(identity) if state.config.auth.close_on_expiry => {
             // Measured against the sub-second clock: whole-second `now` would close up to 1 s late.
@@ -118,41 +135,106 @@ pub async fn serve(
         }
         _ => None,
     };
-    let sup = Supervision {
-        metrics,
-        shutdown: state.shutdown.clone(),
-        expires_at,
-        evicted: Box::pin(permit.evicted()),
+    let Some((io, early)) = detach(session).await else {
+        // Only an HTTP/2 session could get here, and the listeners speak HTTP/1.1 only.
+        tracing::warn!("a stream could not be taken out of its HTTP session");
+        ctx.outcome = Outcome::Failed;
+        return Ok(true);
     };
+    let access = ctx.hand_off();
+    let stream = Stream {
+        state: state.clone(),
+        client: ClientConn::new(io, framing, early),
+        up,
+        head,
+        permit,
+        kind,
+        route: ctx.route,
+        expires_at,
+        access,
+    };
+    tokio::spawn(stream.run());
+    Ok(true)
+}
 
-    let reason = match kind {
-        StreamKind::Sse => {
-            let cfg = route.map(|r| &r.sse).unwrap_or(&state.config.sse);
-            if let Err(e) = respond::event_stream_headers(&mut head) {
-                tracing::warn!(error = %e, "event stream headers");
+/// Takes the client connection out of Pingora's session, with any bytes already read past the
+/// request head. The session is left holding an empty placeholder, which Pingora then finishes
+/// and drops along with the rest of the request's state (see `relay::client` for why).
+async fn detach(session: &mut Session) -> Option<(pingora::protocols::Stream, Option<Bytes>)> {
+    let placeholder = HttpSession::new_http1(Box::new(std::io::Cursor::new(Vec::<u8>::new())));
+    let HttpSession::H1(mut h1) = std::mem::replace(&mut *session.downstream_session, placeholder)
+    else {
+        // Only HTTP/1.1 listeners exist; an HTTP/2 stream would have no socket of its own.
+        return None;
+    };
+    // `reuse` hands back the socket and the bytes after the request only when the connection
+    // could carry another request, so mark it so (nothing will read a request from it).
+    h1.set_server_keepalive(Some(1));
+    h1.set_keepalive_reuses_remaining(None);
+    h1.set_pipelining_enabled(true);
+    let reusable = h1.reuse().await.ok().flatten()?;
+    let (io, early) = reusable.into_parts();
+    Some((io, early.map(BytesMut::freeze)))
+}
+
+/// A stream handed off from the request that opened it to a task of its own.
+struct Stream {
+    state: Arc<State>,
+    client: ClientConn,
+    up: UpstreamConn,
+    head: Box<ResponseHeader>,
+    permit: StreamPermit,
+    kind: StreamKind,
+    route: Option<usize>,
+    expires_at: Option<Instant>,
+    access: AccessRecord,
+}
+
+impl Stream {
+    async fn run(self) {
+        let Stream {
+            state,
+            mut client,
+            mut up,
+            head,
+            permit,
+            kind,
+            route,
+            expires_at,
+            access,
+        } = self;
+        let route = route.map(|i| &state.config.routes[i]);
+        let metrics = &state.metrics;
+        let _active = ActiveStream::new(metrics.kind(kind));
+        let started = Instant::now();
+        let sup = Supervision {
+            metrics,
+            shutdown: state.shutdown.clone(),
+            expires_at,
+            evicted: Box::pin(permit.evicted()),
+        };
+
+        let reason = match kind {
+            StreamKind::Sse => {
+                let cfg = route.map(|r| &r.sse).unwrap_or(&state.config.sse);
+                client.set_write_timeout(Some(cfg.write_timeout));
+                let hint = sse::retry_hint(cfg);
+                if client.write_head(&head, hint.as_deref()).await.is_err() {
+                    CloseReason::ClientGone
+                } else {
+                    sse::relay(&mut client, &mut up, cfg, sup).await
+                }
             }
-            if !cfg.write_timeout.is_zero() {
-                session.set_write_timeout(Some(cfg.write_timeout));
-            }
-            if session.write_response_header(head, false).await.is_err() {
-                CloseReason::ClientGone
-            } else {
-                sse::relay(session, &mut up, cfg, sup).await
-            }
-        }
-        StreamKind::WebSocket => {
-            let cfg = route
-                .map(|r| &r.websocket)
-                .unwrap_or(&state.config.websocket);
-            let allow_rsv1 = head
-                .headers
-                .get(header::SEC_WEBSOCKET_EXTENSIONS)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.contains("permessage-deflate"));
-            if session.write_response_header(head, false).await.is_err() {
-                CloseReason::ClientGone
-            } else {
-                let messages_key = LimitKey::Messages(Box::new(key.clone()));
+            StreamKind::WebSocket => {
+                let cfg = route
+                    .map(|r| &r.websocket)
+                    .unwrap_or(&state.config.websocket);
+                let allow_rsv1 = head
+                    .headers
+                    .get(header::SEC_WEBSOCKET_EXTENSIONS)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("permessage-deflate"));
+                let messages_key = LimitKey::Messages(Box::new(permit.key().clone()));
                 let limiter = &state.limiter;
                 let rate = cfg.messages_per_user;
                 let check = move || {
@@ -165,24 +247,27 @@ pub async fn serve(
                     allow_rsv1,
                     allow_message: &check,
                 };
-                websocket::relay(session, &mut up, opts, sup).await
+                if client.write_head(&head, None).await.is_err() {
+                    CloseReason::ClientGone
+                } else {
+                    websocket::relay(&mut client, &mut up, opts, sup).await
+                }
             }
+        };
+        up.shutdown().await;
+        metrics
+            .kind(kind)
+            .closed(reason, started.elapsed().as_secs_f64());
+        if reason == CloseReason::Evicted {
+            metrics.evictions.inc();
         }
-    };
-    up.shutdown().await;
-    metrics
-        .kind(kind)
-        .closed(reason, started.elapsed().as_secs_f64());
-    if reason == CloseReason::Evicted {
-        metrics.evictions.inc();
+        tracing::debug!(
+            kind = kind.label(),
+            reason = reason.label(),
+            "stream closed"
+        );
+        access.log(metrics, head.status.as_u16(), Some((kind, reason)));
     }
-    ctx.stream = Some((kind, reason));
-    tracing::debug!(
-        kind = kind.label(),
-        reason = reason.label(),
-        "stream closed"
-    );
-    Ok(true)
 }
 
 /// Connects, forwards the request body (POST streams), and reads the response head.

@@ -1,10 +1,11 @@
 //! The stream relay loops.
 //!
 //! Pingora's built-in relay has no timer branch, so SSE and WebSocket streams are relayed by
-//! our own loops inside `request_filter` (see `proxy`). Each loop is one `tokio::select!` over
+//! our own loops, each in a task of its own that `proxy` hands the connection to. Each loop is one `tokio::select!` over
 //! the upstream read, the client side, and the supervision timers below; the parsers in
 //! `sse::parser` and `websocket::frame` tell the loops where it is safe to inject bytes.
 
+pub mod client;
 pub mod sse;
 pub mod upstream;
 pub mod websocket;

@@ -11,10 +11,9 @@
 
 pub mod parser;
 
+use super::client::{ClientConn, ClientError};
 use super::upstream::UpstreamConn;
 use bytes::{Bytes, BytesMut};
-use pingora::proxy::Session;
-use pingora::ErrorType;
 use rand::Rng;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -102,25 +101,20 @@ impl Ending {
     }
 }
 
-/// Relays an SSE body whose response head was already written downstream. Returns why it ended;
-/// the caller closes both connections.
+/// Relays an SSE body whose response head (and [`retry_hint`]) was already written to the
+/// client. Returns why it ended; the caller closes the upstream.
 pub async fn relay(
-    session: &mut Session,
+    client: &mut ClientConn,
     upstream: &mut UpstreamConn,
     cfg: &SseConfig,
     mut sup: Supervision<'_>,
 ) -> CloseReason {
     let metrics = sup.metrics;
     let mut out = Writer {
-        session,
+        client,
         metrics,
         last_write: Instant::now(),
     };
-    if let Some(hint) = retry_hint(cfg) {
-        if let Err(reason) = out.write(hint).await {
-            return reason;
-        }
-    }
 
     let mut parser = SseParser::new(cfg.max_event_size);
     let mut segments: Vec<Segment> = Vec::with_capacity(8);
@@ -181,8 +175,10 @@ pub async fn relay(
                     return CloseReason::UpstreamGone;
                 }
             },
-            idle = out.session.read_body_or_idle(true) => {
-                if idle.is_err() {
+            read = out.client.read() => {
+                // A client sends nothing after its request: anything it does send is ignored,
+                // and its EOF or a reset ends the stream.
+                if !matches!(read, Ok(Some(_))) {
                     return CloseReason::ClientGone;
                 }
             }
@@ -322,29 +318,28 @@ async fn forward(
 
 /// The client side: writes, and remembers when it last wrote (for heartbeats).
 struct Writer<'a> {
-    session: &'a mut Session,
+    client: &'a mut ClientConn,
     metrics: &'a crate::telemetry::Metrics,
     last_write: Instant,
 }
 
 impl Writer<'_> {
     async fn write(&mut self, data: Bytes) -> Result<(), CloseReason> {
-        let len = data.len() as u64;
-        match self.session.write_response_body(Some(data), false).await {
+        match self.client.write(&data).await {
             Ok(()) => {
                 self.last_write = Instant::now();
-                self.metrics.sse.bytes_to_client.inc_by(len);
+                self.metrics.sse.bytes_to_client.inc_by(data.len() as u64);
                 Ok(())
             }
-            // The session's write timeout is `sse.write_timeout`: a client that stops reading.
-            Err(e) if *e.etype() == ErrorType::WriteTimedout => Err(CloseReason::SlowClient),
-            Err(_) => Err(CloseReason::ClientGone),
+            // The write timeout is `sse.write_timeout`: a client that stops reading.
+            Err(ClientError::TimedOut) => Err(CloseReason::SlowClient),
+            Err(ClientError::Gone) => Err(CloseReason::ClientGone),
         }
     }
 
     /// Ends the chunked body cleanly so the browser sees a normal end and reconnects.
     async fn finish(&mut self) {
-        let _ = self.session.write_response_body(None, true).await;
+        self.client.finish().await;
     }
 }
 

@@ -12,9 +12,9 @@
 
 pub mod frame;
 
+use super::client::{ClientConn, ClientError};
 use super::upstream::{UpstreamConn, UpstreamError};
 use bytes::{Bytes, BytesMut};
-use pingora::proxy::Session;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -72,7 +72,7 @@ impl ProxyClose {
 
 /// Relays an upgraded connection whose 101 was already written downstream.
 pub async fn relay(
-    session: &mut Session,
+    client: &mut ClientConn,
     upstream: &mut UpstreamConn,
     opts: WsOptions<'_>,
     mut sup: Supervision<'_>,
@@ -96,7 +96,7 @@ pub async fn relay(
     if let Some(every) = ping_interval {
         // A client that stops reading would block a write forever, and with it every timer of
         // this loop: give a write the same time a silent client gets before it counts as dead.
-        session.set_write_timeout(Some(every + cfg.pong_timeout));
+        client.set_write_timeout(Some(every + cfg.pong_timeout));
     }
     // The payload of our outstanding ping and when its pong is due.
     let mut awaiting_pong: Option<(Bytes, Instant)> = None;
@@ -136,7 +136,7 @@ pub async fn relay(
                     client: client_side_clean && !upstream_sent_close,
                     upstream: upstream_side_clean && !client_sent_close,
                 };
-                close_both(session, upstream, close, sides).await;
+                close_both(client, upstream, close, sides).await;
                 return close.reason;
             }
         }
@@ -195,7 +195,7 @@ pub async fn relay(
                     if from_upstream.at_frame_boundary() {
                         ping_seq += 1;
                         let payload = Bytes::from(format!("streamguard-{ping_seq}"));
-                        if let Err(e) = write_client(session, encode_frame(OpCode::Ping, &payload, None)).await {
+                        if let Err(e) = write_client(client, encode_frame(OpCode::Ping, &payload, None)).await {
                             let clean = from_client.at_frame_boundary() || dropping_message;
                             return client_lost(upstream, &e, clean && !client_sent_close).await;
                         }
@@ -222,7 +222,7 @@ pub async fn relay(
                                     metrics.ws_messages_to_client.inc();
                                 }
                                 last_data = Instant::now();
-                                if let Err(e) = write_client(session, bytes).await {
+                                if let Err(e) = write_client(client, bytes).await {
                                     let clean = from_client.at_frame_boundary() || dropping_message;
                                     return client_lost(upstream, &e, clean && !client_sent_close).await;
                                 }
@@ -231,7 +231,7 @@ pub async fn relay(
                                 if opcode == OpCode::Close {
                                     upstream_sent_close = true;
                                 }
-                                if let Err(e) = write_client(session, wire).await {
+                                if let Err(e) = write_client(client, wire).await {
                                     let clean = from_client.at_frame_boundary() || dropping_message;
                                     return client_lost(upstream, &e, clean && !client_sent_close).await;
                                 }
@@ -245,7 +245,7 @@ pub async fn relay(
                                 let close = ProxyClose::new(close_code::INTERNAL_ERROR, "upstream error", CloseReason::ProtocolError);
                                 // The upstream stream is corrupt from here: no clean frame to it.
                                 if !upstream_sent_close {
-                                    close_client_only(session, close).await;
+                                    close_client_only(client, close).await;
                                 }
                                 return close.reason;
                             }
@@ -267,12 +267,12 @@ pub async fn relay(
                         (close_code::INTERNAL_ERROR, CloseReason::UpstreamGone)
                     };
                     if from_upstream.at_frame_boundary() {
-                        close_client_only(session, ProxyClose::new(code, "upstream went away", reason)).await;
+                        close_client_only(client, ProxyClose::new(code, "upstream went away", reason)).await;
                     }
                     return reason;
                 }
             },
-            read = session.read_request_body(), if read_client => match read {
+            read = client.read(), if read_client => match read {
                 Ok(Some(chunk)) => {
                     last_client = Instant::now();
                     metrics.websocket.bytes_to_upstream.inc_by(chunk.len() as u64);
@@ -305,7 +305,7 @@ pub async fn relay(
                                 if !dropping_message {
                                     if let Err(e) = write_upstream(upstream, &bytes).await {
                                         tracing::debug!(error = %e, "upstream write failed");
-                                        return upstream_vanished(session, &sup.shutdown, from_upstream.at_frame_boundary() && !upstream_sent_close).await;
+                                        return upstream_vanished(client, &sup.shutdown, from_upstream.at_frame_boundary() && !upstream_sent_close).await;
                                     }
                                 }
                                 if message_end {
@@ -327,7 +327,7 @@ pub async fn relay(
                                 }
                                 if let Err(e) = write_upstream(upstream, &wire).await {
                                     tracing::debug!(error = %e, "upstream write failed");
-                                    return upstream_vanished(session, &sup.shutdown, from_upstream.at_frame_boundary() && !upstream_sent_close).await;
+                                    return upstream_vanished(client, &sup.shutdown, from_upstream.at_frame_boundary() && !upstream_sent_close).await;
                                 }
                                 if opcode == OpCode::Close && upstream_sent_close {
                                     return CloseReason::UpstreamGone;
@@ -372,8 +372,8 @@ fn protocol_close(err: &FrameError) -> ProxyClose {
     ProxyClose::new(code, text, reason)
 }
 
-async fn write_client(session: &mut Session, bytes: Bytes) -> pingora::Result<()> {
-    session.write_response_body(Some(bytes), false).await
+async fn write_client(client: &mut ClientConn, bytes: Bytes) -> Result<(), ClientError> {
+    client.write(&bytes).await
 }
 
 async fn write_upstream(upstream: &mut UpstreamConn, bytes: &[u8]) -> Result<(), UpstreamError> {
@@ -399,7 +399,7 @@ struct Sides {
 /// Proxy-initiated close: the client gets `close.client_code`, the upstream (as its client)
 /// "going away"; a side that cannot take a frame cleanly just sees its socket close.
 async fn close_both(
-    session: &mut Session,
+    client: &mut ClientConn,
     upstream: &mut UpstreamConn,
     close: ProxyClose,
     sides: Sides,
@@ -408,30 +408,30 @@ async fn close_both(
         let _ = write_upstream(upstream, &masked_close(close_code::GOING_AWAY, "")).await;
     }
     if sides.client {
-        close_client_only(session, close).await;
+        close_client_only(client, close).await;
     }
     upstream.shutdown().await;
 }
 
-async fn close_client_only(session: &mut Session, close: ProxyClose) {
+async fn close_client_only(client: &mut ClientConn, close: ProxyClose) {
     let frame = encode_frame(
         OpCode::Close,
         &close_payload(close.client_code, close.client_reason),
         None,
     );
-    let _ = write_client(session, frame).await;
-    let _ = session.write_response_body(None, true).await;
+    let _ = write_client(client, frame).await;
+    client.finish().await;
 }
 
 /// Writing to the client failed: it is gone, or it stopped reading for as long as a silent
 /// client is given (the write timed out), which makes it a dead peer.
 async fn client_lost(
     upstream: &mut UpstreamConn,
-    err: &pingora::Error,
+    err: &ClientError,
     tell_upstream: bool,
 ) -> CloseReason {
     client_vanished(upstream, tell_upstream).await;
-    if *err.etype() == pingora::ErrorType::WriteTimedout {
+    if *err == ClientError::TimedOut {
         tracing::info!("closing a WebSocket: client stopped reading");
         CloseReason::DeadPeer
     } else {
@@ -456,7 +456,7 @@ async fn client_vanished(upstream: &mut UpstreamConn, tell_upstream: bool) -> Cl
 /// Writing upstream failed: the client hears 1011, or 1001 while the proxy shuts down, when
 /// that can be said without splitting a half-relayed upstream frame.
 async fn upstream_vanished(
-    session: &mut Session,
+    client: &mut ClientConn,
     shutdown: &tokio::sync::watch::Receiver<bool>,
     tell_client: bool,
 ) -> CloseReason {
@@ -466,7 +466,7 @@ async fn upstream_vanished(
         (close_code::INTERNAL_ERROR, CloseReason::UpstreamGone)
     };
     if tell_client {
-        close_client_only(session, ProxyClose::new(code, "upstream went away", reason)).await;
+        close_client_only(client, ProxyClose::new(code, "upstream went away", reason)).await;
     }
     reason
 }
