@@ -760,6 +760,45 @@ async fn a_post_stream_sends_its_body_upstream_before_streaming() {
     assert_eq!(seen.method, "POST");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_are_framed_for_the_client_s_http_version_and_connection_header() {
+    let up = Upstream::start().await;
+    let proxy = start(&up, "").await;
+    let target = "/sse?events=3&then=close";
+    let accept = [("Accept", "text/event-stream")];
+    let close = [("Accept", "text/event-stream"), ("Connection", "close")];
+    let http10 =
+        request_head("GET", proxy.addr, target, &accept, &[]).replacen("HTTP/1.1", "HTTP/1.0", 1);
+    for (name, raw, chunked) in [
+        (
+            "HTTP/1.1",
+            request_head("GET", proxy.addr, target, &accept, &[]),
+            true,
+        ),
+        (
+            "Connection: close",
+            request_head("GET", proxy.addr, target, &close, &[]),
+            true,
+        ),
+        // HTTP/1.0 has no chunked encoding: the body ends when the connection does.
+        ("HTTP/1.0", http10, false),
+    ] {
+        let mut sse = SseClient::open(proxy.addr, &raw).await;
+        assert_eq!(sse.status, 200, "{name}");
+        assert_eq!(
+            sse.header("transfer-encoding"),
+            chunked.then_some("chunked"),
+            "{name}"
+        );
+        assert_eq!(sse.header("connection"), Some("close"), "{name}");
+        let (body, _) = read_until_end(&mut sse, IO_TIMEOUT).await;
+        let (events, rest) = blocks(&body);
+        let ids: Vec<_> = events.iter().filter_map(|e| event_field(e, "id")).collect();
+        assert_eq!(ids, ["1", "2", "3"], "{name}: {events:?}");
+        assert_eq!(rest, "", "{name}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // 10. Last-Event-ID
 

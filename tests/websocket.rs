@@ -156,6 +156,17 @@ struct RawWs {
 impl RawWs {
     /// Sends a handshake for `path` with `headers` added and reads the response head.
     async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> RawWs {
+        Self::open_sending(addr, path, headers, &[]).await
+    }
+
+    /// Like [`Self::open`], with `early` bytes written right behind the handshake, in the same
+    /// write (a client that does not wait for the 101).
+    async fn open_sending(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+        early: &[u8],
+    ) -> RawWs {
         let head = request_head(
             "GET",
             addr,
@@ -169,10 +180,9 @@ impl RawWs {
             headers,
         );
         let mut stream = http::connect(addr).await.expect("connect to the proxy");
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .expect("write handshake");
+        let mut request = head.into_bytes();
+        request.extend_from_slice(early);
+        stream.write_all(&request).await.expect("write handshake");
         let mut buf = Vec::new();
         let (status, headers) = http::read_response_head(&mut stream, &mut buf)
             .await
@@ -491,6 +501,23 @@ async fn messages_of_every_size_echo_intact() {
     );
     expect_all_closed(&proxy, &up).await;
     expect_ws_closes(&proxy, "client_gone", 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frames_sent_with_the_handshake_are_relayed_not_lost() {
+    // The proxy reads the handshake with whatever followed it in the same segment; those bytes
+    // must reach the app ahead of anything read from the socket later.
+    let up = Upstream::start().await;
+    let proxy = open_proxy(&up, "").await;
+    let early = client_frame(FIN | TEXT, b"sent with the handshake");
+    let mut ws = RawWs::open_sending(proxy.addr, "/ws", &[], &early).await;
+    assert_eq!(ws.status, 101, "{:?}", ws.headers);
+    ws.send_frame(FIN | TEXT, b"sent after the 101").await;
+    for want in ["sent with the handshake", "sent after the 101"] {
+        let frame = ws.next_frame(IO_TIMEOUT).await.expect("echo");
+        assert_eq!(frame.opcode(), TEXT);
+        assert_eq!(String::from_utf8_lossy(&frame.payload), want);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -168,7 +168,9 @@ async fn detach(session: &mut Session) -> Option<(pingora::protocols::Stream, Op
         return None;
     };
     // `reuse` hands back the socket and the bytes after the request only when the connection
-    // could carry another request, so mark it so (nothing will read a request from it).
+    // could carry another request, so mark it so (nothing will read a request from it). A
+    // client's `Connection: close` would veto that; the request head is not needed any more.
+    h1.req_header_mut().remove_header(&header::CONNECTION);
     h1.set_server_keepalive(Some(1));
     h1.set_keepalive_reuses_remaining(None);
     h1.set_pipelining_enabled(true);
