@@ -220,12 +220,9 @@ impl Stream {
             StreamKind::Sse => {
                 let cfg = route.map(|r| &r.sse).unwrap_or(&state.config.sse);
                 client.set_write_timeout(Some(cfg.write_timeout));
-                let hint = sse::retry_hint(cfg);
-                if client.write_head(&head, hint.as_deref()).await.is_err() {
-                    CloseReason::ClientGone
-                } else {
-                    sse::relay(&mut client, &mut up, cfg, sup).await
-                }
+                // The relay writes the head with whatever events the upstream already sent.
+                client.queue_head(&head, sse::retry_hint(cfg).as_deref());
+                sse::relay(&mut client, &mut up, cfg, sup).await
             }
             StreamKind::WebSocket => {
                 let cfg = route
@@ -249,7 +246,8 @@ impl Stream {
                     allow_rsv1,
                     allow_message: &check,
                 };
-                if client.write_head(&head, None).await.is_err() {
+                client.queue_head(&head, None);
+                if client.flush().await.is_err() {
                     CloseReason::ClientGone
                 } else {
                     websocket::relay(&mut client, &mut up, opts, sup).await

@@ -45,12 +45,19 @@ pub enum Framing {
 }
 
 /// A client connection carrying one stream's response.
+///
+/// Writes can be queued and sent together: the relays queue what one wake-up brought (the
+/// response head, the retry hint, every event already read from the upstream) and write it as
+/// one segment. Over loopback or a LAN each segment costs the sender the receiver's TCP work as
+/// well, so for short streams this is most of the proxy's cost.
 pub struct ClientConn {
     io: Stream,
     framing: Framing,
     write_timeout: Option<Duration>,
     /// Bytes the client sent that were read along with the request head.
     early: Option<Bytes>,
+    /// Queued output, framed; empty and unallocated between writes.
+    out: BytesMut,
 }
 
 impl ClientConn {
@@ -61,6 +68,7 @@ impl ClientConn {
             framing,
             write_timeout: None,
             early: early.filter(|b| !b.is_empty()),
+            out: BytesMut::new(),
         }
     }
 
@@ -69,57 +77,73 @@ impl ClientConn {
         self.write_timeout = timeout.filter(|t| !t.is_zero());
     }
 
-    /// Writes the response head, and `first` body bytes with it in the same write.
-    pub async fn write_head(
-        &mut self,
-        head: &ResponseHeader,
-        first: Option<&[u8]>,
-    ) -> Result<(), ClientError> {
-        let mut buf = BytesMut::with_capacity(512 + first.map_or(0, |b| b.len() + 16));
+    /// Queues the response head, and `first` body bytes after it.
+    pub fn queue_head(&mut self, head: &ResponseHeader, first: Option<&[u8]>) {
         let reason = head
             .get_reason_phrase()
             .or(head.status.canonical_reason())
             .unwrap_or("");
-        buf.put_slice(b"HTTP/1.1 ");
-        buf.put_slice(head.status.as_str().as_bytes());
-        buf.put_u8(b' ');
-        buf.put_slice(reason.as_bytes());
-        buf.put_slice(b"\r\n");
-        head.header_to_h1_wire(&mut buf);
-        buf.put_slice(b"\r\n");
-        if let Some(body) = first.filter(|b| !b.is_empty()) {
-            self.frame_into(&mut buf, body);
+        self.out.reserve(512 + first.map_or(0, |b| b.len() + 16));
+        self.out.put_slice(b"HTTP/1.1 ");
+        self.out.put_slice(head.status.as_str().as_bytes());
+        self.out.put_u8(b' ');
+        self.out.put_slice(reason.as_bytes());
+        self.out.put_slice(b"\r\n");
+        head.header_to_h1_wire(&mut self.out);
+        self.out.put_slice(b"\r\n");
+        if let Some(body) = first {
+            self.queue(body);
         }
-        self.write_all(&buf).await
     }
 
-    /// Writes body bytes, framed as the head said, in one write.
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), ClientError> {
+    /// Queues body bytes, framed as the head said.
+    pub fn queue(&mut self, data: &[u8]) {
         if data.is_empty() {
             // An empty chunk would read as the end of the body.
-            return Ok(());
+            return;
         }
         match self.framing {
-            Framing::Raw => self.write_all(data).await,
+            Framing::Raw => self.out.put_slice(data),
             Framing::Chunked => {
-                let mut buf = BytesMut::with_capacity(data.len() + 16);
-                self.frame_into(&mut buf, data);
-                self.write_all(&buf).await
+                let mut size = [0u8; 16];
+                let hex = hex_len(data.len(), &mut size);
+                self.out.reserve(hex.len() + data.len() + 4);
+                self.out.put_slice(hex);
+                self.out.put_slice(b"\r\n");
+                self.out.put_slice(data);
+                self.out.put_slice(b"\r\n");
             }
         }
     }
 
-    /// Ends the response (the terminating chunk when chunked) and closes the sending side.
-    /// Errors do not matter any more at this point: the stream is over either way.
-    pub async fn finish(&mut self) {
-        if self.framing == Framing::Chunked && self.write_all(b"0\r\n\r\n").await.is_err() {
-            return;
+    /// How many bytes are queued.
+    pub fn queued(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Writes everything queued, in one write when the socket takes it.
+    pub async fn flush(&mut self) -> Result<(), ClientError> {
+        if self.out.is_empty() {
+            return Ok(());
         }
-        let _ = tokio::time::timeout(
-            self.write_timeout.unwrap_or(Duration::from_secs(1)),
-            self.io.shutdown(),
-        )
-        .await;
+        let out = std::mem::take(&mut self.out);
+        self.write_all(&out).await
+    }
+
+    /// Queues body bytes and writes everything queued.
+    pub async fn write(&mut self, data: &[u8]) -> Result<(), ClientError> {
+        self.queue(data);
+        self.flush().await
+    }
+
+    /// Ends the response: writes what is queued and, when chunked, the terminating chunk with
+    /// it. The connection closes when the `ClientConn` is dropped. Errors do not matter any
+    /// more at this point: the stream is over either way.
+    pub async fn finish(&mut self) {
+        if self.framing == Framing::Chunked {
+            self.out.put_slice(b"0\r\n\r\n");
+        }
+        let _ = self.flush().await;
     }
 
     /// Reads what the client sent next: `Ok(None)` once it closed its side. Cancel-safe: a read
@@ -140,25 +164,10 @@ impl ClientConn {
         .await
     }
 
-    fn frame_into(&self, buf: &mut BytesMut, data: &[u8]) {
-        match self.framing {
-            Framing::Raw => buf.put_slice(data),
-            Framing::Chunked => {
-                let mut size = [0u8; 16];
-                let hex = hex_len(data.len(), &mut size);
-                buf.reserve(hex.len() + data.len() + 4);
-                buf.put_slice(hex);
-                buf.put_slice(b"\r\n");
-                buf.put_slice(data);
-                buf.put_slice(b"\r\n");
-            }
-        }
-    }
-
     async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         let write = async {
             self.io.write_all(bytes).await?;
-            // A no-op without a write buffer, but TLS streams hold records until flushed.
+            // The L4 write buffer (see `server`) holds small writes until flushed.
             self.io.flush().await
         };
         let result = match self.write_timeout {
@@ -234,17 +243,17 @@ mod tests {
             .expect("header");
         head.insert_header("transfer-encoding", "chunked")
             .expect("header");
-        conn.write_head(&head, Some(b"retry: 5\n\n"))
-            .await
-            .expect("head");
+        conn.queue_head(&head, Some(b"retry: 5\n\n"));
+        conn.flush().await.expect("head");
         conn.write(b"data: 1\n\n").await.expect("write");
         conn.write(b"").await.expect("an empty write is no chunk");
+        conn.queue(b"data: 2\n\n");
         conn.finish().await;
         drop(conn);
         assert_eq!(
             read_to_end(peer).await,
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n\
-             a\r\nretry: 5\n\n\r\n9\r\ndata: 1\n\n\r\n0\r\n\r\n"
+             a\r\nretry: 5\n\n\r\n9\r\ndata: 1\n\n\r\n9\r\ndata: 2\n\n\r\n0\r\n\r\n"
         );
     }
 
@@ -252,8 +261,8 @@ mod tests {
     async fn raw_bodies_pass_unframed() {
         let (mut conn, peer) = pair(Framing::Raw, None).await;
         let head = ResponseHeader::build(101, None).expect("head");
-        conn.write_head(&head, None).await.expect("head");
-        conn.write(b"\x81\x02hi").await.expect("write");
+        conn.queue_head(&head, None);
+        conn.write(b"\x81\x02hi").await.expect("head and frame");
         conn.finish().await;
         drop(conn);
         assert_eq!(

@@ -12,8 +12,9 @@
 pub mod parser;
 
 use super::client::{ClientConn, ClientError};
-use super::upstream::UpstreamConn;
+use super::upstream::{UpstreamConn, UpstreamError};
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use rand::Rng;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -101,8 +102,9 @@ impl Ending {
     }
 }
 
-/// Relays an SSE body whose response head (and [`retry_hint`]) was already written to the
-/// client. Returns why it ended; the caller closes the upstream.
+/// Relays an SSE body whose response head (and [`retry_hint`]) is queued on `client`, not yet
+/// written: it goes out with the first events if the upstream already sent some. Returns why
+/// the stream ended; the caller closes the upstream.
 pub async fn relay(
     client: &mut ClientConn,
     upstream: &mut UpstreamConn,
@@ -123,6 +125,19 @@ pub async fn relay(
     let stale_after = (!cfg.stale_after.is_zero()).then_some(cfg.stale_after);
     let heartbeat_bytes = Bytes::from(format!(": {}\n\n", cfg.heartbeat_comment));
     let mut ending: Option<(Ending, Instant)> = None;
+    // A short stream (one answer, then the end) is often complete already: it then ends here
+    // in one write, before any timer is armed.
+    let mut pump = Pump {
+        out: &mut out,
+        upstream: &mut *upstream,
+        parser: &mut parser,
+        segments: &mut segments,
+        cfg,
+        last_upstream: &mut last_upstream,
+    };
+    if let Err(reason) = pump.relay_ready(None).await {
+        return reason;
+    }
     // Heartbeat and stale timers are armed once and re-armed only when they fire early: a
     // write or an upstream read just stores an `Instant`, so events cost no timer work.
     let heartbeat_timer = sleep_until_opt(heartbeat.map(|d| out.last_write + d));
@@ -157,24 +172,19 @@ pub async fn relay(
                 // The upstream stayed mid-event past the grace period: end without that event.
                 parser.discard_pending();
             }
-            read = upstream.read_body_bytes() => match read {
-                Ok(Some(chunk)) => {
-                    last_upstream = Instant::now();
-                    parser.feed(chunk, &mut segments);
-                    if let Err(reason) = forward(&mut out, cfg, &mut segments).await {
-                        return reason;
-                    }
+            read = upstream.read_body_bytes() => {
+                let mut pump = Pump {
+                    out: &mut out,
+                    upstream: &mut *upstream,
+                    parser: &mut parser,
+                    segments: &mut segments,
+                    cfg,
+                    last_upstream: &mut last_upstream,
+                };
+                if let Err(reason) = pump.relay_ready(Some(read)).await {
+                    return reason;
                 }
-                Ok(None) => {
-                    // The upstream ended its response: a half event at the end is not forwarded.
-                    out.finish().await;
-                    return CloseReason::UpstreamEnd;
-                }
-                Err(_) => {
-                    out.finish().await;
-                    return CloseReason::UpstreamGone;
-                }
-            },
+            }
             read = out.client.read() => {
                 // A client sends nothing after its request: anything it does send is ignored,
                 // and its EOF or a reset ends the stream.
@@ -186,7 +196,7 @@ pub async fn relay(
                 let every = heartbeat.unwrap_or_default();
                 // Units are forwarded whole, so the client is always at an event boundary here.
                 if Instant::now() >= out.last_write + every {
-                    if let Err(reason) = out.write(heartbeat_bytes.clone()).await {
+                    if let Err(reason) = out.write(&heartbeat_bytes).await {
                         return reason;
                     }
                     metrics.heartbeats.inc();
@@ -212,7 +222,7 @@ pub async fn relay(
                 };
                 if let Some(last) = last {
                     // The stream ends either way; a failed last write changes nothing.
-                    let _ = out.write(last).await;
+                    let _ = out.write(&last).await;
                 }
                 out.finish().await;
                 return why.reason();
@@ -221,12 +231,12 @@ pub async fn relay(
     }
 }
 
-/// Writes the complete units of one upstream chunk, applying the size and validity rules.
+/// Queues the complete units of one upstream chunk, applying the size and validity rules.
 ///
 /// When a rule closes the stream, the whole units that came before the offending one are still
 /// written, and nothing after it: what the client receives must not depend on how the upstream's
 /// bytes happened to be split into reads.
-async fn forward(
+fn forward(
     out: &mut Writer<'_>,
     cfg: &SseConfig,
     segments: &mut Vec<Segment>,
@@ -305,14 +315,63 @@ async fn forward(
         (None, None) => None,
     };
     if let Some(data) = data {
-        out.write(data).await?;
+        out.queue(&data);
     }
-    match close {
-        Some(reason) => {
-            out.finish().await;
-            Err(reason)
+    close.map_or(Ok(()), Err)
+}
+
+/// How many upstream reads one wake-up relays at most before the loop looks at its
+/// supervision again (an upstream that always has bytes ready must not starve it).
+const MAX_READS_PER_WRITE: usize = 16;
+/// How much output one wake-up queues at most before writing it.
+const MAX_BYTES_PER_WRITE: usize = 64 * 1024;
+
+/// Moves what the upstream has ready to the client, in as few writes as it can.
+struct Pump<'a, 'w> {
+    out: &'a mut Writer<'w>,
+    upstream: &'a mut UpstreamConn,
+    parser: &'a mut SseParser,
+    segments: &'a mut Vec<Segment>,
+    cfg: &'a SseConfig,
+    last_upstream: &'a mut Instant,
+}
+
+impl Pump<'_, '_> {
+    /// Queues the result of `first` (a read the loop already made) and of every read that
+    /// completes without waiting, then writes it all at once. `Err` carries why the stream
+    /// ended (the client was given a clean end where it could be).
+    async fn relay_ready(
+        &mut self,
+        first: Option<Result<Option<Bytes>, UpstreamError>>,
+    ) -> Result<(), CloseReason> {
+        let mut next = first;
+        for _ in 0..MAX_READS_PER_WRITE {
+            let read = match next.take() {
+                Some(read) => read,
+                None if self.out.client.queued() >= MAX_BYTES_PER_WRITE => break,
+                // Dropping a read that is not ready loses nothing (`UpstreamConn` reads are
+                // cancel-safe).
+                None => match self.upstream.read_body_bytes().now_or_never() {
+                    Some(read) => read,
+                    None => break,
+                },
+            };
+            let ended = match read {
+                Ok(Some(chunk)) => {
+                    *self.last_upstream = Instant::now();
+                    self.parser.feed(chunk, self.segments);
+                    forward(self.out, self.cfg, self.segments).err()
+                }
+                // The upstream ended its response: a half event at the end is not forwarded.
+                Ok(None) => Some(CloseReason::UpstreamEnd),
+                Err(_) => Some(CloseReason::UpstreamGone),
+            };
+            if let Some(reason) = ended {
+                self.out.finish().await;
+                return Err(reason);
+            }
         }
-        None => Ok(()),
+        self.out.flush().await
     }
 }
 
@@ -324,11 +383,20 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    async fn write(&mut self, data: Bytes) -> Result<(), CloseReason> {
-        match self.client.write(&data).await {
+    /// Queues bytes to go out with the next flush.
+    fn queue(&mut self, data: &[u8]) {
+        self.metrics.sse.bytes_to_client.inc_by(data.len() as u64);
+        self.client.queue(data);
+    }
+
+    /// Writes what is queued.
+    async fn flush(&mut self) -> Result<(), CloseReason> {
+        if self.client.queued() == 0 {
+            return Ok(());
+        }
+        match self.client.flush().await {
             Ok(()) => {
                 self.last_write = Instant::now();
-                self.metrics.sse.bytes_to_client.inc_by(data.len() as u64);
                 Ok(())
             }
             // The write timeout is `sse.write_timeout`: a client that stops reading.
@@ -337,7 +405,13 @@ impl Writer<'_> {
         }
     }
 
-    /// Ends the chunked body cleanly so the browser sees a normal end and reconnects.
+    async fn write(&mut self, data: &[u8]) -> Result<(), CloseReason> {
+        self.queue(data);
+        self.flush().await
+    }
+
+    /// Ends the chunked body cleanly (after what is queued) so the browser sees a normal end
+    /// and reconnects.
     async fn finish(&mut self) {
         self.client.finish().await;
     }
