@@ -61,6 +61,10 @@ pub fn build(config: Config) -> Result<Server, RunError> {
         // One single-threaded runtime per worker thread: a stream's socket, timers and relay
         // stay on one thread, with none of the cross-thread wake-ups work stealing costs.
         work_stealing: false,
+        // Pingora's own short timeouts (reading a request head, keep-alive) otherwise run on a
+        // "Timer thread" that wakes every 10 ms for the life of the process: a steady cost on an
+        // idle proxy holding thousands of streams. Tokio's timer wheel serves them instead.
+        fast_timeout_to_tokio_threshold_seconds: Some(0),
         ..ServerConf::default()
     };
     conf.upgrade_sock = format!("/tmp/streamguard-upgrade-{}.sock", std::process::id());

@@ -12,6 +12,8 @@ pub mod websocket;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -41,4 +43,16 @@ pub async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// The first multiple of `grid` (counted from a process-wide origin) at or after `at`: timers
+/// aligned this way fire together, in one wake-up of the runtime.
+pub fn align_up(at: Instant, grid: Duration) -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let since = at.saturating_duration_since(origin).as_nanos();
+    let grid_ns = grid.as_nanos().max(1);
+    let steps = since.div_ceil(grid_ns);
+    let aligned = u64::try_from(steps * grid_ns).unwrap_or(u64::MAX);
+    origin + Duration::from_nanos(aligned)
 }
