@@ -21,7 +21,7 @@ use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
 use pingora::ErrorType;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use crate::config::UpstreamConfig;
@@ -370,15 +370,35 @@ impl UpstreamConn {
                 .await
                 .map_err(|e| UpstreamError::Body(io_kind(&e)))?;
             self.buf.reserve(READ_BUF);
-            match self.stream.try_read_buf(&mut self.buf) {
-                Ok(0) => {
+            let mut got = None;
+            // A read that returns less than it asked for drained the socket: it reports
+            // WouldBlock to `try_io` so the readiness is cleared now, instead of the next read
+            // making a system call only to learn that. New data raises a fresh edge either way.
+            let read = self.stream.try_io(Interest::READABLE, || {
+                let room = self.buf.capacity() - self.buf.len();
+                let n = self.stream.try_read_buf(&mut self.buf)?;
+                got = Some(n);
+                if n > 0 && n < room {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(())
+            });
+            match (got, read) {
+                (Some(0), _) => {
                     self.eof = true;
                     return Ok(());
                 }
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(UpstreamError::Body(io_kind(&e))),
+                (Some(_), _) => return Ok(()),
+                (None, Ok(())) => continue,
+                (None, Err(e))
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    continue
+                }
+                (None, Err(e)) => return Err(UpstreamError::Body(io_kind(&e))),
             }
         }
     }
