@@ -2,8 +2,9 @@
 //!
 //! Each hook has one job (Pingora's phase model): `early_request_filter` lifts the token out of
 //! the URL before anything can log it; `request_filter` runs the policy pipeline and either
-//! answers, relays a stream itself, or lets Pingora proxy a plain request; `response_filter`
-//! applies the header rules; `logging` writes the access line and the counters once.
+//! answers, hands a stream's connection to a relay task of its own (`stream`), or lets Pingora
+//! proxy a plain request; `response_filter` applies the header rules; `logging` writes the
+//! access line and the counters once (a handed-off stream's task writes its own when it ends).
 
 mod pipeline;
 pub use pipeline::now_unix;
