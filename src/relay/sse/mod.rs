@@ -122,37 +122,32 @@ pub async fn relay(
     mut sup: Supervision<'_>,
 ) -> CloseReason {
     let metrics = sup.metrics;
-    let mut out = Writer {
-        client,
-        metrics,
-        last_write: Instant::now(),
+    let mut pump = Pump {
+        out: Writer {
+            client,
+            metrics,
+            last_write: Instant::now(),
+        },
+        upstream,
+        parser: SseParser::new(cfg.max_event_size),
+        segments: Vec::with_capacity(8),
+        cfg,
+        last_upstream: Instant::now(),
     };
-
-    let mut parser = SseParser::new(cfg.max_event_size);
-    let mut segments: Vec<Segment> = Vec::with_capacity(8);
-    let mut last_upstream = Instant::now();
     let heartbeat = (!cfg.heartbeat.is_zero()).then_some(cfg.heartbeat);
     let stale_after = (!cfg.stale_after.is_zero()).then_some(cfg.stale_after);
     let heartbeat_bytes = Bytes::from(format!(": {}\n\n", cfg.heartbeat_comment));
     let mut ending: Option<(Ending, Instant)> = None;
     // A short stream (one answer, then the end) is often complete already: it then ends here
     // in one write, before any timer is armed.
-    let mut pump = Pump {
-        out: &mut out,
-        upstream: &mut *upstream,
-        parser: &mut parser,
-        segments: &mut segments,
-        cfg,
-        last_upstream: &mut last_upstream,
-    };
     if let Err(reason) = pump.relay_ready(None).await {
         return reason;
     }
     // Heartbeat and stale timers are armed once and re-armed only when they fire early: a
     // write or an upstream read just stores an `Instant`, so events cost no timer work.
-    let heartbeat_timer = sleep_until_opt(heartbeat.map(|d| heartbeat_due(out.last_write, d)));
+    let heartbeat_timer = sleep_until_opt(heartbeat.map(|d| heartbeat_due(pump.out.last_write, d)));
     tokio::pin!(heartbeat_timer);
-    let stale_timer = sleep_until_opt(stale_after.map(|d| last_upstream + d));
+    let stale_timer = sleep_until_opt(stale_after.map(|d| pump.last_upstream + d));
     tokio::pin!(stale_timer);
     // Registered once: these are polled on every turn of the loop (see below).
     let expiry = sleep_until_opt(sup.expires_at);
@@ -180,22 +175,14 @@ pub async fn relay(
             }
             _ = sleep_until_opt(grace_due), if grace_due.is_some() => {
                 // The upstream stayed mid-event past the grace period: end without that event.
-                parser.discard_pending();
+                pump.parser.discard_pending();
             }
-            read = upstream.read_body_bytes() => {
-                let mut pump = Pump {
-                    out: &mut out,
-                    upstream: &mut *upstream,
-                    parser: &mut parser,
-                    segments: &mut segments,
-                    cfg,
-                    last_upstream: &mut last_upstream,
-                };
+            read = pump.upstream.read_body_bytes() => {
                 if let Err(reason) = pump.relay_ready(Some(read)).await {
                     return reason;
                 }
             }
-            read = out.client.read() => {
+            read = pump.out.client.read() => {
                 // A client sends nothing after its request: anything it does send is ignored,
                 // and its EOF or a reset ends the stream.
                 if !matches!(read, Ok(Some(_))) {
@@ -205,26 +192,26 @@ pub async fn relay(
             _ = &mut heartbeat_timer, if heartbeat.is_some() => {
                 let every = heartbeat.unwrap_or_default();
                 // Units are forwarded whole, so the client is always at an event boundary here.
-                if Instant::now() >= out.last_write + every {
-                    if let Err(reason) = out.write(&heartbeat_bytes).await {
+                if Instant::now() >= pump.out.last_write + every {
+                    if let Err(reason) = pump.out.write(&heartbeat_bytes).await {
                         return reason;
                     }
                     metrics.heartbeats.inc();
                 }
-                heartbeat_timer.as_mut().set(sleep_until_opt(Some(heartbeat_due(out.last_write, every))));
+                heartbeat_timer.as_mut().set(sleep_until_opt(Some(heartbeat_due(pump.out.last_write, every))));
             }
             _ = &mut stale_timer, if stale_after.is_some() => {
                 let after = stale_after.unwrap_or_default();
-                if Instant::now() >= last_upstream + after {
-                    parser.discard_pending();
-                    out.finish().await;
+                if Instant::now() >= pump.last_upstream + after {
+                    pump.parser.discard_pending();
+                    pump.out.finish().await;
                     return CloseReason::Stale;
                 }
-                stale_timer.as_mut().set(sleep_until_opt(Some(last_upstream + after)));
+                stale_timer.as_mut().set(sleep_until_opt(Some(pump.last_upstream + after)));
             }
         }
         if let Some((why, _)) = ending {
-            if parser.at_boundary() {
+            if pump.parser.at_boundary() {
                 let last = match why {
                     Ending::Expired => Some(Bytes::from_static(EXPIRED_EVENT)),
                     Ending::Evicted => Some(Bytes::from_static(EVICTED_EVENT)),
@@ -232,9 +219,9 @@ pub async fn relay(
                 };
                 if let Some(last) = last {
                     // The stream ends either way; a failed last write changes nothing.
-                    let _ = out.write(&last).await;
+                    let _ = pump.out.write(&last).await;
                 }
-                out.finish().await;
+                pump.out.finish().await;
                 return why.reason();
             }
         }
@@ -336,14 +323,16 @@ const MAX_READS_PER_WRITE: usize = 16;
 /// How much output one wake-up queues at most before writing it.
 const MAX_BYTES_PER_WRITE: usize = 64 * 1024;
 
-/// Moves what the upstream has ready to the client, in as few writes as it can.
+/// The data path of one stream: what moves events from the upstream to the client, in as few
+/// writes as it can.
 struct Pump<'a, 'w> {
-    out: &'a mut Writer<'w>,
+    out: Writer<'w>,
     upstream: &'a mut UpstreamConn,
-    parser: &'a mut SseParser,
-    segments: &'a mut Vec<Segment>,
+    parser: SseParser,
+    segments: Vec<Segment>,
     cfg: &'a SseConfig,
-    last_upstream: &'a mut Instant,
+    /// When the upstream last sent anything (for `stale_after`).
+    last_upstream: Instant,
 }
 
 impl Pump<'_, '_> {
@@ -368,9 +357,9 @@ impl Pump<'_, '_> {
             };
             let ended = match read {
                 Ok(Some(chunk)) => {
-                    *self.last_upstream = Instant::now();
-                    self.parser.feed(chunk, self.segments);
-                    forward(self.out, self.cfg, self.segments).err()
+                    self.last_upstream = Instant::now();
+                    self.parser.feed(chunk, &mut self.segments);
+                    forward(&mut self.out, self.cfg, &mut self.segments).err()
                 }
                 // The upstream ended its response: a half event at the end is not forwarded.
                 Ok(None) => Some(CloseReason::UpstreamEnd),
