@@ -61,28 +61,20 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    fn user(&self) -> Option<&str> {
-        self.identity.as_ref().map(|i| i.user.as_str())
-    }
-
-    /// What the access line of a stream needs once the request is gone.
+    /// What the access line of a stream needs once the request is gone; from then on the stream
+    /// task, not `logging`, writes it.
     fn hand_off(&mut self) -> AccessRecord {
         self.handed_off = true;
+        self.take_access_record()
+    }
+
+    /// The request's access record, taken: the context is not logged from again.
+    fn take_access_record(&mut self) -> AccessRecord {
         AccessRecord {
             start: self.start,
             method: self.method.clone(),
             uri: std::mem::take(&mut self.log_uri),
             user: self.identity.take().map(|i| i.user),
-            outcome: self.outcome,
-        }
-    }
-
-    fn access_record(&self) -> AccessRecord {
-        AccessRecord {
-            start: self.start,
-            method: self.method.clone(),
-            uri: self.log_uri.clone(),
-            user: self.user().map(str::to_owned),
             outcome: self.outcome,
         }
     }
@@ -253,7 +245,8 @@ impl ProxyHttp for StreamGuard {
                 .with_label_values(&[rejection.metric_label()])
                 .inc();
         }
-        ctx.access_record().log(&self.state.metrics, status, None);
+        ctx.take_access_record()
+            .log(&self.state.metrics, status, None);
     }
 
     fn request_summary(&self, _session: &Session, ctx: &RequestCtx) -> String {
