@@ -6,6 +6,7 @@
 //! `sse::parser` and `websocket::frame` tell the loops where it is safe to inject bytes.
 
 pub mod client;
+pub mod gate;
 pub mod sse;
 pub mod upstream;
 pub mod websocket;
@@ -29,6 +30,30 @@ pub struct Supervision<'a> {
     pub expires_at: Option<Instant>,
     /// Resolves when the limiter evicts this stream to admit a newer one of the same user.
     pub evicted: Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+}
+
+/// What ends a stream from outside, whatever it is relaying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// The limiter evicted the stream to admit a newer one of the same user.
+    Evicted,
+    /// The process is draining.
+    Shutdown,
+}
+
+/// The eviction and drain signals as one future, polled only when one of them fired (see
+/// [`gate`]), which relay loops poll on every turn. Eviction wins when both have fired.
+pub fn interrupts<'b, 'a: 'b>(
+    evicted: &'b mut Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
+    mut shutdown: watch::Receiver<bool>,
+) -> gate::Gated<impl Future<Output = Interrupt> + Send + use<'a, 'b>> {
+    gate::Gated::new(async move {
+        tokio::select! {
+            biased;
+            () = evicted => Interrupt::Evicted,
+            () = shutdown_started(&mut shutdown) => Interrupt::Shutdown,
+        }
+    })
 }
 
 /// Resolves once the process starts shutting down (or at once if it already has).

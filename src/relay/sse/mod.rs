@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::parser::{Segment, SseParser};
-use super::{shutdown_started, sleep_until_opt, Supervision};
+use super::{sleep_until_opt, Interrupt, Supervision};
 use crate::config::{OnInvalid, OnOversize, SseConfig};
 use crate::telemetry::CloseReason;
 
@@ -102,6 +102,15 @@ enum Ending {
     Shutdown,
 }
 
+impl From<Interrupt> for Ending {
+    fn from(why: Interrupt) -> Self {
+        match why {
+            Interrupt::Evicted => Ending::Evicted,
+            Interrupt::Shutdown => Ending::Shutdown,
+        }
+    }
+}
+
 impl Ending {
     fn reason(self) -> CloseReason {
         match self {
@@ -152,26 +161,22 @@ pub async fn relay(
     // Registered once: these are polled on every turn of the loop (see below).
     let expiry = sleep_until_opt(sup.expires_at);
     tokio::pin!(expiry);
-    let shutdown = shutdown_started(&mut sup.shutdown);
-    tokio::pin!(shutdown);
-    let evicted = &mut sup.evicted;
+    let mut interrupts = super::interrupts(&mut sup.evicted, sup.shutdown.clone());
 
     loop {
         let grace_due = ending.map(|(_, at)| at);
         tokio::select! {
             // Supervision first: an upstream that always has bytes ready (it outpaces the
             // client) would otherwise win every turn and the stream would outlive its token, an
-            // eviction or the drain. Each check is a poll of an already-registered future, and
-            // each is off (so never polled again once it has fired) as soon as `ending` is set.
+            // eviction or the drain. Each check is a poll of an already-registered future (the
+            // eviction and drain signals behind a gate, so that costs an atomic swap), and each
+            // is off (so never polled again once it has fired) as soon as `ending` is set.
             biased;
             _ = &mut expiry, if ending.is_none() => {
                 ending = Some((Ending::Expired, Instant::now() + FINISH_EVENT_GRACE));
             }
-            _ = &mut *evicted, if ending.is_none() => {
-                ending = Some((Ending::Evicted, Instant::now() + FINISH_EVENT_GRACE));
-            }
-            _ = &mut shutdown, if ending.is_none() => {
-                ending = Some((Ending::Shutdown, Instant::now() + FINISH_EVENT_GRACE));
+            why = &mut interrupts, if ending.is_none() => {
+                ending = Some((why.into(), Instant::now() + FINISH_EVENT_GRACE));
             }
             _ = sleep_until_opt(grace_due), if grace_due.is_some() => {
                 // The upstream stayed mid-event past the grace period: end without that event.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::frame::{close_payload, encode_frame, Direction, FrameDecoder, FrameError, Item, OpCode};
-use super::{shutdown_started, Supervision};
+use super::{Interrupt, Supervision};
 use crate::config::{OnRateLimit, WebSocketConfig};
 use crate::telemetry::CloseReason;
 
@@ -121,10 +121,7 @@ pub async fn relay(
     tokio::pin!(timer);
     let mut timer_at = never;
     // A second receiver: the loop still reads `sup.shutdown` to pick close codes.
-    let mut shutdown_rx = sup.shutdown.clone();
-    let shutdown = shutdown_started(&mut shutdown_rx);
-    tokio::pin!(shutdown);
-    let evicted = &mut sup.evicted;
+    let mut interrupts = super::interrupts(&mut sup.evicted, sup.shutdown.clone());
 
     loop {
         // Where each direction could take a frame of the proxy's own without splitting one.
@@ -170,11 +167,12 @@ pub async fn relay(
             // Supervision first: a peer that always has bytes ready would otherwise win every
             // turn and outlive its token, an eviction, the drain or its own pong deadline.
             biased;
-            _ = &mut *evicted, if !closing => {
-                pending_close = Some((ProxyClose::new(close_code::POLICY_VIOLATION, "evicted", CloseReason::Evicted), Instant::now() + BOUNDARY_GRACE));
-            }
-            _ = &mut shutdown, if !closing => {
-                pending_close = Some((ProxyClose::new(close_code::GOING_AWAY, "server shutting down", CloseReason::Shutdown), Instant::now() + BOUNDARY_GRACE));
+            why = &mut interrupts, if !closing => {
+                let close = match why {
+                    Interrupt::Evicted => ProxyClose::new(close_code::POLICY_VIOLATION, "evicted", CloseReason::Evicted),
+                    Interrupt::Shutdown => ProxyClose::new(close_code::GOING_AWAY, "server shutting down", CloseReason::Shutdown),
+                };
+                pending_close = Some((close, Instant::now() + BOUNDARY_GRACE));
             }
             _ = &mut timer => {
                 // Fired: re-armed at the next turn from the deadlines as they stand then.
