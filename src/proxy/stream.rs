@@ -64,13 +64,15 @@ pub async fn serve(
         }
     };
 
-    let mut req = session.req_header().clone();
     if kind == StreamKind::Sse {
+        // Edited in place (the access log kept its own copy of the target): the upstream
+        // request is written from the session's head, without a copy of its header map.
+        let req = session.req_header_mut();
         // The relay parses events: the upstream must not compress them.
         req.remove_header(&header::ACCEPT_ENCODING);
-        resume_from_query(&mut req)?;
+        resume_from_query(req)?;
     }
-    let mut up = match open_upstream(state, session, &req).await {
+    let mut up = match open_upstream(state, session).await {
         Ok(up) => up,
         Err(e) => {
             tracing::warn!(error = %e, "stream upstream failed");
@@ -153,7 +155,12 @@ pub async fn serve(
         expires_at,
         access,
     };
-    tokio::spawn(stream.run());
+    // A short stream (one answer, then the end) is over after its first poll: it ends here.
+    // Only a stream that goes on gets a task of its own, so short ones skip a task's setup.
+    let mut run = Box::pin(stream.run());
+    if futures_util::poll!(run.as_mut()).is_pending() {
+        tokio::spawn(run);
+    }
     Ok(true)
 }
 
@@ -274,9 +281,8 @@ impl Stream {
 async fn open_upstream(
     state: &State,
     session: &mut Session,
-    req: &pingora::http::RequestHeader,
 ) -> std::result::Result<UpstreamConn, UpstreamError> {
-    let mut up = state.streams.open(req).await?;
+    let mut up = state.streams.open(session.req_header()).await?;
     // A body the client sends (LLM-style POST streams) reaches the upstream before the stream starts.
     if !session.is_body_empty() {
         while let Some(chunk) = session
