@@ -37,6 +37,10 @@ pub struct RequestFacts {
 
 /// Parses one response head at the start of `buf`: `Ok(None)` if it is not complete yet.
 /// A 1xx other than 101 is returned like any head; the caller skips it.
+/// Room for the headers the proxy adds to a response head (CORS, cache and framing headers):
+/// growing the map for them would cost a reallocation and a rehash on every stream setup.
+const ADDED_HEADERS: usize = 8;
+
 pub fn parse(buf: &[u8], req: RequestFacts) -> Result<Option<ParsedHead>, String> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -50,7 +54,7 @@ pub fn parse(buf: &[u8], req: RequestFacts) -> Result<Option<ParsedHead>, String
         Err(e) => return Err(format!("invalid response head: {e}")),
     };
     let code = resp.code.ok_or("response head without a status")?;
-    let mut header = ResponseHeader::build(code, Some(resp.headers.len()))
+    let mut header = ResponseHeader::build(code, Some(resp.headers.len() + ADDED_HEADERS))
         .map_err(|_| format!("invalid status {code}"))?;
     header.set_version(match resp.version {
         Some(0) => Version::HTTP_10,
