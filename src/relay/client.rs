@@ -19,6 +19,8 @@ use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
+use super::gate::WakeGate;
+
 /// The most one read takes from the client socket. The buffer is on the stack of the poll that
 /// reads, so it costs nothing while a stream waits.
 const READ_CHUNK: usize = 16 * 1024;
@@ -58,6 +60,9 @@ pub struct ClientConn {
     early: Option<Bytes>,
     /// Queued output, framed; empty and unallocated between writes.
     out: BytesMut,
+    /// Reads are polled on every turn of a relay loop, and a client seldom sends anything:
+    /// behind the gate they reach the socket only after it signalled.
+    read_gate: WakeGate,
 }
 
 impl ClientConn {
@@ -69,6 +74,7 @@ impl ClientConn {
             write_timeout: None,
             early: early.filter(|b| !b.is_empty()),
             out: BytesMut::new(),
+            read_gate: WakeGate::default(),
         }
     }
 
@@ -152,14 +158,18 @@ impl ClientConn {
         if let Some(early) = self.early.take() {
             return Ok(Some(early));
         }
+        let io = &mut self.io;
+        let gate = &mut self.read_gate;
         std::future::poll_fn(|cx| {
-            let mut storage = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-            let mut buf = ReadBuf::uninit(&mut storage);
-            match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
-                Ok(()) if buf.filled().is_empty() => Poll::Ready(Ok(None)),
-                Ok(()) => Poll::Ready(Ok(Some(Bytes::copy_from_slice(buf.filled())))),
-                Err(_) => Poll::Ready(Err(ClientError::Gone)),
-            }
+            gate.poll(cx, |cx| {
+                let mut storage = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                let mut buf = ReadBuf::uninit(&mut storage);
+                match ready!(Pin::new(&mut *io).poll_read(cx, &mut buf)) {
+                    Ok(()) if buf.filled().is_empty() => Poll::Ready(Ok(None)),
+                    Ok(()) => Poll::Ready(Ok(Some(Bytes::copy_from_slice(buf.filled())))),
+                    Err(_) => Poll::Ready(Err(ClientError::Gone)),
+                }
+            })
         })
         .await
     }
@@ -170,12 +180,17 @@ impl ClientConn {
             // The L4 write buffer (see `server`) holds small writes until flushed.
             self.io.flush().await
         };
-        let result = match self.write_timeout {
-            Some(limit) => match tokio::time::timeout(limit, write).await {
-                Ok(result) => result,
-                Err(_) => return Err(ClientError::TimedOut),
+        tokio::pin!(write);
+        // Most writes complete at once: only one that has to wait gets a timer.
+        let result = match futures_util::poll!(write.as_mut()) {
+            Poll::Ready(result) => result,
+            Poll::Pending => match self.write_timeout {
+                Some(limit) => match tokio::time::timeout(limit, write).await {
+                    Ok(result) => result,
+                    Err(_) => return Err(ClientError::TimedOut),
+                },
+                None => write.await,
             },
-            None => write.await,
         };
         result.map_err(|_: io::Error| ClientError::Gone)
     }

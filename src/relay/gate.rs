@@ -1,58 +1,111 @@
-//! A future that is polled only after it woke its task: for `select!` branches that fire once in
-//! a stream's life but would otherwise be polled on every event.
+//! Polling only what woke: for `select!` branches that are seldom ready but would otherwise be
+//! polled on every event a stream relays.
 //!
-//! `tokio::select!` polls every enabled branch each time its task wakes. A stream's relay task
-//! wakes for every event it relays, and its eviction and drain signals are `Notify` waits: each
-//! poll of one takes the `Notify`'s waiter lock and compares wakers, twice per event for a
-//! signal that almost never comes. Behind a [`Gated`], they are polled with a waker of the
-//! gate's own, and the gate polls them again only once that waker was used: an atomic swap per
-//! event instead.
+//! `tokio::select!` polls every enabled branch each time its task wakes, and a relay task wakes
+//! for every event. Its eviction and drain signals are `Notify` waits, each poll of which takes
+//! the `Notify`'s waiter lock; the client's socket, from which nothing is expected, is read
+//! through Pingora's stream layers down to tokio's readiness lock. Behind a [`WakeGate`] they
+//! are polled with a waker of the gate's own, and polled again only once that waker was used:
+//! an atomic swap per event instead.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
-use futures_util::task::AtomicWaker;
-
-/// Wraps `inner` so that it is polled only when it has woken the task since its last poll
-/// (and on the first poll).
-pub struct Gated<F> {
-    inner: Pin<Box<F>>,
-    gate: Arc<Gate>,
-    /// The waker `inner` is polled with, made once: it wakes through the gate.
-    waker: Waker,
+/// Lets a poll function through only when it has woken its task since it last returned
+/// `Pending` (and on the first poll).
+pub struct WakeGate {
+    flag: Arc<Flag>,
+    /// The task waker last handed to `flag`: a task's waker stays the same from poll to poll,
+    /// so this comparison is usually all a closed gate costs besides the swap.
+    task: Option<Waker>,
 }
 
-/// The gate's waker: marks the inner future as woken, then wakes the task polling the gate.
-struct Gate {
+/// The gate's waker: marks the gated side as woken, then wakes the task polling the gate.
+struct Flag {
     woken: AtomicBool,
-    task: AtomicWaker,
+    /// Locked only when the polling task changes and when the gated side wakes: rarely.
+    task: Mutex<Option<Waker>>,
 }
 
-impl Wake for Gate {
+impl Wake for Flag {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
         self.woken.store(true, Ordering::Release);
-        self.task.wake();
+        let task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(task) = task.as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl Default for WakeGate {
+    fn default() -> Self {
+        WakeGate {
+            flag: Arc::new(Flag {
+                // The first poll must get through: that is how the gated side registers wakers.
+                woken: AtomicBool::new(true),
+                task: Mutex::new(None),
+            }),
+            task: None,
+        }
+    }
+}
+
+impl WakeGate {
+    /// Calls `poll` with the gate's waker if it was woken since it last returned `Pending`;
+    /// otherwise `Pending` at once. `poll` must register that waker whenever it returns `Pending`
+    /// (as every future and `poll_*` method does).
+    pub fn poll<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        // Handed over before the flag is read: a wake-up landing in between still wakes the task.
+        if !self.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+            let task = cx.waker().clone();
+            *self
+                .flag
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(task.clone());
+            self.task = Some(task);
+        }
+        // A plain load first: the gate is nearly always closed, and a swap is a locked write.
+        if !self.flag.woken.load(Ordering::Acquire)
+            || !self.flag.woken.swap(false, Ordering::AcqRel)
+        {
+            return Poll::Pending;
+        }
+        let waker = Waker::from(self.flag.clone());
+        let result = poll(&mut Context::from_waker(&waker));
+        if result.is_ready() {
+            // Being ready once says nothing about the next poll: let it through.
+            self.flag.woken.store(true, Ordering::Release);
+        }
+        result
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future behind a [`WakeGate`].
+    pub struct Gated<F> {
+        #[pin]
+        inner: F,
+        gate: WakeGate,
     }
 }
 
 impl<F: Future> Gated<F> {
     pub fn new(inner: F) -> Self {
-        let gate = Arc::new(Gate {
-            // The first poll must reach the inner future: that is how its wakers get registered.
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
         Gated {
-            inner: Box::pin(inner),
-            waker: Waker::from(gate.clone()),
-            gate,
+            inner,
+            gate: WakeGate::default(),
         }
     }
 }
@@ -60,15 +113,10 @@ impl<F: Future> Gated<F> {
 impl<F: Future> Future for Gated<F> {
     type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        // Registered before the flag is read: a wake-up landing in between still wakes this task.
-        self.gate.task.register(cx.waker());
-        if !self.gate.woken.swap(false, Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        let this = &mut *self;
-        let mut inner_cx = Context::from_waker(&this.waker);
-        this.inner.as_mut().poll(&mut inner_cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let inner = this.inner;
+        this.gate.poll(cx, |cx| inner.poll(cx))
     }
 }
 
@@ -94,9 +142,10 @@ mod tests {
     async fn the_inner_future_is_polled_once_until_it_wakes_then_completes() {
         let polls = AtomicUsize::new(0);
         let notify = Notify::new();
-        let mut gated = Gated::new(counted(&polls, &notify));
+        let gated = Gated::new(counted(&polls, &notify));
+        tokio::pin!(gated);
         for _ in 0..100 {
-            let turn = futures_util::poll!(&mut gated);
+            let turn = futures_util::poll!(gated.as_mut());
             assert!(turn.is_pending());
         }
         assert_eq!(
@@ -105,7 +154,7 @@ mod tests {
             "polled only on the first turn"
         );
         notify.notify_one();
-        let done = tokio::time::timeout(Duration::from_secs(5), &mut gated).await;
+        let done = tokio::time::timeout(Duration::from_secs(5), gated).await;
         assert!(done.is_ok(), "the wake-up reached the task");
         assert_eq!(polls.load(Ordering::Relaxed), 2);
     }
@@ -117,10 +166,10 @@ mod tests {
         let waiter = {
             let notify = notify.clone();
             async move {
-                let mut gated = Gated::new(counted(&polls, &notify));
+                let gated = Gated::new(counted(&polls, &notify));
                 // A select whose other branch never fires: only the gate can end it.
                 tokio::select! {
-                    () = &mut gated => {}
+                    () = gated => {}
                     () = std::future::pending::<()>() => {}
                 }
             }
@@ -133,5 +182,24 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_secs(5), both)
             .await
             .is_ok());
+    }
+
+    #[test]
+    fn a_ready_poll_leaves_the_gate_open() {
+        let mut gate = WakeGate::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut calls = 0;
+        for _ in 0..3 {
+            let got = gate.poll(&mut cx, |_| {
+                calls += 1;
+                Poll::Ready(())
+            });
+            assert!(got.is_ready());
+        }
+        assert_eq!(calls, 3);
+        // Pending without a wake-up closes it.
+        assert!(gate.poll(&mut cx, |_| Poll::<()>::Pending).is_pending());
+        assert!(gate.poll(&mut cx, |_| Poll::Ready(())).is_pending());
+        assert_eq!(calls, 3);
     }
 }

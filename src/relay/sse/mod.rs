@@ -161,7 +161,8 @@ pub async fn relay(
     // Registered once: these are polled on every turn of the loop (see below).
     let expiry = sleep_until_opt(sup.expires_at);
     tokio::pin!(expiry);
-    let mut interrupts = super::interrupts(&mut sup.evicted, sup.shutdown.clone());
+    let interrupts = super::interrupts(&mut sup.evicted, sup.shutdown.clone());
+    tokio::pin!(interrupts);
 
     loop {
         let grace_due = ending.map(|(_, at)| at);

@@ -121,7 +121,8 @@ pub async fn relay(
     tokio::pin!(timer);
     let mut timer_at = never;
     // A second receiver: the loop still reads `sup.shutdown` to pick close codes.
-    let mut interrupts = super::interrupts(&mut sup.evicted, sup.shutdown.clone());
+    let interrupts = super::interrupts(&mut sup.evicted, sup.shutdown.clone());
+    tokio::pin!(interrupts);
 
     loop {
         // Where each direction could take a frame of the proxy's own without splitting one.
