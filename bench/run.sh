@@ -62,7 +62,7 @@ else
   SMALL_N=1000
   S3_RATES=1:5,20:2
   SMALL_LADDER=10,20,40,70,100
-  SINGLE_RATES=1:4
+  SINGLE_RATES=1:12         # S3 one stream: 12 samples a round (4 left a round's p50 to chance)
   WS_N=1000; WS_RATES=10:2
   S5_WINDOW=2; S5_WARM=0.5; S5_CONC=64
   LADDER_WINDOW=1.5; WARM=0.5; SETTLE=1
