@@ -6,7 +6,7 @@
 //! the `Notify`'s waiter lock; the client's socket, from which nothing is expected, is read
 //! through Pingora's stream layers down to tokio's readiness lock. Behind a [`WakeGate`] they
 //! are polled with a waker of the gate's own, and polled again only once that waker was used:
-//! an atomic swap per event instead.
+//! a waker comparison and the load of a flag per event instead.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Wake, Waker};
 pub struct WakeGate {
     flag: Arc<Flag>,
     /// The task waker last handed to `flag`: a task's waker stays the same from poll to poll,
-    /// so this comparison is usually all a closed gate costs besides the swap.
+    /// so this comparison is usually all a closed gate costs besides loading its flag.
     task: Option<Waker>,
 }
 
