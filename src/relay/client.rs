@@ -5,8 +5,9 @@
 //! request's header buffers for its whole life: about 33 KB per idle stream. So once the relay
 //! decision is made the proxy takes the socket out of the session (`proxy::stream`) and a task of
 //! its own relays it through this type, which holds nothing but the socket while the stream idles:
-//! reads use a buffer that lives only for the duration of one poll, and writes go straight to the
-//! socket (no write buffer in between, see `server`).
+//! reads use a buffer that lives only for the duration of one poll, and output is queued only
+//! for the wake-up that writes it (Pingora's small L4 write buffer, see `server`, is flushed with
+//! every write).
 
 use std::io;
 use std::mem::MaybeUninit;

@@ -1,9 +1,10 @@
 //! The stream relay loops.
 //!
 //! Pingora's built-in relay has no timer branch, so SSE and WebSocket streams are relayed by
-//! our own loops, each in a task of its own that `proxy` hands the connection to. Each loop is one `tokio::select!` over
-//! the upstream read, the client side, and the supervision timers below; the parsers in
-//! `sse::parser` and `websocket::frame` tell the loops where it is safe to inject bytes.
+//! our own loops, each in a task of its own that `proxy` hands the connection to. Each loop is
+//! one `tokio::select!` over the upstream read, the client side, and the supervision timers and
+//! signals below (the rarely-ready branches behind a `gate`); the parsers in `sse::parser` and
+//! `websocket::frame` tell the loops where it is safe to inject bytes.
 
 pub mod client;
 pub mod gate;

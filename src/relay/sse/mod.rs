@@ -170,7 +170,7 @@ pub async fn relay(
             // Supervision first: an upstream that always has bytes ready (it outpaces the
             // client) would otherwise win every turn and the stream would outlive its token, an
             // eviction or the drain. Each check is a poll of an already-registered future (the
-            // eviction and drain signals behind a gate, so that costs an atomic swap), and each
+            // eviction and drain signals behind a gate, so that costs a load of its flag), and each
             // is off (so never polled again once it has fired) as soon as `ending` is set.
             biased;
             _ = &mut expiry, if ending.is_none() => {
