@@ -223,23 +223,32 @@ impl Stream {
             evicted: Box::pin(permit.evicted()),
         };
 
+        let sse_cfg = route.map(|r| &r.sse).unwrap_or(&state.config.sse);
+        let status = head.status.as_u16();
+        let allow_rsv1 = head
+            .headers
+            .get(header::SEC_WEBSOCKET_EXTENSIONS)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("permessage-deflate"));
+        // The relay writes the head with whatever events the upstream already sent.
+        let retry_hint = (kind == StreamKind::Sse)
+            .then(|| sse::retry_hint(sse_cfg))
+            .flatten();
+        client.queue_head(&head, retry_hint.as_deref());
+        // Queued as bytes, the head is not needed again, and an idle stream should not keep
+        // it: its two header maps, and Pingora's 4 KB request read buffer, which a CORS origin
+        // echoed into it still shares (request header values are slices of that buffer).
+        drop(head);
+
         let reason = match kind {
             StreamKind::Sse => {
-                let cfg = route.map(|r| &r.sse).unwrap_or(&state.config.sse);
-                client.set_write_timeout(Some(cfg.write_timeout));
-                // The relay writes the head with whatever events the upstream already sent.
-                client.queue_head(&head, sse::retry_hint(cfg).as_deref());
-                sse::relay(&mut client, &mut up, cfg, sup).await
+                client.set_write_timeout(Some(sse_cfg.write_timeout));
+                sse::relay(&mut client, &mut up, sse_cfg, sup).await
             }
             StreamKind::WebSocket => {
                 let cfg = route
                     .map(|r| &r.websocket)
                     .unwrap_or(&state.config.websocket);
-                let allow_rsv1 = head
-                    .headers
-                    .get(header::SEC_WEBSOCKET_EXTENSIONS)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.contains("permessage-deflate"));
                 let messages_key = LimitKey::Messages(Box::new(permit.key().clone()));
                 let limiter = &state.limiter;
                 let rate = cfg.messages_per_user;
@@ -253,7 +262,6 @@ impl Stream {
                     allow_rsv1,
                     allow_message: &check,
                 };
-                client.queue_head(&head, None);
                 if client.flush().await.is_err() {
                     CloseReason::ClientGone
                 } else {
@@ -273,7 +281,7 @@ impl Stream {
             reason = reason.label(),
             "stream closed"
         );
-        access.log(metrics, head.status.as_u16(), Some((kind, reason)));
+        access.log(metrics, status, Some((kind, reason)));
     }
 }
 
