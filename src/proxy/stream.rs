@@ -200,7 +200,9 @@ struct Stream {
 }
 
 impl Stream {
-    async fn run(self) {
+    // Taken apart before the async block, so the task holds each field once: an `async fn`
+    // would keep `self` and the moved-out fields side by side in its state.
+    fn run(self) -> impl std::future::Future<Output = ()> {
         let Stream {
             state,
             mut client,
@@ -212,76 +214,81 @@ impl Stream {
             expires_at,
             access,
         } = self;
-        let route = route.map(|i| &state.config.routes[i]);
-        let metrics = &state.metrics;
-        let _active = ActiveStream::new(metrics.kind(kind));
-        let started = Instant::now();
-        let sup = Supervision {
-            metrics,
-            shutdown: state.shutdown.clone(),
-            expires_at,
-            evicted: Box::pin(permit.evicted()),
-        };
+        async move {
+            let route = route.map(|i| &state.config.routes[i]);
+            let metrics = &state.metrics;
+            let _active = ActiveStream::new(metrics.kind(kind));
+            let started = Instant::now();
+            let sup = Supervision {
+                metrics,
+                shutdown: state.shutdown.clone(),
+                expires_at,
+                evicted: Box::pin(permit.evicted()),
+            };
 
-        let sse_cfg = route.map(|r| &r.sse).unwrap_or(&state.config.sse);
-        let status = head.status.as_u16();
-        let allow_rsv1 = head
-            .headers
-            .get(header::SEC_WEBSOCKET_EXTENSIONS)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.contains("permessage-deflate"));
-        // The relay writes the head with whatever events the upstream already sent.
-        let retry_hint = (kind == StreamKind::Sse)
-            .then(|| sse::retry_hint(sse_cfg))
-            .flatten();
-        client.queue_head(&head, retry_hint.as_deref());
-        // Queued as bytes, the head is not needed again, and an idle stream should not keep
-        // it: its two header maps, and Pingora's 4 KB request read buffer, which a CORS origin
-        // echoed into it still shares (request header values are slices of that buffer).
-        drop(head);
+            let sse_cfg = route.map(|r| &r.sse).unwrap_or(&state.config.sse);
+            let status = head.status.as_u16();
+            let allow_rsv1 = head
+                .headers
+                .get(header::SEC_WEBSOCKET_EXTENSIONS)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("permessage-deflate"));
+            // The relay writes the head with whatever events the upstream already sent.
+            let retry_hint = (kind == StreamKind::Sse)
+                .then(|| sse::retry_hint(sse_cfg))
+                .flatten();
+            client.queue_head(&head, retry_hint.as_deref());
+            // Queued as bytes, the head is not needed again, and an idle stream should not keep
+            // it: its two header maps, and Pingora's 4 KB request read buffer, which a CORS origin
+            // echoed into it still shares (request header values are slices of that buffer).
+            drop(head);
 
-        let reason = match kind {
-            StreamKind::Sse => {
-                client.set_write_timeout(Some(sse_cfg.write_timeout));
-                sse::relay(&mut client, &mut up, sse_cfg, sup).await
-            }
-            StreamKind::WebSocket => {
-                let cfg = route
-                    .map(|r| &r.websocket)
-                    .unwrap_or(&state.config.websocket);
-                let messages_key = LimitKey::Messages(Box::new(permit.key().clone()));
-                let limiter = &state.limiter;
-                let rate = cfg.messages_per_user;
-                let check = move || {
-                    rate.is_none_or(|spec| {
-                        limiter.allow_message(&messages_key, spec, std::time::Instant::now())
-                    })
-                };
-                let opts = WsOptions {
-                    cfg,
-                    allow_rsv1,
-                    allow_message: &check,
-                };
-                if client.flush().await.is_err() {
-                    CloseReason::ClientGone
-                } else {
-                    websocket::relay(&mut client, &mut up, opts, sup).await
+            // The WebSocket relay's state is boxed: inline, every stream would carry room for
+            // it (it is the larger of the two), and SSE streams, the most numerous, would pay
+            // about 0.5 KB each for it while idle.
+            let reason = match kind {
+                StreamKind::Sse => {
+                    client.set_write_timeout(Some(sse_cfg.write_timeout));
+                    sse::relay(&mut client, &mut up, sse_cfg, sup).await
                 }
+                StreamKind::WebSocket => {
+                    let cfg = route
+                        .map(|r| &r.websocket)
+                        .unwrap_or(&state.config.websocket);
+                    let messages_key = LimitKey::Messages(Box::new(permit.key().clone()));
+                    let limiter = &state.limiter;
+                    let rate = cfg.messages_per_user;
+                    let check = move || {
+                        rate.is_none_or(|spec| {
+                            limiter.allow_message(&messages_key, spec, std::time::Instant::now())
+                        })
+                    };
+                    let opts = WsOptions {
+                        cfg,
+                        allow_rsv1,
+                        allow_message: &check,
+                    };
+                    if client.flush().await.is_err() {
+                        CloseReason::ClientGone
+                    } else {
+                        Box::pin(websocket::relay(&mut client, &mut up, opts, sup)).await
+                    }
+                }
+            };
+            up.shutdown().await;
+            metrics
+                .kind(kind)
+                .closed(reason, started.elapsed().as_secs_f64());
+            if reason == CloseReason::Evicted {
+                metrics.evictions.inc();
             }
-        };
-        up.shutdown().await;
-        metrics
-            .kind(kind)
-            .closed(reason, started.elapsed().as_secs_f64());
-        if reason == CloseReason::Evicted {
-            metrics.evictions.inc();
+            tracing::debug!(
+                kind = kind.label(),
+                reason = reason.label(),
+                "stream closed"
+            );
+            access.log(metrics, status, Some((kind, reason)));
         }
-        tracing::debug!(
-            kind = kind.label(),
-            reason = reason.label(),
-            "stream closed"
-        );
-        access.log(metrics, status, Some((kind, reason)));
     }
 }
 
