@@ -139,7 +139,7 @@ pub async fn relay(
         },
         upstream,
         parser: SseParser::new(cfg.max_event_size),
-        segments: Vec::with_capacity(8),
+        segments: Vec::new(),
         cfg,
         last_upstream: Instant::now(),
     };
