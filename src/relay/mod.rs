@@ -63,14 +63,6 @@ pub async fn shutdown_started(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|down| *down).await;
 }
 
-/// Sleeps until `at`, or forever when there is no deadline: a `select!` branch that is off.
-pub async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// The first multiple of `grid` (counted from a process-wide origin) at or after `at`: timers
 /// aligned this way fire together, in one wake-up of the runtime.
 pub fn align_up(at: Instant, grid: Duration) -> Instant {

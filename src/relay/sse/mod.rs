@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::parser::{Segment, SseParser};
-use super::{sleep_until_opt, Interrupt, Supervision};
+use super::{Interrupt, Supervision};
 use crate::config::{OnInvalid, OnOversize, SseConfig};
 use crate::telemetry::CloseReason;
 
@@ -94,6 +94,30 @@ fn heartbeat_due(last_write: Instant, every: Duration) -> Instant {
     super::align_up(last_write + every, grid)
 }
 
+/// The deadlines a stream is supervised by; `None` is off.
+struct Deadlines {
+    heartbeat: Option<Duration>,
+    stale_after: Option<Duration>,
+    expires_at: Option<Instant>,
+}
+
+impl Deadlines {
+    /// When the loop's one timer must next fire: the earliest of the heartbeat, the stale check,
+    /// the token's expiry (until the stream is ending) and the end of the grace for a last event.
+    fn earliest(&self, pump: &Pump<'_, '_>, ending: Option<(Ending, Instant)>) -> Option<Instant> {
+        [
+            self.heartbeat
+                .map(|every| heartbeat_due(pump.out.last_write, every)),
+            self.stale_after.map(|after| pump.last_upstream + after),
+            self.expires_at.filter(|_| ending.is_none()),
+            ending.map(|(_, grace_end)| grace_end),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
 /// Why the loop is winding the stream down, and what the client is told.
 #[derive(Clone, Copy)]
 enum Ending {
@@ -143,45 +167,66 @@ pub async fn relay(
         cfg,
         last_upstream: Instant::now(),
     };
-    let heartbeat = (!cfg.heartbeat.is_zero()).then_some(cfg.heartbeat);
-    let stale_after = (!cfg.stale_after.is_zero()).then_some(cfg.stale_after);
-    let heartbeat_bytes = Bytes::from(format!(": {}\n\n", cfg.heartbeat_comment));
+    let deadlines = Deadlines {
+        heartbeat: (!cfg.heartbeat.is_zero()).then_some(cfg.heartbeat),
+        stale_after: (!cfg.stale_after.is_zero()).then_some(cfg.stale_after),
+        expires_at: sup.expires_at,
+    };
     let mut ending: Option<(Ending, Instant)> = None;
     // A short stream (one answer, then the end) is often complete already: it then ends here
     // in one write, before any timer is armed.
     if let Err(reason) = pump.relay_ready(None).await {
         return reason;
     }
-    // Heartbeat and stale timers are armed once and re-armed only when they fire early: a
-    // write or an upstream read just stores an `Instant`, so events cost no timer work.
-    let heartbeat_timer = sleep_until_opt(heartbeat.map(|d| heartbeat_due(pump.out.last_write, d)));
-    tokio::pin!(heartbeat_timer);
-    let stale_timer = sleep_until_opt(stale_after.map(|d| pump.last_upstream + d));
-    tokio::pin!(stale_timer);
-    // Registered once: these are polled on every turn of the loop (see below).
-    let expiry = sleep_until_opt(sup.expires_at);
-    tokio::pin!(expiry);
+    // One timer serves every deadline of the stream (heartbeat, stale upstream, token expiry,
+    // the grace for a last event): armed for the earliest, and re-armed when it fires or when
+    // the stream starts to end. A write or an upstream read just stores an `Instant`, so events
+    // cost no timer work; a timer that fires early finds nothing due and is re-armed. One timer
+    // instead of four also keeps an idle stream's task small.
+    let mut armed = deadlines.earliest(&pump, ending);
+    let timer = tokio::time::sleep_until(armed.unwrap_or_else(Instant::now));
+    tokio::pin!(timer);
     let interrupts = super::interrupts(&mut sup.evicted, sup.shutdown.clone());
     tokio::pin!(interrupts);
 
     loop {
-        let grace_due = ending.map(|(_, at)| at);
+        let mut rearm = false;
         tokio::select! {
             // Supervision first: an upstream that always has bytes ready (it outpaces the
             // client) would otherwise win every turn and the stream would outlive its token, an
             // eviction or the drain. Each check is a poll of an already-registered future (the
-            // eviction and drain signals behind a gate, so that costs a load of its flag), and each
-            // is off (so never polled again once it has fired) as soon as `ending` is set.
+            // eviction and drain signals behind a gate, so that costs a load of its flag).
             biased;
-            _ = &mut expiry, if ending.is_none() => {
-                ending = Some((Ending::Expired, Instant::now() + FINISH_EVENT_GRACE));
+            () = &mut timer, if armed.is_some() => {
+                rearm = true;
+                let now = Instant::now();
+                if ending.is_none() && deadlines.expires_at.is_some_and(|at| now >= at) {
+                    ending = Some((Ending::Expired, now + FINISH_EVENT_GRACE));
+                }
+                if ending.is_some_and(|(_, grace_end)| now >= grace_end) {
+                    // The upstream stayed mid-event past the grace period: end without that event.
+                    pump.parser.discard_pending();
+                }
+                if deadlines.stale_after.is_some_and(|after| now >= pump.last_upstream + after) {
+                    pump.parser.discard_pending();
+                    pump.out.finish().await;
+                    return CloseReason::Stale;
+                }
+                if let Some(every) = deadlines.heartbeat {
+                    // Units are forwarded whole, so the client is always at an event boundary here.
+                    if now >= pump.out.last_write + every {
+                        // Built when due (every 15 s or so) rather than kept by every stream.
+                        let beat = format!(": {}\n\n", cfg.heartbeat_comment);
+                        if let Err(reason) = pump.out.write(beat.as_bytes()).await {
+                            return reason;
+                        }
+                        metrics.heartbeats.inc();
+                    }
+                }
             }
             why = &mut interrupts, if ending.is_none() => {
+                rearm = true;
                 ending = Some((why.into(), Instant::now() + FINISH_EVENT_GRACE));
-            }
-            _ = sleep_until_opt(grace_due), if grace_due.is_some() => {
-                // The upstream stayed mid-event past the grace period: end without that event.
-                pump.parser.discard_pending();
             }
             read = pump.upstream.read_body_bytes() => {
                 if let Err(reason) = pump.relay_ready(Some(read)).await {
@@ -195,25 +240,11 @@ pub async fn relay(
                     return CloseReason::ClientGone;
                 }
             }
-            _ = &mut heartbeat_timer, if heartbeat.is_some() => {
-                let every = heartbeat.unwrap_or_default();
-                // Units are forwarded whole, so the client is always at an event boundary here.
-                if Instant::now() >= pump.out.last_write + every {
-                    if let Err(reason) = pump.out.write(&heartbeat_bytes).await {
-                        return reason;
-                    }
-                    metrics.heartbeats.inc();
-                }
-                heartbeat_timer.as_mut().set(sleep_until_opt(Some(heartbeat_due(pump.out.last_write, every))));
-            }
-            _ = &mut stale_timer, if stale_after.is_some() => {
-                let after = stale_after.unwrap_or_default();
-                if Instant::now() >= pump.last_upstream + after {
-                    pump.parser.discard_pending();
-                    pump.out.finish().await;
-                    return CloseReason::Stale;
-                }
-                stale_timer.as_mut().set(sleep_until_opt(Some(pump.last_upstream + after)));
+        }
+        if rearm {
+            armed = deadlines.earliest(&pump, ending);
+            if let Some(at) = armed {
+                timer.as_mut().reset(at);
             }
         }
         if let Some((why, _)) = ending {
