@@ -182,11 +182,12 @@ impl ClientConn {
             self.io.flush().await
         };
         tokio::pin!(write);
-        // Most writes complete at once: only one that has to wait gets a timer.
+        // Most writes complete at once: only one that has to wait gets a timer, and that timer
+        // is boxed, so an idle stream's task does not carry room for it.
         let result = match futures_util::poll!(write.as_mut()) {
             Poll::Ready(result) => result,
             Poll::Pending => match self.write_timeout {
-                Some(limit) => match tokio::time::timeout(limit, write).await {
+                Some(limit) => match Box::pin(tokio::time::timeout(limit, write)).await {
                     Ok(result) => result,
                     Err(_) => return Err(ClientError::TimedOut),
                 },
