@@ -21,8 +21,9 @@ use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v1::client::http_req_header_to_wire;
 use pingora::ErrorType;
+use socket2::SockRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::config::UpstreamConfig;
 use chunked::{ChunkedDecoder, Decoded};
@@ -86,18 +87,24 @@ impl StreamConnector {
                 "request line has forbidden bytes or an unsupported version".into(),
             )
         })?;
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect(self.address),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(UpstreamError::Connect(io_kind(&e))),
-            Err(_) => return Err(UpstreamError::Connect("connect timed out".into())),
-        };
+        let socket = if self.address.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| UpstreamError::Connect(io_kind(&e)))?;
         // Stream messages are small and latency matters more than packet count.
-        let _ = stream.set_nodelay(true);
+        let _ = socket.set_nodelay(true);
+        // The handshake's last ACK then waits for the request and rides on it, as HAProxy's
+        // tcp-smart-connect does: one packet less per stream setup, whose delivery (on the
+        // same host, the upstream's receive path runs on this core) the proxy would pay for.
+        let _ = SockRef::from(&socket).set_tcp_quickack(false);
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, socket.connect(self.address)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(UpstreamError::Connect(io_kind(&e))),
+                Err(_) => return Err(UpstreamError::Connect("connect timed out".into())),
+            };
         let mut conn = UpstreamConn {
             stream,
             buf: BytesMut::new(),
@@ -112,6 +119,9 @@ impl StreamConnector {
             eof: false,
         };
         conn.write_all(&wire).await?;
+        // Back to ACKing at once: delayed ACKs would hold back an upstream that writes its
+        // events with Nagle's algorithm on.
+        let _ = SockRef::from(&conn.stream).set_tcp_quickack(true);
         Ok(conn)
     }
 }
