@@ -275,7 +275,9 @@ impl Stream {
                     }
                 }
             };
-            up.shutdown().await;
+            // Closing tells the upstream the stream is over (EOF, or a reset if it still had
+            // bytes in flight); a shutdown first would only add a system call.
+            drop(up);
             metrics
                 .kind(kind)
                 .closed(reason, started.elapsed().as_secs_f64());
