@@ -207,10 +207,20 @@ pub async fn relay(
                     // The upstream stayed mid-event past the grace period: end without that event.
                     pump.parser.discard_pending();
                 }
-                if deadlines.stale_after.is_some_and(|after| now >= pump.last_upstream + after) {
-                    pump.parser.discard_pending();
-                    pump.out.finish().await;
-                    return CloseReason::Stale;
+                let quiet = |pump: &Pump<'_, '_>| {
+                    deadlines.stale_after.is_some_and(|after| now >= pump.last_upstream + after)
+                };
+                if quiet(&pump) {
+                    // The timer is polled before the upstream: bytes that arrived in time but
+                    // are not read yet (both were ready this turn) still count.
+                    if let Err(reason) = pump.relay_ready(None).await {
+                        return reason;
+                    }
+                    if quiet(&pump) {
+                        pump.parser.discard_pending();
+                        pump.out.finish().await;
+                        return CloseReason::Stale;
+                    }
                 }
                 if let Some(every) = deadlines.heartbeat {
                     // Units are forwarded whole, so the client is always at an event boundary here.
