@@ -35,12 +35,12 @@ pub struct RequestFacts {
     pub wants_upgrade: bool,
 }
 
-/// Parses one response head at the start of `buf`: `Ok(None)` if it is not complete yet.
-/// A 1xx other than 101 is returned like any head; the caller skips it.
 /// Room for the headers the proxy adds to a response head (CORS, cache and framing headers):
 /// growing the map for them would cost a reallocation and a rehash on every stream setup.
 const ADDED_HEADERS: usize = 8;
 
+/// Parses one response head at the start of `buf`: `Ok(None)` if it is not complete yet.
+/// A 1xx other than 101 is returned like any head; the caller skips it.
 pub fn parse(buf: &[u8], req: RequestFacts) -> Result<Option<ParsedHead>, String> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
