@@ -228,11 +228,12 @@ impl Stream {
 
             let sse_cfg = route.map(|r| &r.sse).unwrap_or(&state.config.sse);
             let status = head.status.as_u16();
-            let allow_rsv1 = head
-                .headers
-                .get(header::SEC_WEBSOCKET_EXTENSIONS)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.contains("permessage-deflate"));
+            let allow_rsv1 = kind == StreamKind::WebSocket
+                && head
+                    .headers
+                    .get(header::SEC_WEBSOCKET_EXTENSIONS)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("permessage-deflate"));
             // The relay writes the head with whatever events the upstream already sent.
             let retry_hint = (kind == StreamKind::Sse)
                 .then(|| sse::retry_hint(sse_cfg))
