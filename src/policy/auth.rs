@@ -596,11 +596,18 @@ impl Verifier {
     /// Checks signature, algorithm, issuer, audience, `exp` and `nbf` (against `now_unix`,
     /// with the configured leeway) and extracts the identity.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<Identity, AuthError> {
-        let header = jsonwebtoken::decode_header(token)?;
-        if !self.algorithms.contains(&header.alg) {
-            return Err(AuthError::BadAlgorithm);
-        }
-        let key = self.keys.select(header.kid.as_deref())?;
+        let key = match &self.keys {
+            // `decode` checks the algorithm against the key's own list, a subset of
+            // `self.algorithms`, so the header need not be decoded twice.
+            KeySet::Single(key) => key,
+            KeySet::Jwks(_) => {
+                let header = jsonwebtoken::decode_header(token)?;
+                if !self.algorithms.contains(&header.alg) {
+                    return Err(AuthError::BadAlgorithm);
+                }
+                self.keys.select(header.kid.as_deref())?
+            }
+        };
         let claims =
             jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation)?.claims;
         let expires_at =
