@@ -38,10 +38,11 @@ fn token(alg: Algorithm, key: &EncodingKey) -> String {
 }
 
 fn verify(c: &mut Criterion) {
-    let hs = verifier(&format!(
-        "algorithms = [\"HS256\"]\nsecret = \"{SECRET}\""
-    ));
-    let hs_token = token(Algorithm::HS256, &EncodingKey::from_secret(SECRET.as_bytes()));
+    let hs = verifier(&format!("algorithms = [\"HS256\"]\nsecret = \"{SECRET}\""));
+    let hs_token = token(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    );
     c.bench_function("verify_hs256", |b| {
         b.iter(|| hs.verify(black_box(&hs_token), NOW).expect("valid"))
     });
