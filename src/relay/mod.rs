@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::telemetry::Metrics;
 
@@ -67,6 +67,54 @@ pub async fn shutdown_started(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|down| *down).await;
 }
 
+/// The one timer of a relay loop, armed for the loop's earliest deadline.
+///
+/// Traffic only moves a stream's deadlines later (a write pushes its heartbeat back, a frame its
+/// idle timeout), so the timer is left alone on every event: it fires early now and then, the
+/// loop finds nothing due and arms it again. One timer instead of one per deadline also keeps
+/// an idle stream's task small.
+pub struct Alarm<'a> {
+    sleep: Pin<&'a mut Sleep>,
+    /// `None`: disarmed, whatever `sleep` was last set to.
+    at: Option<Instant>,
+}
+
+impl<'a> Alarm<'a> {
+    pub fn new(sleep: Pin<&'a mut Sleep>, at: Option<Instant>) -> Alarm<'a> {
+        let mut alarm = Alarm { sleep, at: None };
+        alarm.set(at);
+        alarm
+    }
+
+    /// Arms the alarm for `at`, or disarms it.
+    pub fn set(&mut self, at: Option<Instant>) {
+        if let Some(at) = at {
+            if self.at != Some(at) {
+                self.sleep.as_mut().reset(at);
+            }
+        }
+        self.at = at;
+    }
+
+    /// Arms the alarm for `at` if that is sooner than what it is armed for.
+    pub fn bring_forward(&mut self, at: Option<Instant>) {
+        if at.is_some_and(|at| self.at.is_none_or(|armed| at < armed)) {
+            self.set(at);
+        }
+    }
+
+    pub fn is_armed(&self) -> bool {
+        self.at.is_some()
+    }
+
+    /// Completes when the armed deadline has passed, and leaves the alarm disarmed. Only to be
+    /// polled while armed (a `select!` precondition): a disarmed alarm's timer may be long past.
+    pub async fn ring(&mut self) {
+        self.sleep.as_mut().await;
+        self.at = None;
+    }
+}
+
 /// The first multiple of `grid` (counted from a process-wide origin) at or after `at`: timers
 /// aligned this way fire together, in one wake-up of the runtime.
 pub fn align_up(at: Instant, grid: Duration) -> Instant {
@@ -77,4 +125,61 @@ pub fn align_up(at: Instant, grid: Duration) -> Instant {
     let steps = since.div_ceil(grid_ns);
     let aligned = u64::try_from(steps * grid_ns).unwrap_or(u64::MAX);
     origin + Duration::from_nanos(aligned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bring_forward_only_ever_moves_the_alarm_earlier() {
+        let sleep = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(sleep);
+        let mut alarm = Alarm::new(sleep, None);
+        assert!(!alarm.is_armed());
+        let t = Instant::now() + Duration::from_secs(60);
+        alarm.bring_forward(None);
+        assert_eq!(alarm.at, None);
+        alarm.bring_forward(Some(t));
+        assert_eq!(alarm.at, Some(t));
+        alarm.bring_forward(Some(t + Duration::from_secs(1)));
+        assert_eq!(alarm.at, Some(t), "a later deadline waits for the ring");
+        alarm.bring_forward(None);
+        assert_eq!(alarm.at, Some(t));
+        alarm.bring_forward(Some(t - Duration::from_secs(1)));
+        assert_eq!(alarm.at, Some(t - Duration::from_secs(1)));
+        alarm.set(Some(t + Duration::from_secs(5)));
+        assert_eq!(
+            alarm.at,
+            Some(t + Duration::from_secs(5)),
+            "set moves it either way"
+        );
+        alarm.set(None);
+        assert!(!alarm.is_armed());
+    }
+
+    #[tokio::test]
+    async fn a_ring_comes_at_the_deadline_disarms_and_can_be_armed_again() {
+        let sleep = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(sleep);
+        let start = Instant::now();
+        let first = start + Duration::from_millis(30);
+        let mut alarm = Alarm::new(sleep, Some(first));
+        tokio::time::timeout(Duration::from_secs(5), alarm.ring())
+            .await
+            .expect("the alarm rings");
+        assert!(Instant::now() >= first, "not before its deadline");
+        assert!(!alarm.is_armed());
+        // Armed again for the very instant it rang at: a stale deadline rings at once.
+        alarm.set(Some(first));
+        tokio::time::timeout(Duration::from_secs(5), alarm.ring())
+            .await
+            .expect("re-armed for a past instant, it rings at once");
+        let second = Instant::now() + Duration::from_millis(30);
+        alarm.set(Some(second));
+        tokio::time::timeout(Duration::from_secs(5), alarm.ring())
+            .await
+            .expect("re-armed, it rings again");
+        assert!(Instant::now() >= second);
+    }
 }

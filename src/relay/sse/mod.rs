@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::parser::{Segment, SseParser};
-use super::{Interrupt, Supervision};
+use super::{Alarm, Interrupt, Supervision};
 use crate::config::{OnInvalid, OnOversize, SseConfig};
 use crate::telemetry::CloseReason;
 
@@ -178,14 +178,12 @@ pub async fn relay(
     if let Err(reason) = pump.relay_ready(None).await {
         return reason;
     }
-    // One timer serves every deadline of the stream (heartbeat, stale upstream, token expiry,
-    // the grace for a last event): armed for the earliest, and re-armed when it fires or when
-    // the stream starts to end. A write or an upstream read just stores an `Instant`, so events
-    // cost no timer work; a timer that fires early finds nothing due and is re-armed. One timer
-    // instead of four also keeps an idle stream's task small.
-    let mut armed = deadlines.earliest(&pump, ending);
-    let timer = tokio::time::sleep_until(armed.unwrap_or_else(Instant::now));
-    tokio::pin!(timer);
+    // One alarm serves every deadline of the stream (heartbeat, stale upstream, token expiry,
+    // the grace for a last event): armed for the earliest, and re-armed when it rings or when
+    // the stream starts to end. A write or an upstream read just stores an `Instant`.
+    let sleep = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(sleep);
+    let mut alarm = Alarm::new(sleep, deadlines.earliest(&pump, ending));
     let interrupts = super::interrupts(&mut sup.evicted, sup.shutdown.clone());
     tokio::pin!(interrupts);
 
@@ -197,7 +195,7 @@ pub async fn relay(
             // eviction or the drain. Each check is a poll of an already-registered future (the
             // eviction and drain signals behind a gate, so that costs a load of its flag).
             biased;
-            () = &mut timer, if armed.is_some() => {
+            () = alarm.ring(), if alarm.is_armed() => {
                 rearm = true;
                 let now = Instant::now();
                 if ending.is_none() && deadlines.expires_at.is_some_and(|at| now >= at) {
@@ -211,7 +209,7 @@ pub async fn relay(
                     deadlines.stale_after.is_some_and(|after| now >= pump.last_upstream + after)
                 };
                 if quiet(&pump) {
-                    // The timer is polled before the upstream: bytes that arrived in time but
+                    // The alarm is polled before the upstream: bytes that arrived in time but
                     // are not read yet (both were ready this turn) still count.
                     if let Err(reason) = pump.relay_ready(None).await {
                         return reason;
@@ -252,10 +250,7 @@ pub async fn relay(
             }
         }
         if rearm {
-            armed = deadlines.earliest(&pump, ending);
-            if let Some(at) = armed {
-                timer.as_mut().reset(at);
-            }
+            alarm.set(deadlines.earliest(&pump, ending));
         }
         if let Some((why, _)) = ending {
             if pump.parser.at_boundary() {

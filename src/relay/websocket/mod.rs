@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::frame::{close_payload, encode_frame, Direction, FrameDecoder, FrameError, Item, OpCode};
-use super::{Interrupt, Supervision};
+use super::{Alarm, Interrupt, Supervision};
 use crate::config::{OnRateLimit, WebSocketConfig};
 use crate::telemetry::CloseReason;
 
@@ -36,9 +36,6 @@ pub mod close_code {
 /// How long a proxy-initiated close waits for a half-relayed frame to finish before it gives up
 /// on a clean close frame and just closes the socket.
 const BOUNDARY_GRACE: Duration = Duration::from_secs(1);
-
-/// A deadline that never comes (the loop's timer when nothing is due).
-const NEVER: Duration = Duration::from_secs(86_400 * 365);
 
 /// How soon a ping that found an upstream frame half-relayed is tried again.
 const PING_RETRY: Duration = Duration::from_millis(10);
@@ -113,13 +110,11 @@ pub async fn relay(
     let mut client_sent_close = false;
     let mut upstream_sent_close = false;
     let mut expiry = sup.expires_at;
-    // One timer for every deadline of this loop, re-armed lazily: message traffic only moves
-    // `last_client`/`last_data` later, so the timer just fires early now and then and is set
-    // again, instead of registering fresh timers on every frame.
-    let never = Instant::now() + NEVER;
-    let timer = tokio::time::sleep_until(never);
-    tokio::pin!(timer);
-    let mut timer_at = never;
+    // One alarm for every deadline of this loop: message traffic only moves `last_client` and
+    // `last_data` later, so frames cost no timer work.
+    let sleep = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(sleep);
+    let mut alarm = Alarm::new(sleep, None);
     // A second receiver: the loop still reads `sup.shutdown` to pick close codes.
     let interrupts = super::interrupts(&mut sup.evicted, sup.shutdown.clone());
     tokio::pin!(interrupts);
@@ -154,15 +149,12 @@ pub async fn relay(
         let idle_due = idle_timeout.map(|d| last_data + d).filter(|_| !closing);
         let close_due = pending_close.map(|(_, at)| at);
         let expiry_due = expiry.filter(|_| !closing);
-        let next = [ping_due, pong_due, idle_due, close_due, expiry_due]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(never);
-        if next < timer_at {
-            timer.as_mut().reset(next);
-            timer_at = next;
-        }
+        alarm.bring_forward(
+            [ping_due, pong_due, idle_due, close_due, expiry_due]
+                .into_iter()
+                .flatten()
+                .min(),
+        );
 
         tokio::select! {
             // Supervision first: a peer that always has bytes ready would otherwise win every
@@ -175,10 +167,9 @@ pub async fn relay(
                 };
                 pending_close = Some((close, Instant::now() + BOUNDARY_GRACE));
             }
-            _ = &mut timer => {
-                // Fired: re-armed at the next turn from the deadlines as they stand then.
-                timer_at = never;
-                timer.as_mut().reset(never);
+            () = alarm.ring(), if alarm.is_armed() => {
+                // Rung, so disarmed: armed again at the next turn from the deadlines as they
+                // stand then.
                 let now = Instant::now();
                 let due = |at: Option<Instant>| at.is_some_and(|at| now >= at);
                 if due(expiry_due) {
