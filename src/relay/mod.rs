@@ -2,13 +2,13 @@
 //!
 //! Pingora's built-in relay has no timer branch, so SSE and WebSocket streams are relayed by
 //! our own loops, each in a task of its own that `proxy` hands the connection to. Each loop is
-//! one `tokio::select!` over the upstream read, the client side, one timer armed for the
-//! stream's earliest deadline (heartbeat or ping, stale upstream, token expiry, the grace for a
-//! last event), and the eviction and drain signals below (the rarely-ready branches behind a
-//! `gate`); the parsers in `sse::parser` and `websocket::frame` tell the loops where it is safe
-//! to inject bytes. A loop's state is most of what an idle stream costs, so it is kept small:
-//! one timer rather than one per deadline, no buffers between reads, and the rare paths (a
-//! write that has to wait) allocate their state when they happen.
+//! one `tokio::select!` over the upstream read, the client side, one timer (an [`Alarm`])
+//! armed for the stream's earliest deadline (heartbeat or ping, stale upstream, token expiry,
+//! the grace for a last event), and the eviction and drain signals below (the rarely-ready
+//! branches behind a `gate`); the parsers in `sse::parser` and `websocket::frame` tell the
+//! loops where it is safe to inject bytes. A loop's state is most of what an idle stream costs,
+//! so it is kept small: one timer rather than one per deadline, no buffers between reads, and
+//! the rare paths (a write that has to wait) allocate their state when they happen.
 
 pub mod client;
 pub mod gate;
