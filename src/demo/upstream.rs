@@ -27,6 +27,8 @@
 //!     once it has echoed N data messages (at once for 0).
 //!   - `/ws/slow-frame?bytes=N&pieces=P&ms=T` (262144, 64, 3000): first sends one binary frame
 //!     of N bytes (byte i is `i % 251`) in P writes spread over T ms, then behaves as `/ws/raw`.
+//!   - `/ws/deaf?ms=T` (20000): reads nothing for T ms, as an app whose receive path hung, then
+//!     drops the connection; logs `deaf` when the handshake is done.
 //! - `ANY /echo…`: `{"method","target","headers":{name: value | [values]},"body"}` as received.
 //! - `GET|POST /sse?…`: scripted SSE. `events=N` (3), `interval_ms` (0), `size` (min data
 //!   bytes), `then=close|quiet|hang` (quiet: silent but watching the socket; hang: silent and
@@ -189,8 +191,8 @@ impl UpstreamStats {
             .unwrap_or_default()
     }
 
-    /// What the raw WebSocket endpoints (`/ws/raw`, `/ws/deflate`, `/ws/drop`, `/ws/slow-frame`)
-    /// received, in order, over all their connections; see the module docs for the entries.
+    /// What the raw WebSocket endpoints (`/ws/raw`, `/ws/deflate`, `/ws/drop`, `/ws/slow-frame`,
+    /// `/ws/deaf`) received, in order, over all their connections; see the module docs for the entries.
     pub fn raw_ws_log(&self) -> Vec<String> {
         lock(&self.raw_ws_log).clone()
     }
@@ -823,6 +825,8 @@ struct RawWsPlan {
     drop_after: Option<u64>,
     /// One binary frame of `bytes` sent in `pieces` writes over `over` before anything else.
     slow_frame: Option<(usize, usize, Duration)>,
+    /// Read nothing for this long, then drop the connection.
+    deaf_for: Option<Duration>,
 }
 
 impl RawWsPlan {
@@ -838,16 +842,19 @@ impl RawWsPlan {
                 deflate: false,
                 drop_after: None,
                 slow_frame: None,
+                deaf_for: None,
             },
             "/ws/deflate" => RawWsPlan {
                 deflate: true,
                 drop_after: None,
                 slow_frame: None,
+                deaf_for: None,
             },
             "/ws/drop" => RawWsPlan {
                 deflate: false,
                 drop_after: Some(num("after", 0)),
                 slow_frame: None,
+                deaf_for: None,
             },
             "/ws/slow-frame" => {
                 let bytes = usize::try_from(num("bytes", 256 * 1024)).unwrap_or(usize::MAX);
@@ -859,8 +866,15 @@ impl RawWsPlan {
                         usize::try_from(num("pieces", 64)).unwrap_or(64).max(1),
                         Duration::from_millis(num("ms", 3000)).min(MAX_SLOW),
                     )),
+                    deaf_for: None,
                 }
             }
+            "/ws/deaf" => RawWsPlan {
+                deflate: false,
+                drop_after: None,
+                slow_frame: None,
+                deaf_for: Some(Duration::from_millis(num("ms", 20_000)).min(MAX_SLOW)),
+            },
             _ => return None,
         };
         Some(plan)
@@ -968,7 +982,7 @@ enum RawEnd {
     Eof,
     /// The peer reset, closed mid-frame, or broke the framing.
     Reset,
-    /// `/ws/drop` let go of the connection on purpose (already logged as `dropped`).
+    /// `/ws/drop` or `/ws/deaf` let go of the connection on purpose (already logged).
     Dropped,
 }
 
@@ -1051,6 +1065,11 @@ async fn raw_echo(
     plan: &RawWsPlan,
     stats: &UpstreamStats,
 ) -> RawEnd {
+    if let Some(deaf_for) = plan.deaf_for {
+        stats.log_raw_ws("deaf".to_owned());
+        tokio::time::sleep(deaf_for).await;
+        return RawEnd::Dropped;
+    }
     if let Some(slow) = plan.slow_frame {
         if let Err(end) = send_slow_frame(stream, buf, slow).await {
             return end;
