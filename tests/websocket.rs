@@ -1046,6 +1046,38 @@ async fn app_dying_mid_stream_gives_the_client_1011() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_app_that_stops_reading_gets_the_client_1011_after_the_write_timeout() {
+    let up = Upstream::start().await;
+    let proxy = start_proxy(
+        ProxyConfig::new(up.addr)
+            .section("auth", "mode = \"off\"")
+            .section("upstream", "write_timeout = \"1s\""),
+    )
+    .await;
+    let mut ws = RawWs::upgrade(proxy.addr, "/ws/deaf?ms=30000", &[]).await;
+    wait_log(&up, "deaf").await;
+    // Far more than the sockets between client, proxy and app can buffer; the first send that
+    // stalls means the proxy is stuck writing to the app, and the rest is never needed.
+    let frame = client_frame(FIN | BINARY, &vec![7u8; 512 * 1024]);
+    let started = Instant::now();
+    for _ in 0..256 {
+        if tokio::time::timeout(Duration::from_millis(200), ws.send(&frame))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (before, close) = ws.until_close(IO_TIMEOUT, false).await;
+    let waited = started.elapsed();
+    assert!(before.is_empty(), "{before:?}");
+    assert_eq!(close.close().map(|c| c.0), Some(1011), "{close:?}");
+    // The app itself would only let go after 30 s.
+    assert!(waited < Duration::from_secs(10), "closed after {waited:?}");
+    expect_ws_closes(&proxy, "upstream_gone", 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn client_vanishing_tells_the_app_1001_then_eof() {
     let up = Upstream::start().await;
     let proxy = open_proxy(&up, "").await;

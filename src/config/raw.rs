@@ -62,6 +62,7 @@ pub(super) struct RawAdmin {
 pub(super) struct RawUpstream {
     pub address: Option<Text>,
     pub connect_timeout: Option<Text>,
+    pub write_timeout: Option<Text>,
     pub hide_error_bodies: Option<Spanned<bool>>,
 }
 

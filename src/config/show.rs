@@ -108,6 +108,7 @@ fn upstream(upstream: &UpstreamConfig) -> Entries {
     vec![
         ("address", Some(text(&upstream.address.to_string()))),
         ("connect_timeout", Some(duration(upstream.connect_timeout))),
+        ("write_timeout", Some(duration(upstream.write_timeout))),
         (
             "hide_error_bodies",
             Some(Value::Boolean(upstream.hide_error_bodies)),

@@ -45,6 +45,9 @@ pub struct UpstreamConfig {
     /// `host:port`; resolved at start-up.
     pub address: SocketAddr,
     pub connect_timeout: Duration,
+    /// How long a stream waits for the app to take what the proxy forwards (WebSocket
+    /// messages, a request body) before treating the app as gone.
+    pub write_timeout: Duration,
     pub hide_error_bodies: bool,
 }
 

@@ -749,9 +749,17 @@ fn upstream(cx: &mut Cx<'_>, raw: &RawConfig) -> Option<UpstreamConfig> {
             nonzero(parse_duration),
         )
         .unwrap_or(Duration::from_secs(2));
+    let write_timeout = cx
+        .text(
+            "upstream.write_timeout",
+            section.write_timeout.as_ref(),
+            nonzero(parse_duration),
+        )
+        .unwrap_or(Duration::from_secs(30));
     address.map(|address| UpstreamConfig {
         address,
         connect_timeout,
+        write_timeout,
         hide_error_bodies: flag(section.hide_error_bodies.as_ref(), true),
     })
 }
@@ -1288,6 +1296,7 @@ address = "127.0.0.1:9000"
 [upstream]
 address = "${APP_HOST}:3000"
 connect_timeout = "500ms"
+write_timeout = "45s"
 hide_error_bodies = false
 [server]
 threads = 8
@@ -1361,6 +1370,7 @@ claims = { tenant = "tid" }
         assert_eq!(c.admin.address.port(), 9000);
         assert_eq!(c.upstream.address, "127.0.0.1:3000".parse().expect("addr"));
         assert_eq!(c.upstream.connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.upstream.write_timeout, Duration::from_secs(45));
         assert!(!c.upstream.hide_error_bodies);
         assert_eq!(
             (c.server.threads, c.server.drain_timeout.as_secs()),
@@ -1471,6 +1481,7 @@ claims = { tenant = "tid" }
         assert!(c.listen.tls.is_none());
         assert_eq!(c.admin.address, "127.0.0.1:9901".parse().expect("addr"));
         assert_eq!(c.upstream.connect_timeout.as_secs(), 2);
+        assert_eq!(c.upstream.write_timeout.as_secs(), 30);
         assert!(c.upstream.hide_error_bodies);
         assert_eq!(
             (c.server.threads, c.server.drain_timeout.as_secs()),
@@ -1652,6 +1663,20 @@ claims = { tenant = "tid" }
         ("[[route]]\npath = \"/a\"\nsse = { stale_after = \"soon\" }", "route[0].sse.stale_after", Some(3), &["invalid duration"]),
         ("[[route]]\npath = \"/a\"\nauth = \"maybe\"", "route[0].auth", Some(3), &["\"maybe\""]),
     ];
+
+    #[test]
+    fn an_upstream_write_timeout_has_no_off_setting() {
+        // Not a BAD case: those are placed before the base's own [upstream] table.
+        let text = "[upstream]\naddress = \"127.0.0.1:3000\"\nwrite_timeout = \"0s\"\n\
+                    [auth]\nsecret = \"${JWT_SECRET}\"\n";
+        let errors = invalid(text);
+        let found = errors
+            .iter()
+            .find(|e| e.key == "upstream.write_timeout")
+            .unwrap_or_else(|| panic!("no error for upstream.write_timeout in {errors:#?}"));
+        assert_eq!(found.line, Some(3), "{found}");
+        assert!(found.message.contains("greater than zero"), "{found}");
+    }
 
     #[test]
     fn bad_values_are_reported_with_key_line_and_fix() {

@@ -29,10 +29,6 @@ use crate::config::UpstreamConfig;
 use chunked::{ChunkedDecoder, Decoded};
 use head::{BodyFraming, RequestFacts};
 
-/// An app that stops reading what the proxy forwards (WebSocket messages, a POST body) for this
-/// long is treated as gone: otherwise one hung app socket would stall its relay loop forever.
-pub const UPSTREAM_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Initial size of the response-head buffer; it grows up to [`MAX_HEAD`].
 const HEAD_BUF: usize = 1024;
 /// Largest response head accepted.
@@ -69,6 +65,7 @@ impl UpstreamError {
 pub struct StreamConnector {
     address: std::net::SocketAddr,
     connect_timeout: Duration,
+    write_timeout: Duration,
 }
 
 impl StreamConnector {
@@ -76,6 +73,7 @@ impl StreamConnector {
         StreamConnector {
             address: cfg.address,
             connect_timeout: cfg.connect_timeout,
+            write_timeout: cfg.write_timeout,
         }
     }
 
@@ -117,6 +115,7 @@ impl StreamConnector {
             resp: None,
             body: Body::NotRead,
             eof: false,
+            write_timeout: self.write_timeout,
         };
         conn.write_all(&wire).await?;
         // Back to ACKing at once: delayed ACKs would hold back an upstream that writes its
@@ -189,6 +188,10 @@ pub struct UpstreamConn {
     body: Body,
     /// The upstream closed its side.
     eof: bool,
+    /// An app that stops reading what the proxy forwards (WebSocket messages, a POST body) for
+    /// this long is treated as gone: otherwise one hung app socket would stall its relay loop
+    /// forever (`upstream.write_timeout`).
+    write_timeout: Duration,
 }
 
 impl UpstreamConn {
@@ -440,7 +443,7 @@ impl UpstreamConn {
     }
 
     async fn write_all(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
-        match tokio::time::timeout(UPSTREAM_WRITE_TIMEOUT, self.stream.write_all(bytes)).await {
+        match tokio::time::timeout(self.write_timeout, self.stream.write_all(bytes)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(UpstreamError::Write(io_kind(&e))),
             Err(_) => Err(UpstreamError::Write("write timed out".into())),
@@ -477,6 +480,7 @@ mod tests {
         let cfg = UpstreamConfig {
             address: listener.local_addr().unwrap(),
             connect_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
             hide_error_bodies: false,
         };
         let task = tokio::spawn(async move {
@@ -701,6 +705,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_app_that_stops_reading_is_given_up_after_the_write_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connector = StreamConnector::new(&UpstreamConfig {
+            address: listener.local_addr().unwrap(),
+            connect_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_millis(300),
+            hide_error_bodies: false,
+        });
+        // The app accepts and then reads nothing, holding its socket open.
+        let app = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(sock);
+        });
+        // More than loopback's socket buffers on both ends can hold.
+        const BODY: usize = 64 << 20;
+        let mut req = RequestHeader::build("POST", b"/upload", None).unwrap();
+        req.insert_header("Content-Length", BODY.to_string())
+            .unwrap();
+        let mut conn = connector.open(&req).await.unwrap();
+        let started = std::time::Instant::now();
+        let err = conn.write_body(&vec![b'x'; BODY]).await.unwrap_err();
+        let waited = started.elapsed();
+        assert_eq!(
+            err.to_string(),
+            "writing the request upstream failed: write timed out"
+        );
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(10),
+            "{waited:?}"
+        );
+        app.abort();
+    }
+
+    #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -708,6 +747,7 @@ mod tests {
         let connector = StreamConnector::new(&UpstreamConfig {
             address,
             connect_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(30),
             hide_error_bodies: false,
         });
         let err = connector.open(&get("/")).await.err().unwrap();
