@@ -304,7 +304,7 @@ impl From<httparse::Error> for RequestError {
 /// Accepts connections until the listener fails persistently.
 ///
 /// Transient accept errors (a peer that reset before accept, fd exhaustion during a benchmark)
-/// only pause the loop; `Err` comes back after [`MAX_ACCEPT_FAILURES`] failures in a row.
+/// only pause the loop; `Err` comes back after `MAX_ACCEPT_FAILURES` failures in a row.
 pub async fn serve(listener: TcpListener, stats: Arc<UpstreamStats>) -> io::Result<()> {
     let mut failures = 0;
     loop {
