@@ -966,6 +966,60 @@ async fn a_non_stream_answer_to_an_sse_request_passes_through() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_stream_the_request_did_not_ask_for_is_refused_unless_the_route_allows_it() {
+    let up = Upstream::start().await;
+    let proxy =
+        launch(config(&up, "").route("path = \"/sse\"\nsse = { require_accept = false }")).await;
+
+    // Without `Accept: text/event-stream` the stream would skip the relay and its protections.
+    let refused = get(proxy.addr, "/demo/events", &[]).await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.header("content-type"), Some("application/json"));
+    assert_eq!(
+        refused.text(),
+        r#"{"error":"event streams need Accept: text/event-stream"}"#
+    );
+    wait_metrics(&proxy, "the unannounced stream refusal", |t| {
+        metric(
+            t,
+            "streamguard_rejections_total",
+            &[("reason", "unannounced_stream")],
+        ) == Some(1.0)
+    })
+    .await;
+    assert!(
+        proxy.logs().contains("unannounced_stream"),
+        "a security event is logged"
+    );
+    // Plain answers need no Accept header.
+    assert_eq!(get(proxy.addr, "/status/404", &[]).await.status, 404);
+
+    // A route that opts out gets the plain proxy path, unsupervised, as before.
+    let legacy = get(proxy.addr, "/sse?events=2&then=close", &[]).await;
+    assert_eq!(legacy.status, 200);
+    assert_eq!(legacy.header("content-type"), Some("text/event-stream"));
+    let (plain, _) = blocks(&legacy.body);
+    assert_eq!(
+        plain.iter().filter(|b| b.contains("data:")).count(),
+        2,
+        "{plain:?}"
+    );
+    // The same request announced is relayed as a stream.
+    let mut sse = SseClient::connect(proxy.addr, "/sse?events=2&then=close", &[]).await;
+    assert_eq!(sse.status, 200);
+    let (relayed, _) = blocks(&sse.read_to_end(IO_TIMEOUT).await);
+    assert_eq!(
+        relayed.iter().filter(|b| b.contains("data:")).count(),
+        2,
+        "{relayed:?}"
+    );
+    wait_metrics(&proxy, "one relayed stream", |t| {
+        sse_closes(t, "upstream_end") == 1.0
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // 13. A real EventSource client
 

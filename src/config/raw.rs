@@ -138,6 +138,7 @@ pub(super) struct RawSse {
     pub on_oversize: Option<Text>,
     pub on_invalid: Option<Text>,
     pub write_timeout: Option<Text>,
+    pub require_accept: Option<Spanned<bool>>,
 }
 
 /// `[websocket]`, and also a route's `websocket = {..}` override.

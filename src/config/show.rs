@@ -210,6 +210,7 @@ fn sse(sse: &SseConfig) -> Entries {
         ("on_oversize", Some(name(ON_OVERSIZE, sse.on_oversize))),
         ("on_invalid", Some(name(ON_INVALID, sse.on_invalid))),
         ("write_timeout", Some(duration(sse.write_timeout))),
+        ("require_accept", Some(Value::Boolean(sse.require_accept))),
     ]
 }
 

@@ -193,6 +193,10 @@ pub struct SseConfig {
     pub on_oversize: OnOversize,
     pub on_invalid: OnInvalid,
     pub write_timeout: Duration,
+    /// Refuse an event stream the upstream answers to a request that did not announce one
+    /// (`Accept: text/event-stream`): it would run through the plain proxy path, past
+    /// every stream protection.
+    pub require_accept: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -282,6 +286,7 @@ impl Default for SseConfig {
             on_oversize: OnOversize::Drop,
             on_invalid: OnInvalid::Pass,
             write_timeout: Duration::from_secs(30),
+            require_accept: true,
         }
     }
 }

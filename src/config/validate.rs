@@ -590,6 +590,7 @@ fn sse(cx: &mut Cx<'_>, prefix: &str, raw: &RawSse, base: &SseConfig) -> SseConf
                 parse_duration,
             )
             .unwrap_or(base.write_timeout),
+        require_accept: flag(raw.require_accept.as_ref(), base.require_accept),
     }
 }
 
@@ -1342,6 +1343,7 @@ max_event_size = "64KiB"
 on_oversize = "close"
 on_invalid = "drop"
 write_timeout = "5s"
+require_accept = false
 [websocket]
 ping_interval = "30s"
 pong_timeout = "5s"
@@ -1425,6 +1427,7 @@ claims = { tenant = "tid" }
             on_oversize: OnOversize::Close,
             on_invalid: OnInvalid::Drop,
             write_timeout: Duration::from_secs(5),
+            require_accept: false,
         };
         assert_eq!(c.sse, sse);
         let websocket = WebSocketConfig {

@@ -40,12 +40,17 @@ pub enum Rejection {
     MethodNotAllowed,
     /// An `Upgrade` request for anything but WebSocket.
     UpgradeNotWebSocket,
+    /// The upstream answered an event stream to a request that did not ask for one
+    /// (`Accept: text/event-stream`), so no stream protection would apply (`sse.require_accept`).
+    UnannouncedStream,
 }
 
 impl Rejection {
     pub fn status(self) -> u16 {
         match self {
-            Rejection::BadRequest | Rejection::UpgradeNotWebSocket => 400,
+            Rejection::BadRequest
+            | Rejection::UpgradeNotWebSocket
+            | Rejection::UnannouncedStream => 400,
             Rejection::Unauthorized => 401,
             Rejection::CorsForbidden | Rejection::PreflightForbidden | Rejection::Forbidden => 403,
             Rejection::MethodNotAllowed => 405,
@@ -71,6 +76,9 @@ impl Rejection {
             Rejection::UpstreamDown | Rejection::UpstreamError => r#"{"error":"bad gateway"}"#,
             Rejection::MethodNotAllowed => r#"{"error":"method not allowed"}"#,
             Rejection::UpgradeNotWebSocket => r#"{"error":"unsupported upgrade"}"#,
+            Rejection::UnannouncedStream => {
+                r#"{"error":"event streams need Accept: text/event-stream"}"#
+            }
         }
     }
 
@@ -89,6 +97,7 @@ impl Rejection {
             Rejection::UpstreamError => "upstream_error",
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::UpgradeNotWebSocket => "bad_upgrade",
+            Rejection::UnannouncedStream => "unannounced_stream",
         }
     }
 
@@ -118,7 +127,7 @@ impl From<limits::LimitRejection> for Rejection {
 mod tests {
     use super::Rejection;
 
-    const ALL: [Rejection; 13] = [
+    const ALL: [Rejection; 14] = [
         Rejection::CorsForbidden,
         Rejection::PreflightForbidden,
         Rejection::Unauthorized,
@@ -132,6 +141,7 @@ mod tests {
         Rejection::UpstreamError,
         Rejection::MethodNotAllowed,
         Rejection::UpgradeNotWebSocket,
+        Rejection::UnannouncedStream,
     ];
 
     #[test]

@@ -3,8 +3,9 @@
 //! Each hook has one job (Pingora's phase model): `early_request_filter` lifts the token out of
 //! the URL before anything can log it; `request_filter` runs the policy pipeline and either
 //! answers, hands a stream's connection to a relay task of its own (`stream`), or lets Pingora
-//! proxy a plain request; `response_filter` applies the header rules; `logging` writes the
-//! access line and the counters once (a handed-off stream's task writes its own when it ends).
+//! proxy a plain request; `response_filter` applies the header rules (and refuses an event
+//! stream the request did not announce); `logging` writes the access line and the counters once
+//! (a handed-off stream's task writes its own when it ends).
 
 mod pipeline;
 pub use pipeline::now_unix;
@@ -21,7 +22,7 @@ use pingora::http::ResponseHeader;
 use pingora::modules::http::HttpModules;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, Result};
+use pingora::{Error, ErrorType, Result};
 
 use crate::policy::auth::{FoundToken, Identity};
 use crate::policy::Rejection;
@@ -55,6 +56,8 @@ pub struct RequestCtx {
     rejection: Option<Rejection>,
     /// The upstream answered 5xx and its body is being replaced.
     hide_body: bool,
+    /// The upstream answered an event stream the request did not ask for (`sse.require_accept`).
+    unannounced_stream: bool,
     status: u16,
     /// The connection went to a stream task, which writes the access line when it ends.
     handed_off: bool,
@@ -126,6 +129,7 @@ impl ProxyHttp for StreamGuard {
             outcome: Outcome::Proxied,
             rejection: None,
             hide_body: false,
+            unannounced_stream: false,
             status: 0,
             handed_off: false,
         }
@@ -168,6 +172,21 @@ impl ProxyHttp for StreamGuard {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.method != http::Method::HEAD && stream::is_event_stream(resp) {
+            let route = ctx.route.map(|i| &self.state.config.routes[i]);
+            if route
+                .map_or(&self.state.config.sse, |r| &r.sse)
+                .require_accept
+            {
+                // Announced streams never get here (the relays serve them), so this one would
+                // run unsupervised. `fail_to_proxy` writes the refusal.
+                ctx.unannounced_stream = true;
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(Rejection::UnannouncedStream.status()),
+                    "event stream without Accept: text/event-stream",
+                );
+            }
+        }
         ctx.status = resp.status.as_u16();
         respond::finalize_headers(resp, &self.state.cors, ctx.cors_origin.as_ref())?;
         if self.state.config.upstream.hide_error_bodies && resp.status.is_server_error() {
@@ -202,6 +221,13 @@ impl ProxyHttp for StreamGuard {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if ctx.unannounced_stream && session.response_written().is_none() {
+            let _ = pipeline::refuse_unannounced_stream(&self.state, session, ctx).await;
+            return FailToProxy {
+                error_code: Rejection::UnannouncedStream.status(),
+                can_reuse_downstream: false,
+            };
+        }
         let rejection = match e.esource() {
             pingora::ErrorSource::Upstream => Some(Rejection::UpstreamDown),
             pingora::ErrorSource::Downstream => None,

@@ -179,6 +179,27 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
     }
 }
 
+/// Answers a request the upstream answered with an event stream although the request did not
+/// ask for one: such a stream would bypass the relays, and with them the per-user stream caps,
+/// heartbeats, stale checks and the close at token expiry. Logged as a security event, since
+/// leaving out the `Accept` header is also how a client would try to get past those caps.
+pub async fn refuse_unannounced_stream(
+    state: &State,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<bool> {
+    security(session, "unannounced_stream", "no_accept_header", None);
+    refuse(
+        state,
+        session,
+        ctx,
+        Rejection::UnannouncedStream,
+        None,
+        "event stream without Accept: text/event-stream",
+    )
+    .await
+}
+
 /// Writes a refusal and records it for the access log and metrics.
 pub async fn refuse(
     state: &State,

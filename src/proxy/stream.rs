@@ -332,7 +332,7 @@ fn resume_from_query(req: &mut pingora::http::RequestHeader) -> Result<()> {
     Ok(())
 }
 
-fn is_event_stream(head: &ResponseHeader) -> bool {
+pub(super) fn is_event_stream(head: &ResponseHeader) -> bool {
     head.status.as_u16() == 200
         && head
             .headers

@@ -549,15 +549,9 @@ mod tests {
     #[test]
     fn retry_hint_is_within_the_jitter_band() {
         let mut cfg = SseConfig {
-            heartbeat: Duration::from_secs(15),
-            heartbeat_comment: "ping".into(),
-            stale_after: Duration::from_secs(45),
             retry: Some(Duration::from_secs(3)),
             retry_jitter: 0.5,
-            max_event_size: 1 << 20,
-            on_oversize: OnOversize::Drop,
-            on_invalid: OnInvalid::Pass,
-            write_timeout: Duration::from_secs(30),
+            ..SseConfig::default()
         };
         for _ in 0..200 {
             let hint = retry_hint(&cfg).expect("retry is set");
