@@ -988,9 +988,18 @@ async fn an_event_stream_the_request_did_not_ask_for_is_refused_unless_the_route
         ) == Some(1.0)
     })
     .await;
+    let events: Vec<_> = proxy
+        .json_logs()
+        .into_iter()
+        .filter(|l| l["target"] == "streamguard::security" && l["event"] == "unannounced_stream")
+        .collect();
+    assert_eq!(events.len(), 1, "one security event: {events:?}");
+    assert_eq!(events[0]["reason"], "no_accept_header");
+    assert_eq!(events[0]["path"], "/demo/events");
     assert!(
-        proxy.logs().contains("unannounced_stream"),
-        "a security event is logged"
+        !proxy.logs().contains("Fail to proxy"),
+        "a refusal is not a proxy error: {}",
+        proxy.logs()
     );
     // Plain answers need no Accept header.
     assert_eq!(get(proxy.addr, "/status/404", &[]).await.status, 404);

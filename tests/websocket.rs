@@ -1056,16 +1056,18 @@ async fn an_app_that_stops_reading_gets_the_client_1011_after_the_write_timeout(
     .await;
     let mut ws = RawWs::upgrade(proxy.addr, "/ws/deaf?ms=30000", &[]).await;
     wait_log(&up, "deaf").await;
-    // Far more than the sockets between client, proxy and app can buffer; the first send that
-    // stalls means the proxy is stuck writing to the app, and the rest is never needed.
+    // Push messages until the proxy gives up on the app and drops the client connection (the
+    // write fails), at most 256 MiB, far more than the sockets between client, proxy and app can
+    // buffer. Single `write`s, so a send cut short by the timeout never leaves half a frame.
     let frame = client_frame(FIN | BINARY, &vec![7u8; 512 * 1024]);
     let started = Instant::now();
-    for _ in 0..256 {
-        if tokio::time::timeout(Duration::from_millis(200), ws.send(&frame))
-            .await
-            .is_err()
-        {
-            break;
+    let mut sent = 0usize;
+    while sent < 256 << 20 && started.elapsed() < IO_TIMEOUT {
+        let rest = &frame[sent % frame.len()..];
+        match tokio::time::timeout(Duration::from_millis(100), ws.stream.write(rest)).await {
+            Ok(Ok(n)) if n > 0 => sent += n,
+            Ok(_) => break,
+            Err(_) => {}
         }
     }
     let (before, close) = ws.until_close(IO_TIMEOUT, false).await;

@@ -16,7 +16,7 @@
 //! - Raw WebSocket endpoints, frame by frame on the socket (no library in between), each logging
 //!   what it received in [`UpstreamStats::raw_ws_log`] (`text:N`, `binary:N`, `continuation:N`
 //!   with ` fin` / ` rsv1` suffixes, `ping`, `pong:<payload>`, `close:<code>` or `close`, then
-//!   `eof`, `reset`, `dropped` or `protocol:<why>`):
+//!   `eof`, `reset`, `dropped` or `protocol:<why>`; `/ws/deaf` logs only `deaf`):
 //!   - `/ws/raw`: echoes every data frame as received (FIN, RSV and opcode kept, unmasked),
 //!     answers pings, turns every pong it receives into a text frame `pong:<payload>` (so a pong
 //!     that should not have reached the app becomes visible to the client), echoes a close frame
@@ -982,7 +982,8 @@ enum RawEnd {
     Eof,
     /// The peer reset, closed mid-frame, or broke the framing.
     Reset,
-    /// `/ws/drop` or `/ws/deaf` let go of the connection on purpose (already logged).
+    /// `/ws/drop` or `/ws/deaf` let go of the connection on purpose (`dropped` or `deaf` is
+    /// already logged).
     Dropped,
 }
 

@@ -163,6 +163,7 @@ impl ProxyHttp for StreamGuard {
         let mut peer = HttpPeer::new(up.address, false, String::new());
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);
+        peer.options.write_timeout = Some(up.write_timeout);
         Ok(Box::new(peer))
     }
 
@@ -183,7 +184,7 @@ impl ProxyHttp for StreamGuard {
                 ctx.unannounced_stream = true;
                 return Error::e_explain(
                     ErrorType::HTTPStatus(Rejection::UnannouncedStream.status()),
-                    "event stream without Accept: text/event-stream",
+                    pipeline::UNANNOUNCED_STREAM,
                 );
             }
         }
@@ -222,7 +223,7 @@ impl ProxyHttp for StreamGuard {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         if ctx.unannounced_stream && session.response_written().is_none() {
-            let _ = pipeline::refuse_unannounced_stream(&self.state, session, ctx).await;
+            pipeline::refuse_unannounced_stream(&self.state, session, ctx).await;
             return FailToProxy {
                 error_code: Rejection::UnannouncedStream.status(),
                 can_reuse_downstream: false,
@@ -249,9 +250,10 @@ impl ProxyHttp for StreamGuard {
         }
     }
 
-    /// Client disconnects are routine for streams: keep them out of the error log.
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
-        matches!(error.esource(), pingora::ErrorSource::Downstream)
+    /// Client disconnects are routine for streams: keep them out of the error log. So is an
+    /// unannounced stream, which any client can cause and which has its security event.
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
+        ctx.unannounced_stream || matches!(error.esource(), pingora::ErrorSource::Downstream)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {

@@ -183,22 +183,22 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
 /// ask for one: such a stream would bypass the relays, and with them the per-user stream caps,
 /// heartbeats, stale checks and the close at token expiry. Logged as a security event, since
 /// leaving out the `Accept` header is also how a client would try to get past those caps.
-pub async fn refuse_unannounced_stream(
-    state: &State,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-) -> Result<bool> {
+pub async fn refuse_unannounced_stream(state: &State, session: &mut Session, ctx: &mut RequestCtx) {
     security(session, "unannounced_stream", "no_accept_header", None);
-    refuse(
+    // The client may be gone too; the refusal is recorded either way.
+    let _ = refuse(
         state,
         session,
         ctx,
         Rejection::UnannouncedStream,
         None,
-        "event stream without Accept: text/event-stream",
+        UNANNOUNCED_STREAM,
     )
-    .await
+    .await;
 }
+
+/// Why an unannounced stream was refused, for the error and the debug line.
+pub const UNANNOUNCED_STREAM: &str = "event stream without Accept: text/event-stream";
 
 /// Writes a refusal and records it for the access log and metrics.
 pub async fn refuse(

@@ -188,7 +188,7 @@ pub struct UpstreamConn {
     body: Body,
     /// The upstream closed its side.
     eof: bool,
-    /// An app that stops reading what the proxy forwards (WebSocket messages, a POST body) for
+    /// An app that takes none of what the proxy forwards (WebSocket messages, a POST body) for
     /// this long is treated as gone: otherwise one hung app socket would stall its relay loop
     /// forever (`upstream.write_timeout`).
     write_timeout: Duration,
@@ -442,12 +442,18 @@ impl UpstreamConn {
         let _ = self.stream.shutdown().await;
     }
 
-    async fn write_all(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
-        match tokio::time::timeout(self.write_timeout, self.stream.write_all(bytes)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(UpstreamError::Write(io_kind(&e))),
-            Err(_) => Err(UpstreamError::Write("write timed out".into())),
+    /// The bound is on a stall, not on the whole write: an app that keeps reading, however
+    /// slowly, is never cut off in the middle of a large message.
+    async fn write_all(&mut self, mut bytes: &[u8]) -> Result<(), UpstreamError> {
+        while !bytes.is_empty() {
+            match tokio::time::timeout(self.write_timeout, self.stream.write(bytes)).await {
+                Ok(Ok(0)) => return Err(UpstreamError::Write("the app closed its side".into())),
+                Ok(Ok(n)) => bytes = &bytes[n..],
+                Ok(Err(e)) => return Err(UpstreamError::Write(io_kind(&e))),
+                Err(_) => return Err(UpstreamError::Write("write timed out".into())),
+            }
         }
+        Ok(())
     }
 }
 
@@ -704,8 +710,9 @@ mod tests {
         assert_eq!(conn.read_body_bytes().await.unwrap(), None);
     }
 
-    #[tokio::test]
-    async fn an_app_that_stops_reading_is_given_up_after_the_write_timeout() {
+    /// An app on a real socket that takes `pace.0` bytes of the request every `pace.1`, or
+    /// nothing at all, and a connector to it whose writes give up after 300 ms of stall.
+    async fn app_reading(pace: Option<(usize, Duration)>) -> StreamConnector {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let connector = StreamConnector::new(&UpstreamConfig {
             address: listener.local_addr().unwrap(),
@@ -713,18 +720,43 @@ mod tests {
             write_timeout: Duration::from_millis(300),
             hide_error_bodies: false,
         });
-        // The app accepts and then reads nothing, holding its socket open.
-        let app = tokio::spawn(async move {
-            let (sock, _) = listener.accept().await.unwrap();
-            tokio::time::sleep(Duration::from_secs(30)).await;
-            drop(sock);
+        tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            // A fixed receive buffer: autotuning could otherwise swallow the whole body.
+            SockRef::from(&sock)
+                .set_recv_buffer_size(256 << 10)
+                .unwrap();
+            let Some((bytes, every)) = pace else {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                return;
+            };
+            let mut buf = vec![0; bytes];
+            loop {
+                let mut taken = 0;
+                while taken < bytes {
+                    match sock.read(&mut buf[taken..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => taken += n,
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
         });
-        // More than loopback's socket buffers on both ends can hold.
-        const BODY: usize = 64 << 20;
+        connector
+    }
+
+    async fn post(connector: &StreamConnector, body: usize) -> UpstreamConn {
         let mut req = RequestHeader::build("POST", b"/upload", None).unwrap();
-        req.insert_header("Content-Length", BODY.to_string())
+        req.insert_header("Content-Length", body.to_string())
             .unwrap();
-        let mut conn = connector.open(&req).await.unwrap();
+        connector.open(&req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_app_that_stops_reading_is_given_up_after_the_write_timeout() {
+        // More than the sockets between proxy and app can hold.
+        const BODY: usize = 64 << 20;
+        let mut conn = post(&app_reading(None).await, BODY).await;
         let started = std::time::Instant::now();
         let err = conn.write_body(&vec![b'x'; BODY]).await.unwrap_err();
         let waited = started.elapsed();
@@ -736,7 +768,22 @@ mod tests {
             waited >= Duration::from_millis(300) && waited < Duration::from_secs(10),
             "{waited:?}"
         );
-        app.abort();
+    }
+
+    #[tokio::test]
+    async fn a_slow_app_that_keeps_reading_is_never_cut_off() {
+        // 1 MiB every 50 ms: the whole write takes far longer than the 300 ms bound, but no
+        // single stall comes near it.
+        const BODY: usize = 32 << 20;
+        let connector = app_reading(Some((1 << 20, Duration::from_millis(50)))).await;
+        let mut conn = post(&connector, BODY).await;
+        let started = std::time::Instant::now();
+        conn.write_body(&vec![b'x'; BODY]).await.unwrap();
+        let took = started.elapsed();
+        assert!(
+            took > Duration::from_millis(600),
+            "the write never stalled: {took:?}"
+        );
     }
 
     #[tokio::test]
