@@ -196,6 +196,9 @@ if [ "$BUILD" = 1 ]; then
   log "building the bench tools (release)"
   cargo build --release --manifest-path "$BENCH/Cargo.toml"
 fi
+# The revision the copies below are built from: read now, since the tree may change during the
+# run (the copies do not).
+SG_REVISION="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo '+dirty')"
 # Run copies: other builds in the same target dir must not swap a binary mid-run.
 mkdir -p "$WORK/bin"
 for b in "$ROOT/target/release/streamguard" "$BENCH/target/release/sg-loadgen" \
@@ -515,7 +518,7 @@ NGINX_VERSION=$(nginx -v 2>&1 | sed 's/.*: //')
   echo "command: \`$COMMAND\` (from the repository root; $((ELAPSED / 60)) min $((ELAPSED % 60)) s)"
   echo "machine: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r), open files per process $(ulimit -n); load average at start $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "layout: proxy pinned to core $PROXY_CPU (one worker/thread); load generator and bench upstream share core $GEN_CPU, so generator-bound numbers (S2 max events/s, S5 setups/s) may be limited by that core rather than the proxy: see proxy_core_pct"
-  echo "versions: streamguard $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo '+dirty') (binary sha256 $(sha256sum "$SG" | cut -c1-12)), $NGINX_VERSION, HAProxy $HAPROXY_VERSION, $(rustc --version 2>/dev/null)"
+  echo "versions: streamguard $SG_REVISION (binary sha256 $(sha256sum "$SG" | cut -c1-12)), $NGINX_VERSION, HAProxy $HAPROXY_VERSION, $(rustc --version 2>/dev/null)"
   echo "streamguard-on: CORS allowlist (Origin sent), JWT HS256 required (RS256 in a second config for S5), limits (max_streams, per-user streams and connects, requests per IP), heartbeats 15 s, WebSocket pings 20 s; streamguard-off: auth off, no CORS list, no limits, no heartbeats"
   echo "comparators: nginx and HAProxy as plain streaming proxies (nginx: proxy_buffering off, HTTP/1.1, upgrade headers; HAProxy: http-no-delay, timeout tunnel); logging off everywhere (streamguard level error)"
   if [ "$HAPROXY_JWT" = 1 ]; then
