@@ -120,6 +120,8 @@ fn base_url(addr: SocketAddr, tls: bool) -> String {
 fn intro(e: &Endpoints, token: &str, short_token: &str) -> String {
     let proxy = &e.proxy;
     let events = format!("{proxy}/demo/events");
+    // curl sends `Accept: */*`: a stream must be asked for, or the proxy refuses it.
+    let sse = "-H \"Accept: text/event-stream\"";
     let mut text = format!(
         "streamguard demo\n\
          \x20 page:    {proxy}/demo/page  (paste the token, press \"Exchange token for cookie\")\n\
@@ -129,7 +131,7 @@ fn intro(e: &Endpoints, token: &str, short_token: &str) -> String {
          short-lived token, valid {short} (watch the streams close when it expires):\n  {short_token}\n\n\
          try:\n\
          \x20 TOKEN={token}\n\
-         \x20 curl -N -H \"Authorization: Bearer $TOKEN\" {events}\n",
+         \x20 curl -N {sse} -H \"Authorization: Bearer $TOKEN\" {events}\n",
         app = e.app,
         admin = e.admin,
         long = humantime::format_duration(TOKEN_TTL),
@@ -137,11 +139,12 @@ fn intro(e: &Endpoints, token: &str, short_token: &str) -> String {
     );
     if let Some(param) = &e.query_param {
         text.push_str(&format!(
-            "  curl -N \"{events}?{param}=$TOKEN\"   # the token is lifted out of the URL\n"
+            "  curl -N {sse} \"{events}?{param}=$TOKEN\"   # the token is lifted out of the URL\n"
         ));
     }
     text.push_str(&format!(
         "  curl -i {events}   # 401 without a token\n\
+         \x20 curl -i -H \"Authorization: Bearer $TOKEN\" {events}   # 400: a stream must be asked for\n\
          \x20 curl -i -X POST -H \"Authorization: Bearer $TOKEN\" {proxy}{path}   # the cookie exchange\n",
         path = e.session_path,
     ));
@@ -197,7 +200,15 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("\"http://127.0.0.1:8080/demo/events?access_token=$TOKEN\""),
+            text.contains(
+                "curl -N -H \"Accept: text/event-stream\" \"http://127.0.0.1:8080/demo/events?access_token=$TOKEN\""
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "curl -N -H \"Accept: text/event-stream\" -H \"Authorization: Bearer $TOKEN\""
+            ),
             "{text}"
         );
         assert!(
