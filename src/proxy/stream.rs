@@ -332,17 +332,16 @@ fn resume_from_query(req: &mut pingora::http::RequestHeader) -> Result<()> {
     Ok(())
 }
 
+/// Also asked of every plain response (`sse.require_accept`), so it does not allocate.
 pub(super) fn is_event_stream(head: &ResponseHeader) -> bool {
+    const TYPE: &[u8] = b"text/event-stream";
     head.status.as_u16() == 200
         && head
             .headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("text/event-stream")
-            })
+            .and_then(|v| v.trim_start().as_bytes().get(..TYPE.len()))
+            .is_some_and(|start| start.eq_ignore_ascii_case(TYPE))
 }
 
 /// Relays a non-stream answer as an ordinary response (5xx bodies hidden when configured).
@@ -380,4 +379,39 @@ async fn passthrough(
         }
     }
     let _ = session.write_response_body(None, true).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(status: u16, content_type: Option<&str>) -> ResponseHeader {
+        let mut head = ResponseHeader::build(status, None).expect("head");
+        if let Some(value) = content_type {
+            head.insert_header(header::CONTENT_TYPE, value)
+                .expect("header");
+        }
+        head
+    }
+
+    #[test]
+    fn an_event_stream_is_a_200_whose_content_type_is_text_event_stream() {
+        for value in [
+            "text/event-stream",
+            "Text/Event-Stream; charset=utf-8",
+            "  text/event-stream",
+        ] {
+            assert!(is_event_stream(&head(200, Some(value))), "{value:?}");
+        }
+        for value in [
+            "text/event-strea",
+            "text/html",
+            "application/json",
+            "text/plain; x=text/event-stream",
+        ] {
+            assert!(!is_event_stream(&head(200, Some(value))), "{value:?}");
+        }
+        assert!(!is_event_stream(&head(200, None)));
+        assert!(!is_event_stream(&head(201, Some("text/event-stream"))));
+    }
 }
