@@ -22,6 +22,13 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+impl Config {
+    /// The route a request matched, from the index route matching gave it.
+    pub fn route(&self, index: Option<usize>) -> Option<&RouteConfig> {
+        index.map(|i| &self.routes[i])
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ListenConfig {
     pub address: SocketAddr,

@@ -174,7 +174,7 @@ impl ProxyHttp for StreamGuard {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if ctx.method != http::Method::HEAD && stream::is_event_stream(resp) {
-            let route = ctx.route.map(|i| &self.state.config.routes[i]);
+            let route = self.state.config.route(ctx.route);
             if route
                 .map_or(&self.state.config.sse, |r| &r.sse)
                 .require_accept

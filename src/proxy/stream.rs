@@ -36,7 +36,7 @@ pub async fn serve(
     kind: StreamKind,
     client: IpAddr,
 ) -> Result<bool> {
-    let route = ctx.route.map(|i| &state.config.routes[i]);
+    let route = state.config.route(ctx.route);
     let limits = route.map(|r| &r.limits).unwrap_or(&state.config.limits);
     let key = match &ctx.identity {
         Some(identity) => LimitKey::User(identity.user.clone()),
@@ -215,7 +215,7 @@ impl Stream {
             access,
         } = self;
         async move {
-            let route = route.map(|i| &state.config.routes[i]);
+            let route = state.config.route(route);
             let metrics = &state.metrics;
             let _active = ActiveStream::new(metrics.kind(kind));
             let started = Instant::now();
