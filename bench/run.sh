@@ -60,7 +60,9 @@ else
   S6_ON=30; S6_OFF=3
   BIG_LADDER=2,4,6,8,10
   SMALL_N=1000
-  S3_RATES=1:5,20:2
+  # S3 windows: p99 over 2 s at 20 ev/s (400 worst events) was decided by a few stalls of the
+  # shared machine (per-round spread +-40 %, more than the gaps it was asked to resolve).
+  S3_RATES=1:10,20:6
   SMALL_LADDER=10,20,40,70,100
   SINGLE_RATES=1:12         # S3 one stream: 12 samples a round (4 left a round's p50 to chance)
   WS_N=1000; WS_RATES=10:2
