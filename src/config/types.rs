@@ -22,10 +22,19 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
+/// The settings in force for a request, from the index route matching gave it: the matched
+/// route's (the global section with the route's overrides applied), else the global section.
 impl Config {
-    /// The route a request matched, from the index route matching gave it.
-    pub fn route(&self, index: Option<usize>) -> Option<&RouteConfig> {
-        index.map(|i| &self.routes[i])
+    pub fn limits_for(&self, route: Option<usize>) -> &LimitsConfig {
+        route.map_or(&self.limits, |i| &self.routes[i].limits)
+    }
+
+    pub fn sse_for(&self, route: Option<usize>) -> &SseConfig {
+        route.map_or(&self.sse, |i| &self.routes[i].sse)
+    }
+
+    pub fn websocket_for(&self, route: Option<usize>) -> &WebSocketConfig {
+        route.map_or(&self.websocket, |i| &self.routes[i].websocket)
     }
 }
 

@@ -173,20 +173,17 @@ impl ProxyHttp for StreamGuard {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if ctx.method != http::Method::HEAD && stream::is_event_stream(resp) {
-            let route = self.state.config.route(ctx.route);
-            if route
-                .map_or(&self.state.config.sse, |r| &r.sse)
-                .require_accept
-            {
-                // Announced streams never get here (the relays serve them), so this one would
-                // run unsupervised. `fail_to_proxy` writes the refusal.
-                ctx.unannounced_stream = true;
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(Rejection::UnannouncedStream.status()),
-                    pipeline::UNANNOUNCED_STREAM,
-                );
-            }
+        if ctx.method != http::Method::HEAD
+            && stream::is_event_stream(resp)
+            && self.state.config.sse_for(ctx.route).require_accept
+        {
+            // Announced streams never get here (the relays serve them), so this one would
+            // run unsupervised. `fail_to_proxy` writes the refusal.
+            ctx.unannounced_stream = true;
+            return Error::e_explain(
+                ErrorType::HTTPStatus(Rejection::UnannouncedStream.status()),
+                pipeline::UNANNOUNCED_STREAM,
+            );
         }
         ctx.status = resp.status.as_u16();
         respond::finalize_headers(resp, &self.state.cors, ctx.cors_origin.as_ref())?;

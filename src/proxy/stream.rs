@@ -36,8 +36,7 @@ pub async fn serve(
     kind: StreamKind,
     client: IpAddr,
 ) -> Result<bool> {
-    let route = state.config.route(ctx.route);
-    let limits = route.map(|r| &r.limits).unwrap_or(&state.config.limits);
+    let limits = state.config.limits_for(ctx.route);
     let key = match &ctx.identity {
         Some(identity) => LimitKey::User(identity.user.clone()),
         None => LimitKey::Ip(client),
@@ -215,7 +214,6 @@ impl Stream {
             access,
         } = self;
         async move {
-            let route = state.config.route(route);
             let metrics = &state.metrics;
             let _active = ActiveStream::new(metrics.kind(kind));
             let started = Instant::now();
@@ -226,7 +224,7 @@ impl Stream {
                 evicted: Box::pin(permit.evicted()),
             };
 
-            let sse_cfg = route.map(|r| &r.sse).unwrap_or(&state.config.sse);
+            let sse_cfg = state.config.sse_for(route);
             let status = head.status.as_u16();
             let allow_rsv1 = kind == StreamKind::WebSocket
                 && head
@@ -253,9 +251,7 @@ impl Stream {
                     sse::relay(&mut client, &mut up, sse_cfg, sup).await
                 }
                 StreamKind::WebSocket => {
-                    let cfg = route
-                        .map(|r| &r.websocket)
-                        .unwrap_or(&state.config.websocket);
+                    let cfg = state.config.websocket_for(route);
                     let messages_key = LimitKey::Messages(Box::new(permit.key().clone()));
                     let limiter = &state.limiter;
                     let rate = cfg.messages_per_user;
