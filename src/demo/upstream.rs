@@ -817,8 +817,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<(RecordedRequest, bool, usize)>, Requ
     Ok(Some((head, req.version == Some(0), len)))
 }
 
-/// What a raw WebSocket endpoint does besides echoing (see the module docs).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a raw WebSocket endpoint does besides echoing (see the module docs); the default is
+/// `/ws/raw`'s plain echo.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct RawWsPlan {
     deflate: bool,
     /// Drop the TCP connection once this many data messages were echoed.
@@ -838,42 +839,29 @@ impl RawWsPlan {
                 .unwrap_or(default)
         };
         let plan = match head.path() {
-            "/ws/raw" => RawWsPlan {
-                deflate: false,
-                drop_after: None,
-                slow_frame: None,
-                deaf_for: None,
-            },
+            "/ws/raw" => RawWsPlan::default(),
             "/ws/deflate" => RawWsPlan {
                 deflate: true,
-                drop_after: None,
-                slow_frame: None,
-                deaf_for: None,
+                ..RawWsPlan::default()
             },
             "/ws/drop" => RawWsPlan {
-                deflate: false,
                 drop_after: Some(num("after", 0)),
-                slow_frame: None,
-                deaf_for: None,
+                ..RawWsPlan::default()
             },
             "/ws/slow-frame" => {
                 let bytes = usize::try_from(num("bytes", 256 * 1024)).unwrap_or(usize::MAX);
                 RawWsPlan {
-                    deflate: false,
-                    drop_after: None,
                     slow_frame: Some((
                         bytes.min(MAX_BODY_BYTES),
                         usize::try_from(num("pieces", 64)).unwrap_or(64).max(1),
                         Duration::from_millis(num("ms", 3000)).min(MAX_SLOW),
                     )),
-                    deaf_for: None,
+                    ..RawWsPlan::default()
                 }
             }
             "/ws/deaf" => RawWsPlan {
-                deflate: false,
-                drop_after: None,
-                slow_frame: None,
                 deaf_for: Some(Duration::from_millis(num("ms", 20_000)).min(MAX_SLOW)),
+                ..RawWsPlan::default()
             },
             _ => return None,
         };
