@@ -49,6 +49,7 @@ pub(super) struct RawListen {
     pub address: Option<Text>,
     pub tls_cert_file: Option<Text>,
     pub tls_key_file: Option<Text>,
+    pub underscores_in_headers: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,7 +64,9 @@ pub(super) struct RawUpstream {
     pub address: Option<Text>,
     pub connect_timeout: Option<Text>,
     pub write_timeout: Option<Text>,
+    pub response_timeout: Option<Text>,
     pub hide_error_bodies: Option<Spanned<bool>>,
+    pub hide_headers: Option<TextList>,
 }
 
 #[derive(Debug, Default, Deserialize)]

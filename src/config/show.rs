@@ -13,7 +13,7 @@ use super::types::*;
 use super::units::{format_duration, format_rate, format_size};
 use super::validate::{
     AUTH_MODES, FORWARD_AS, LOG_FORMATS, ON_INVALID, ON_OVERSIZE, ON_RATE_LIMIT, ON_USER_LIMIT,
-    SAME_SITE,
+    SAME_SITE, UNDERSCORES_IN_HEADERS,
 };
 
 /// A table's entries in print order; `None` prints as a comment (the key is unset).
@@ -101,6 +101,10 @@ fn listen(listen: &ListenConfig) -> Entries {
         ("address", Some(text(&listen.address.to_string()))),
         ("tls_cert_file", listen.tls.as_ref().map(|t| path(t, true))),
         ("tls_key_file", listen.tls.as_ref().map(|t| path(t, false))),
+        (
+            "underscores_in_headers",
+            Some(name(UNDERSCORES_IN_HEADERS, listen.underscores_in_headers)),
+        ),
     ]
 }
 
@@ -110,8 +114,22 @@ fn upstream(upstream: &UpstreamConfig) -> Entries {
         ("connect_timeout", Some(duration(upstream.connect_timeout))),
         ("write_timeout", Some(duration(upstream.write_timeout))),
         (
+            "response_timeout",
+            Some(duration(upstream.response_timeout)),
+        ),
+        (
             "hide_error_bodies",
             Some(Value::Boolean(upstream.hide_error_bodies)),
+        ),
+        (
+            "hide_headers",
+            Some(Value::Array(
+                upstream
+                    .hide_headers
+                    .iter()
+                    .map(|h| text(h.as_str()))
+                    .collect(),
+            )),
         ),
     ]
 }

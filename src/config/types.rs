@@ -43,6 +43,21 @@ pub struct ListenConfig {
     pub address: SocketAddr,
     /// Both set or both unset (validated).
     pub tls: Option<TlsFiles>,
+    /// What happens to a client header whose name has `_` (`underscores_in_headers`).
+    pub underscores_in_headers: UnderscoreHeaders,
+}
+
+/// `listen.underscores_in_headers`: CGI and WSGI servers fold `_` and `-` into the same variable
+/// (`X_User` and `X-User` both become `HTTP_X_USER`), so a name with `_` can impersonate a
+/// header the proxy checked or set under its `-` spelling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnderscoreHeaders {
+    /// Drop such headers before the app sees them (nginx's default).
+    Drop,
+    /// Refuse the request with 400.
+    Refuse,
+    /// Pass them on (names that fold onto a proxy-owned header are still dropped).
+    Pass,
 }
 
 #[derive(Debug, Clone)]
@@ -64,7 +79,13 @@ pub struct UpstreamConfig {
     /// How long a stream waits for the app to take what the proxy forwards (WebSocket
     /// messages, a request body) before treating the app as gone.
     pub write_timeout: Duration,
+    /// How long the app may take to send a response head (and, on the plain path, between two
+    /// reads of the response) before the client gets 504.
+    pub response_timeout: Duration,
     pub hide_error_bodies: bool,
+    /// Lower-case names of response headers that never reach the client (`Server`,
+    /// `X-Powered-By`: they tell an attacker which app and version to target).
+    pub hide_headers: Vec<http::HeaderName>,
 }
 
 /// Process-level settings (`[server]`).

@@ -55,6 +55,11 @@ pub(super) const ON_INVALID: &[(&str, OnInvalid)] = &[
 ];
 pub(super) const ON_RATE_LIMIT: &[(&str, OnRateLimit)] =
     &[("close", OnRateLimit::Close), ("drop", OnRateLimit::Drop)];
+pub(super) const UNDERSCORES_IN_HEADERS: &[(&str, UnderscoreHeaders)] = &[
+    ("drop", UnderscoreHeaders::Drop),
+    ("refuse", UnderscoreHeaders::Refuse),
+    ("pass", UnderscoreHeaders::Pass),
+];
 pub(super) const ON_USER_LIMIT: &[(&str, OnUserLimit)] = &[
     ("reject", OnUserLimit::Reject),
     ("evict_oldest", OnUserLimit::EvictOldest),
@@ -210,6 +215,27 @@ fn http_token(s: &str) -> Result<String, String> {
         ));
     }
     Ok(s.to_owned())
+}
+
+/// A response header the proxy may remove: any header name but the ones that frame the
+/// message or carry the proxy's own answer.
+fn hidden_header(s: &str) -> Result<http::HeaderName, String> {
+    let name = http_token(s)?.to_ascii_lowercase();
+    const NEEDED: &[&str] = &[
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "content-type",
+        "sec-websocket-accept",
+    ];
+    if NEEDED.contains(&name.as_str()) || name.starts_with("access-control-") {
+        return Err(format!(
+            "{s:?} cannot be hidden: the proxy needs it to frame or describe the answer; \
+             list headers such as \"server\" or \"x-powered-by\""
+        ));
+    }
+    http::HeaderName::try_from(name).map_err(|e| format!("{s:?} is not a header name ({e})"))
 }
 
 fn socket_addr(s: &str) -> Result<SocketAddr, String> {
@@ -730,7 +756,18 @@ fn listen(cx: &mut Cx<'_>, raw: &RawListen) -> ListenConfig {
         cert_file,
         key_file,
     });
-    ListenConfig { address, tls }
+    let underscores_in_headers = cx
+        .text(
+            "listen.underscores_in_headers",
+            raw.underscores_in_headers.as_ref(),
+            choice(UNDERSCORES_IN_HEADERS),
+        )
+        .unwrap_or(UnderscoreHeaders::Drop);
+    ListenConfig {
+        address,
+        tls,
+        underscores_in_headers,
+    }
 }
 
 fn upstream(cx: &mut Cx<'_>, raw: &RawConfig) -> Option<UpstreamConfig> {
@@ -757,11 +794,33 @@ fn upstream(cx: &mut Cx<'_>, raw: &RawConfig) -> Option<UpstreamConfig> {
             nonzero(parse_duration),
         )
         .unwrap_or(Duration::from_secs(30));
+    let response_timeout = cx
+        .text(
+            "upstream.response_timeout",
+            section.response_timeout.as_ref(),
+            nonzero(parse_duration),
+        )
+        .unwrap_or(Duration::from_secs(60));
+    let hide_headers = cx
+        .text_list(
+            "upstream.hide_headers",
+            section.hide_headers.as_ref(),
+            hidden_header,
+        )
+        .unwrap_or_else(|| {
+            [
+                http::header::SERVER,
+                http::HeaderName::from_static("x-powered-by"),
+            ]
+            .to_vec()
+        });
     address.map(|address| UpstreamConfig {
         address,
         connect_timeout,
         write_timeout,
+        response_timeout,
         hide_error_bodies: flag(section.hide_error_bodies.as_ref(), true),
+        hide_headers,
     })
 }
 

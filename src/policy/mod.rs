@@ -6,8 +6,10 @@
 
 pub mod auth;
 pub mod cors;
+pub mod headers;
 pub mod limits;
 pub mod routes;
+pub mod target;
 
 /// Why a request is refused. The proxy turns this into a small, fixed response so that no
 /// detail about the failure (token contents, matched rule, upstream error) reaches the client;
@@ -36,6 +38,8 @@ pub enum Rejection {
     UpstreamDown,
     /// The upstream failed mid-request or answered with something unusable.
     UpstreamError,
+    /// The upstream sent no response head within `upstream.response_timeout`.
+    UpstreamTimeout,
     /// A method the endpoint does not serve.
     MethodNotAllowed,
     /// An `Upgrade` request for anything but WebSocket.
@@ -56,6 +60,7 @@ impl Rejection {
             Rejection::MethodNotAllowed => 405,
             Rejection::UserStreams | Rejection::ConnectRate | Rejection::RequestRate => 429,
             Rejection::UpstreamDown | Rejection::UpstreamError => 502,
+            Rejection::UpstreamTimeout => 504,
             // The whole proxy is full: this is about the server's capacity, not the client.
             Rejection::GlobalStreams => 503,
         }
@@ -74,6 +79,7 @@ impl Rejection {
             Rejection::ConnectRate => r#"{"error":"too many connections"}"#,
             Rejection::RequestRate => r#"{"error":"too many requests"}"#,
             Rejection::UpstreamDown | Rejection::UpstreamError => r#"{"error":"bad gateway"}"#,
+            Rejection::UpstreamTimeout => r#"{"error":"gateway timeout"}"#,
             Rejection::MethodNotAllowed => r#"{"error":"method not allowed"}"#,
             Rejection::UpgradeNotWebSocket => r#"{"error":"unsupported upgrade"}"#,
             Rejection::UnannouncedStream => {
@@ -95,6 +101,7 @@ impl Rejection {
             Rejection::RequestRate => "request_rate",
             Rejection::UpstreamDown => "upstream_down",
             Rejection::UpstreamError => "upstream_error",
+            Rejection::UpstreamTimeout => "upstream_timeout",
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::UpgradeNotWebSocket => "bad_upgrade",
             Rejection::UnannouncedStream => "unannounced_stream",
@@ -127,7 +134,7 @@ impl From<limits::LimitRejection> for Rejection {
 mod tests {
     use super::Rejection;
 
-    const ALL: [Rejection; 14] = [
+    const ALL: [Rejection; 15] = [
         Rejection::CorsForbidden,
         Rejection::PreflightForbidden,
         Rejection::Unauthorized,
@@ -139,6 +146,7 @@ mod tests {
         Rejection::RequestRate,
         Rejection::UpstreamDown,
         Rejection::UpstreamError,
+        Rejection::UpstreamTimeout,
         Rejection::MethodNotAllowed,
         Rejection::UpgradeNotWebSocket,
         Rejection::UnannouncedStream,
@@ -188,6 +196,7 @@ mod tests {
             (Rejection::GlobalStreams, 503),
             (Rejection::RequestRate, 429),
             (Rejection::UpstreamDown, 502),
+            (Rejection::UpstreamTimeout, 504),
             (Rejection::MethodNotAllowed, 405),
         ];
         for (rejection, status) in expected {

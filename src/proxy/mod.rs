@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::modules::http::HttpModules;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -25,6 +24,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
 use crate::policy::auth::{FoundToken, Identity};
+use crate::policy::target::TargetError;
 use crate::policy::Rejection;
 use crate::telemetry::{CloseReason, Metrics, Outcome, StreamKind, ACCESS_TARGET};
 pub use state::State;
@@ -40,10 +40,23 @@ impl StreamGuard {
     }
 }
 
+/// An answer decided before the pipeline runs, from the request-target alone.
+#[derive(Debug, Clone, Copy)]
+pub enum Early {
+    /// Refused with 400: not a request-target the proxy forwards.
+    BadTarget(TargetError),
+    /// `OPTIONS *`, answered by the proxy.
+    Asterisk,
+}
+
 /// What the pipeline decided about one request, kept for the later phases and the access log.
 pub struct RequestCtx {
     start: Instant,
     method: http::Method,
+    /// Set when the request-target decided the answer already (`pipeline::normalize_target`).
+    early: Option<Early>,
+    /// The socket peer, for the forwarding headers.
+    peer: Option<std::net::IpAddr>,
     /// The request target as logged: after query tokens were lifted, before `forward_as =
     /// "query"` puts the token back on the upstream hop.
     log_uri: String,
@@ -54,8 +67,9 @@ pub struct RequestCtx {
     cors_origin: Option<http::HeaderValue>,
     outcome: Outcome,
     rejection: Option<Rejection>,
-    /// The upstream answered 5xx and its body is being replaced.
-    hide_body: bool,
+    /// The app answered this 5xx (status, `Retry-After`), which `fail_to_proxy` replaces with the
+    /// generic answer (`upstream.hide_error_bodies`).
+    hidden_error: Option<(u16, Option<http::HeaderValue>)>,
     /// The upstream answered an event stream the request did not ask for (`sse.require_accept`).
     unannounced_stream: bool,
     status: u16,
@@ -64,6 +78,15 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
+    /// The header rules for an answer from the app to this request.
+    fn header_rules<'a>(&'a self, state: &'a State) -> respond::HeaderRules<'a> {
+        respond::HeaderRules {
+            cors: &state.cors,
+            origin: self.cors_origin.as_ref(),
+            hide: &state.config.upstream.hide_headers,
+        }
+    }
+
     /// What the access line of a stream needs once the request is gone; from then on the stream
     /// task, not `logging`, writes it.
     fn hand_off(&mut self) -> AccessRecord {
@@ -121,6 +144,8 @@ impl ProxyHttp for StreamGuard {
         RequestCtx {
             start: Instant::now(),
             method: http::Method::GET,
+            early: None,
+            peer: None,
             log_uri: String::new(),
             token: None,
             identity: None,
@@ -128,7 +153,7 @@ impl ProxyHttp for StreamGuard {
             cors_origin: None,
             outcome: Outcome::Proxied,
             rejection: None,
-            hide_body: false,
+            hidden_error: None,
             unannounced_stream: false,
             status: 0,
             handed_off: false,
@@ -144,14 +169,29 @@ impl ProxyHttp for StreamGuard {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        pipeline::lift_token(&self.state, session, ctx)?;
         ctx.method = session.req_header().method.clone();
+        if let Err(early) = pipeline::normalize_target(session) {
+            // A refused target is never logged: it might carry a token nothing lifted.
+            ctx.log_uri = "-".to_owned();
+            ctx.early = Some(early);
+            return Ok(());
+        }
+        pipeline::lift_token(&self.state, session, ctx)?;
         ctx.log_uri = session.req_header().uri.to_string();
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         pipeline::run(&self.state, session, ctx).await
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut pingora::http::RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        pipeline::prepare_upstream(&self.state, upstream_request, ctx, false)
     }
 
     async fn upstream_peer(
@@ -164,6 +204,9 @@ impl ProxyHttp for StreamGuard {
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);
         peer.options.write_timeout = Some(up.write_timeout);
+        // Bounds the wait for the response head, and each later read of the body: an app that
+        // never answers gets its client a 504 instead of holding both sockets forever.
+        peer.options.read_timeout = Some(up.response_timeout);
         Ok(Box::new(peer))
     }
 
@@ -186,31 +229,14 @@ impl ProxyHttp for StreamGuard {
             );
         }
         ctx.status = resp.status.as_u16();
-        respond::finalize_headers(resp, &self.state.cors, ctx.cors_origin.as_ref())?;
         if self.state.config.upstream.hide_error_bodies && resp.status.is_server_error() {
-            respond::hide_error_head(resp)?;
-            ctx.hide_body = true;
+            // Nothing of the app's answer goes out: `fail_to_proxy` writes the generic one, whole
+            // and framed, whatever the app's body was (or was not).
+            let retry_after = resp.headers.get(http::header::RETRY_AFTER).cloned();
+            ctx.hidden_error = Some((ctx.status, retry_after));
+            return Error::e_explain(ErrorType::HTTPStatus(ctx.status), "app error answer hidden");
         }
-        Ok(())
-    }
-
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<Option<std::time::Duration>> {
-        if ctx.hide_body {
-            // The generic body goes out with the first chunk; the upstream's bytes never do.
-            *body = Some(if ctx.status != 0 {
-                ctx.status = 0;
-                Bytes::from_static(respond::UPSTREAM_ERROR_BODY.as_bytes())
-            } else {
-                Bytes::new()
-            });
-        }
-        Ok(None)
+        respond::finalize_headers(resp, &ctx.header_rules(&self.state))
     }
 
     async fn fail_to_proxy(
@@ -226,9 +252,23 @@ impl ProxyHttp for StreamGuard {
                 can_reuse_downstream: false,
             };
         }
-        let rejection = match e.esource() {
-            pingora::ErrorSource::Upstream => Some(Rejection::UpstreamDown),
-            pingora::ErrorSource::Downstream => None,
+        if let Some((status, retry_after)) = ctx.hidden_error.take() {
+            if session.response_written().is_none() {
+                let cors = ctx.cors_origin.as_ref().map(|o| (&self.state.cors, o));
+                // The client may be gone too; the status is recorded either way.
+                let _ = respond::hidden_error(session, status, retry_after, cors).await;
+            }
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
+        let rejection = match (e.esource(), e.etype()) {
+            (pingora::ErrorSource::Upstream, ErrorType::ReadTimedout) => {
+                Some(Rejection::UpstreamTimeout)
+            }
+            (pingora::ErrorSource::Upstream, _) => Some(Rejection::UpstreamDown),
+            (pingora::ErrorSource::Downstream, _) => None,
             _ => Some(Rejection::UpstreamError),
         };
         ctx.outcome = Outcome::Failed;
@@ -250,7 +290,10 @@ impl ProxyHttp for StreamGuard {
     /// Client disconnects are routine for streams: keep them out of the error log. So is an
     /// unannounced stream, which any client can cause and which has its security event.
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, error: &Error) -> bool {
-        ctx.unannounced_stream || matches!(error.esource(), pingora::ErrorSource::Downstream)
+        ctx.unannounced_stream
+            || ctx.hidden_error.is_some()
+            || matches!(error.etype(), ErrorType::HTTPStatus(_))
+            || matches!(error.esource(), pingora::ErrorSource::Downstream)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {

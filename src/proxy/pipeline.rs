@@ -12,22 +12,49 @@ use pingora::Result;
 
 use super::respond;
 use super::stream;
+use super::Early;
 use super::{RequestCtx, State};
 use crate::config::AuthMode;
 use crate::policy::auth;
 use crate::policy::cors::CorsDecision;
+use crate::policy::headers::{self, Edit};
 use crate::policy::limits::{client_ip, forwarded_for};
+use crate::policy::target::{self, Target};
 use crate::policy::Rejection;
 use crate::telemetry::{Outcome, StreamKind, SECURITY_TARGET};
-
-/// Headers only the proxy may set: anything a client sends with this prefix is dropped.
-const PROXY_HEADER_PREFIX: &str = "x-streamguard-";
 
 pub fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// Turns the request-target into the one value everything after derives from (see
+/// `policy::target`): absolute-form becomes origin-form with its authority as `Host`, the URI is
+/// set from the parsed path so the bytes written upstream are the bytes routed on, and `Host`
+/// is checked. `Err` is the answer the request gets instead (a refusal, or `OPTIONS *`).
+pub fn normalize_target(session: &mut Session) -> std::result::Result<(), Early> {
+    let req = session.req_header();
+    let parsed = target::parse(&req.method, req.raw_path()).map_err(Early::BadTarget)?;
+    let Target::Path {
+        path_and_query,
+        authority,
+    } = parsed
+    else {
+        return Err(Early::Asterisk);
+    };
+    let req = session.req_header_mut();
+    if let Some(authority) = authority {
+        let host = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| Early::BadTarget(target::TargetError::Authority))?;
+        req.insert_header(header::HOST, host)
+            .map_err(|_| Early::BadTarget(target::TargetError::Authority))?;
+    }
+    if !target::is_consistent(req.raw_path(), req.uri.path_and_query()) {
+        req.set_uri(Uri::from(path_and_query));
+    }
+    target::check_host(req.version, &req.headers).map_err(Early::BadTarget)
 }
 
 /// Finds the request's token and removes it from the URL (and from `Sec-WebSocket-Protocol`)
@@ -76,11 +103,27 @@ pub fn lift_token(state: &State, session: &mut Session, ctx: &mut RequestCtx) ->
 /// Runs the pipeline. `Ok(true)`: the response was written here (refusal, preflight, session
 /// exchange, or a whole relayed stream); `Ok(false)`: Pingora proxies the request as usual.
 pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    match ctx.early.take() {
+        None => {}
+        Some(Early::Asterisk) => {
+            // `OPTIONS *` asks about the server, not a resource: the proxy answers it, so no
+            // target that skipped the route check ever reaches the app.
+            ctx.outcome = Outcome::Local;
+            ctx.status = 204;
+            respond::send(session, 204, "", &[]).await?;
+            return Ok(true);
+        }
+        Some(Early::BadTarget(e)) => {
+            security(session, "bad_request", e.reason(), None);
+            return refuse(state, session, ctx, Rejection::BadRequest, None, e.reason()).await;
+        }
+    }
     let peer = session
         .client_addr()
         .and_then(|a| a.as_inet())
         .map(|a| a.ip())
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    ctx.peer = Some(peer);
     let xff = forwarded_for(&session.req_header().headers);
     let client = client_ip(peer, xff.as_deref(), &state.config.limits.trusted_proxies);
 
@@ -98,6 +141,23 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
             "request rate",
         )
         .await;
+    }
+
+    // What kind of request this is depends on `Connection` and `Upgrade`, which the header
+    // hygiene removes as hop-by-hop: decided first, acted on after the policy checks.
+    let kind = stream_kind(session);
+    let underscores = state.config.listen.underscores_in_headers;
+    match headers::inspect(&session.req_header().headers, underscores) {
+        Ok(remove) => {
+            let req = session.req_header_mut();
+            for name in remove {
+                req.remove_header(&name);
+            }
+        }
+        Err(e) => {
+            security(session, "bad_request", e.reason(), None);
+            return refuse(state, session, ctx, Rejection::BadRequest, None, e.reason()).await;
+        }
     }
 
     let req = session.req_header();
@@ -157,9 +217,7 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
         return refuse(state, session, ctx, rejection, None, reason).await;
     }
 
-    rewrite_for_upstream(state, session, ctx)?;
-
-    let kind = match stream_kind(session) {
+    let kind = match kind {
         Ok(kind) => kind,
         Err(()) => {
             return refuse(
@@ -175,6 +233,7 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
     };
     match kind {
         Some(kind) => stream::serve(state, session, ctx, kind, client).await,
+        // Pingora proxies it; `prepare_upstream` edits the request it sends.
         None => Ok(false),
     }
 }
@@ -306,19 +365,17 @@ fn valid_ws_key(key: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
 }
 
-/// Drops client-sent `X-Streamguard-*`, sets the identity headers, and relocates the token per
-/// `auth.forward_as` (the plan also removes streamguard's own cookie).
-fn rewrite_for_upstream(state: &State, session: &mut Session, ctx: &RequestCtx) -> Result<()> {
-    let req = session.req_header_mut();
-    let spoofed: Vec<http::HeaderName> = req
-        .headers
-        .keys()
-        .filter(|n| n.as_str().starts_with(PROXY_HEADER_PREFIX))
-        .cloned()
-        .collect();
-    for name in spoofed {
-        req.remove_header(&name);
-    }
+/// Turns the checked client request into the request sent upstream, the same way for plain
+/// requests (Pingora's copy, from `upstream_request_filter`) and streams: the token goes where
+/// `auth.forward_as` says, then the forwarding and identity headers are set. These come last, on
+/// a request whose hop-by-hop headers are already gone (`headers::inspect`), so no `Connection`
+/// option can remove them again. `websocket` puts back the two headers an upgrade needs.
+pub fn prepare_upstream(
+    state: &State,
+    req: &mut pingora::http::RequestHeader,
+    ctx: &RequestCtx,
+    websocket: bool,
+) -> Result<()> {
     let verified = match (&ctx.identity, &ctx.token) {
         (Some(identity), Some(found)) => Some((identity, found.token.as_str())),
         _ => None,
@@ -343,11 +400,33 @@ fn rewrite_for_upstream(state: &State, session: &mut Session, ctx: &RequestCtx) 
         })?;
         req.set_uri(uri);
     }
-    if let Some((identity, _)) = verified {
-        req.insert_header("x-streamguard-user", identity.user.as_str())?;
-        if !identity.roles.is_empty() {
-            req.insert_header("x-streamguard-roles", identity.roles.join(","))?;
+    let origin = headers::Origin {
+        peer: ctx.peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        trusted_proxies: &state.config.limits.trusted_proxies,
+        tls: state.config.listen.tls.is_some(),
+    };
+    let identity = verified.map(|(identity, _)| (identity.user.as_str(), &identity.roles[..]));
+    for edit in headers::upstream_edits(&req.headers, origin, identity) {
+        match edit {
+            Edit::Remove(name) => {
+                req.remove_header(&name);
+            }
+            Edit::Set(name, value) => {
+                req.insert_header(name, value)?;
+            }
         }
+    }
+    if websocket {
+        req.insert_header(header::CONNECTION, "Upgrade")?;
+        req.insert_header(header::UPGRADE, "websocket")?;
+    }
+    if !target::is_consistent(req.raw_path(), req.uri.path_and_query()) {
+        // Every edit above goes through the parsed URI; a target that no longer matches it
+        // would mean the app is sent something the policy did not check.
+        return pingora::Error::e_explain(
+            pingora::ErrorType::InternalError,
+            "request-target differs from the checked URI",
+        );
     }
     Ok(())
 }

@@ -1,10 +1,13 @@
 //! Responses the proxy writes itself, and the header rules every response passes through.
 //!
 //! Proxy-made answers are small fixed JSON bodies: a client learns the status and nothing
-//! about internals, and no token or upstream detail can leak through an error page.
+//! about internals, and no token or upstream detail can leak through an error page. Answers from
+//! the app lose what only helps an attacker (the app's `Server` and `X-Powered-By`, a custom
+//! reason phrase), and every answer says `Vary: Origin`: whether a request is served at all
+//! depends on its `Origin`, so a cache must never hand one origin's answer to another.
 
 use bytes::Bytes;
-use http::{header, HeaderValue};
+use http::{header, HeaderName, HeaderValue, Method};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use std::time::Duration;
@@ -22,15 +25,22 @@ pub async fn send(
     body: &'static str,
     extra: &[(http::HeaderName, http::HeaderValue)],
 ) -> pingora::Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4 + extra.len()))?;
+    let mut resp = ResponseHeader::build(status, Some(5 + extra.len()))?;
     if !body.is_empty() {
         resp.insert_header(header::CONTENT_TYPE, "application/json")?;
     }
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header(header::VARY, "Origin")?;
     for (name, value) in extra {
         resp.append_header(name.clone(), value.clone())?;
     }
+    // A HEAD answer has the length of the body it would have had, but no body (RFC 9110 §9.3.2).
+    let body = if session.req_header().method == Method::HEAD {
+        ""
+    } else {
+        body
+    };
     session
         .write_response_header(Box::new(resp), body.is_empty())
         .await?;
@@ -72,28 +82,68 @@ pub async fn reject(
     send(session, rejection.status(), rejection.body(), &extra).await
 }
 
-/// Applies streamguard's header rules to a response on its way to the client: CORS headers
-/// the upstream set are removed (a legacy wildcard never leaks out) and the proxy's own are
-/// added for an allowed origin.
-pub fn finalize_headers(
-    resp: &mut ResponseHeader,
-    cors: &CorsPolicy,
-    origin: Option<&HeaderValue>,
-) -> pingora::Result<()> {
+/// What decides the headers of an answer from the app.
+pub struct HeaderRules<'a> {
+    pub cors: &'a CorsPolicy,
+    /// The request's Origin when the CORS policy allowed it.
+    pub origin: Option<&'a HeaderValue>,
+    /// `upstream.hide_headers`.
+    pub hide: &'a [HeaderName],
+}
+
+/// Applies streamguard's header rules to a response from the app on its way to the client: the
+/// app's CORS headers are removed (a legacy wildcard never leaks out) and the proxy's own added
+/// for an allowed origin; `upstream.hide_headers` are removed; the reason phrase is the standard
+/// one (an app's can carry anything, a stack trace included); `Vary` gains `Origin`.
+pub fn finalize_headers(resp: &mut ResponseHeader, rules: &HeaderRules<'_>) -> pingora::Result<()> {
     for name in upstream_cors_header_names(&resp.headers) {
         resp.remove_header(&name);
     }
-    if let Some(origin) = origin {
-        for (name, value) in cors.response_headers(origin) {
-            // Keep the upstream's own Vary entries: caches need them as much as ours.
-            if name == header::VARY && resp.headers.contains_key(header::VARY) {
-                resp.append_header(name, value)?;
-            } else {
-                resp.insert_header(name, value)?;
-            }
+    for name in rules.hide {
+        resp.remove_header(name);
+    }
+    resp.set_reason_phrase(None)?;
+    if let Some(origin) = rules.origin {
+        for (name, value) in rules.cors.response_headers(origin) {
+            resp.insert_header(name, value)?;
         }
     }
+    vary_on_origin(resp)
+}
+
+/// Adds `Origin` to `Vary`, keeping the app's own entries: caches need them as much as ours.
+fn vary_on_origin(resp: &mut ResponseHeader) -> pingora::Result<()> {
+    let listed = resp.headers.get_all(header::VARY).iter().any(|value| {
+        value.as_bytes().split(|b| *b == b',').any(|entry| {
+            let entry = entry.trim_ascii();
+            entry == b"*" || entry.eq_ignore_ascii_case(b"origin")
+        })
+    });
+    if !listed {
+        resp.append_header(header::VARY, "Origin")?;
+    }
     Ok(())
+}
+
+/// The answer that replaces an app's 5xx when `upstream.hide_error_bodies` is on: the app's
+/// status with its standard reason, the generic body, and none of the app's headers (they can
+/// carry as much as the body: `X-Debug: Traceback ...`) except `Retry-After`, which only tells
+/// the client when to come back.
+pub async fn hidden_error(
+    session: &mut Session,
+    status: u16,
+    retry_after: Option<HeaderValue>,
+    cors: Option<(&CorsPolicy, &HeaderValue)>,
+) -> pingora::Result<()> {
+    let mut extra: Vec<(HeaderName, HeaderValue)> = Vec::new();
+    if let Some(after) = retry_after {
+        extra.push((header::RETRY_AFTER, after));
+    }
+    if let Some((policy, origin)) = cors {
+        extra.extend(policy.response_headers(origin));
+    }
+    session.set_keepalive(None);
+    send(session, status, UPSTREAM_ERROR_BODY, &extra).await
 }
 
 /// Makes an event-stream response safe to stream: no length, no caching, no proxy buffering.
@@ -102,18 +152,5 @@ pub fn event_stream_headers(resp: &mut ResponseHeader) -> pingora::Result<()> {
     resp.remove_header(&header::CONTENT_ENCODING);
     resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
     resp.insert_header("x-accel-buffering", "no")?;
-    Ok(())
-}
-
-/// Swaps a 5xx response's head for the generic error body's (the body itself is replaced in
-/// `response_body_filter` or by the stream relay).
-pub fn hide_error_head(resp: &mut ResponseHeader) -> pingora::Result<()> {
-    resp.remove_header(&header::TRANSFER_ENCODING);
-    resp.remove_header(&header::CONTENT_ENCODING);
-    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(
-        header::CONTENT_LENGTH,
-        UPSTREAM_ERROR_BODY.len().to_string(),
-    )?;
     Ok(())
 }

@@ -71,7 +71,13 @@ pub async fn serve(
         req.remove_header(&header::ACCEPT_ENCODING);
         resume_from_query(req)?;
     }
-    let mut up = match open_upstream(state, session).await {
+    super::pipeline::prepare_upstream(
+        state,
+        session.req_header_mut(),
+        ctx,
+        kind == StreamKind::WebSocket,
+    )?;
+    let mut up = match send_request(state, session).await {
         Ok(up) => up,
         Err(e) => {
             tracing::warn!(error = %e, "stream upstream failed");
@@ -84,6 +90,32 @@ pub async fn serve(
             return Ok(true);
         }
     };
+    // The app has the request: it gets `response_timeout` to answer, and the client is watched
+    // meanwhile. Whichever side gives up first, the other socket and the stream slot (`permit`)
+    // go the moment this returns.
+    let response_timeout = state.config.upstream.response_timeout;
+    let answered = tokio::select! {
+        head = tokio::time::timeout(response_timeout, up.read_response_head()) => head,
+        () = client_gone(session) => {
+            tracing::debug!("client left before the app answered a stream request");
+            ctx.outcome = Outcome::Failed;
+            ctx.status = CLIENT_CLOSED_REQUEST;
+            return Ok(true);
+        }
+    };
+    match answered {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "stream upstream failed");
+            fail(state, session, ctx, Rejection::UpstreamError).await?;
+            return Ok(true);
+        }
+        Err(_) => {
+            tracing::warn!(timeout = ?response_timeout, "the app sent no response head in time");
+            fail(state, session, ctx, Rejection::UpstreamTimeout).await?;
+            return Ok(true);
+        }
+    }
     let Some(mut head) = up.take_resp_header() else {
         return refuse(
             state,
@@ -95,9 +127,17 @@ pub async fn serve(
         )
         .await;
     };
-    respond::finalize_headers(&mut head, &state.cors, ctx.cors_origin.as_ref())?;
     ctx.status = head.status.as_u16();
     ctx.outcome = Outcome::Streamed;
+    if state.config.upstream.hide_error_bodies && head.status.is_server_error() {
+        ctx.outcome = Outcome::Proxied;
+        let retry_after = head.headers.get(header::RETRY_AFTER).cloned();
+        let cors = ctx.cors_origin.as_ref().map(|o| (&state.cors, o));
+        // The client may be gone; the status is recorded either way.
+        let _ = respond::hidden_error(session, ctx.status, retry_after, cors).await;
+        return Ok(true);
+    }
+    respond::finalize_headers(&mut head, &ctx.header_rules(state))?;
 
     let is_stream = match kind {
         StreamKind::Sse => is_event_stream(&head),
@@ -106,7 +146,7 @@ pub async fn serve(
     if !is_stream {
         // The upstream connection is not reused, and this one ends with the answer too.
         session.set_keepalive(None);
-        passthrough(state, session, &mut up, head).await;
+        passthrough(session, &mut up, head).await;
         ctx.outcome = Outcome::Proxied;
         return Ok(true);
     }
@@ -291,8 +331,23 @@ impl Stream {
     }
 }
 
-/// Connects, forwards the request body (POST streams), and reads the response head.
-async fn open_upstream(
+/// nginx's status for a request whose client closed the connection before the answer.
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Resolves when the client closes or resets its connection. Bytes it sends meanwhile are kept
+/// for the relay (the session hands them over with the socket, see [`detach`]), never dropped:
+/// a WebSocket client may already be sending frames, and those must reach the frame checks.
+async fn client_gone(session: &mut Session) {
+    if let HttpSession::H1(h1) = &mut *session.downstream_session {
+        h1.set_pipelining_enabled(true);
+    }
+    // `read_body_or_idle` errs when the client goes away; with pipelining on, bytes it reads
+    // are stashed and it then waits for good.
+    while session.read_body_or_idle(true).await.is_ok() {}
+}
+
+/// Connects, writes the request head and forwards the request body (POST streams).
+async fn send_request(
     state: &State,
     session: &mut Session,
 ) -> std::result::Result<UpstreamConn, UpstreamError> {
@@ -308,7 +363,6 @@ async fn open_upstream(
         }
     }
     up.finish_body().await?;
-    up.read_response_head().await?;
     Ok(up)
 }
 
@@ -340,23 +394,9 @@ pub(super) fn is_event_stream(head: &ResponseHeader) -> bool {
             .is_some_and(|start| start.eq_ignore_ascii_case(TYPE))
 }
 
-/// Relays a non-stream answer as an ordinary response (5xx bodies hidden when configured).
-async fn passthrough(
-    state: &State,
-    session: &mut Session,
-    up: &mut UpstreamConn,
-    mut head: Box<ResponseHeader>,
-) {
-    let hide = state.config.upstream.hide_error_bodies && head.status.is_server_error();
-    if hide && respond::hide_error_head(&mut head).is_err() {
-        return;
-    }
+/// Relays a non-stream answer (a 401 JSON, a 404, a redirect) as an ordinary response.
+async fn passthrough(session: &mut Session, up: &mut UpstreamConn, head: Box<ResponseHeader>) {
     if session.write_response_header(head, false).await.is_err() {
-        return;
-    }
-    if hide {
-        let body = Bytes::from_static(respond::UPSTREAM_ERROR_BODY.as_bytes());
-        let _ = session.write_response_body(Some(body), true).await;
         return;
     }
     loop {

@@ -487,7 +487,9 @@ mod tests {
             address: listener.local_addr().unwrap(),
             connect_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(60),
             hide_error_bodies: false,
+            hide_headers: Vec::new(),
         };
         let task = tokio::spawn(async move {
             let (mut sock, _) = listener.accept().await.unwrap();
@@ -718,7 +720,9 @@ mod tests {
             address: listener.local_addr().unwrap(),
             connect_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_millis(300),
+            response_timeout: Duration::from_secs(60),
             hide_error_bodies: false,
+            hide_headers: Vec::new(),
         });
         tokio::spawn(async move {
             let (mut sock, _) = listener.accept().await.unwrap();
@@ -795,7 +799,9 @@ mod tests {
             address,
             connect_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(30),
+            response_timeout: Duration::from_secs(60),
             hide_error_bodies: false,
+            hide_headers: Vec::new(),
         });
         let err = connector.open(&get("/")).await.err().unwrap();
         assert!(err.is_connect(), "{err}");
