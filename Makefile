@@ -12,7 +12,8 @@ deps:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake >/dev/null; }
 
 # The TLS listener test makes a certificate with openssl and talks to it with curl; the
-# Socket.IO interop test needs python-socketio (and pip to install it).
+# Socket.IO interop test needs python-socketio with its client extras; the hardening tests run a
+# WSGI app under Werkzeug. The probes import exactly what the tests import.
 test-deps: deps
 	@command -v openssl >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
@@ -20,9 +21,12 @@ test-deps: deps
 	@python3 -m pip --version >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-pip >/dev/null; }
-	@python3 -c "import socketio, aiohttp" 2>/dev/null || \
+	@python3 -c "import socketio, aiohttp, requests, websocket" 2>/dev/null || \
 	  python3 -m pip install --quiet --disable-pip-version-check -r tests/socketio/requirements.txt \
 	  || python3 -m pip install --quiet --break-system-packages -r tests/socketio/requirements.txt
+	@python3 -c "import werkzeug" 2>/dev/null || \
+	  python3 -m pip install --quiet --disable-pip-version-check -r tests/apps/wsgi/requirements.txt \
+	  || python3 -m pip install --quiet --break-system-packages -r tests/apps/wsgi/requirements.txt
 
 build: deps
 	$(CARGO) build --release --bin streamguard

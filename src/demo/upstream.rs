@@ -39,6 +39,8 @@
 //! - `GET /status/<code>`: that status with a body that must not leak through the proxy.
 //! - `GET /legacy-cors`: a wildcard `Access-Control-Allow-*` the proxy must strip.
 //! - `GET /slow?ms=N`, `GET /big?bytes=N`.
+//! - `GET /hang`: never answers (no head), but counts the peer leaving in
+//!   [`UpstreamStats::closed_by_client`].
 
 use std::collections::HashMap;
 use std::io;
@@ -649,6 +651,17 @@ impl Conn {
             ("GET", "/legacy-cors") => Response::json(200, &serde_json::json!({ "legacy": true }))
                 .header("Access-Control-Allow-Origin", "*")
                 .header("Access-Control-Allow-Credentials", "true"),
+            ("GET", "/hang") => {
+                // An app that never answers: it sends nothing, but notices the peer leaving
+                // (counted as closed by the client), so tests can see when the proxy lets go.
+                let stats = Arc::clone(&self.stats);
+                let (mut rd, _wr) = self.stream.split();
+                tokio::select! {
+                    () = peer_gone(&mut rd) => stats.client_left(),
+                    () = tokio::time::sleep(QUIET_LIMIT) => {}
+                }
+                return Ok(Next::Close);
+            }
             ("GET", "/slow") => {
                 let ms = req.query_num::<u64>("ms")?.unwrap_or(0);
                 tokio::time::sleep(Duration::from_millis(ms).min(MAX_SLOW)).await;

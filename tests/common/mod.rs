@@ -7,6 +7,7 @@
 // Each test binary compiles this module and uses its own subset of the helpers.
 #![allow(dead_code, unused_imports)]
 
+pub mod apps;
 pub mod http;
 pub mod proxy;
 pub mod sse;

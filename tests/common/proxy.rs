@@ -244,6 +244,41 @@ impl Proxy {
             .collect()
     }
 
+    /// The access-log records (`streamguard::access`), in the order written.
+    pub fn access_lines(&self) -> Vec<serde_json::Value> {
+        self.json_logs()
+            .into_iter()
+            .filter(|l| l["target"] == "streamguard::access")
+            .collect()
+    }
+
+    /// The security-log records of `event` (`auth_failed`, `bad_request`, ...).
+    pub fn security_events(&self, event: &str) -> Vec<serde_json::Value> {
+        self.json_logs()
+            .into_iter()
+            .filter(|l| l["target"] == "streamguard::security" && l["event"] == event)
+            .collect()
+    }
+
+    /// Waits (at most 5 s) until `n` access lines are written: Pingora writes a request's line
+    /// after its response went out, so a client can be faster than the log.
+    pub async fn wait_access_lines(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let lines = self.access_lines();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} access lines, got {}:\n{}",
+                lines.len(),
+                self.logs()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// The admin `/metrics` text; panics unless it answers 200.
     pub async fn metrics(&self) -> String {
         let resp = get(self.admin, "/metrics", &[]).await;
