@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::apps::http_app::HttpServer;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
@@ -98,11 +97,10 @@ pub fn build(config: Config) -> Result<Server, RunError> {
 
     let mut admin = Service::new(
         "streamguard admin".to_string(),
-        HttpServer::new_app(Admin {
-            metrics,
+        Admin {
+            state: state.clone(),
             upstream,
-            shutdown: drain_rx,
-        }),
+        },
     );
     admin.add_tcp(&admin_addr.to_string());
 

@@ -203,6 +203,10 @@ pub struct Metrics {
     pub ws_pings: IntCounter,
     pub evictions: IntCounter,
     pub limiter_keys: IntGauge,
+    /// Streams open now by route pattern (`[[route]] path`, `-` for none) and kind.
+    route_streams: IntGaugeVec,
+    /// Live status pages watching the admin listener's status stream.
+    pub status_watchers: IntGauge,
 }
 
 impl Metrics {
@@ -330,6 +334,23 @@ impl Metrics {
                 "Users and addresses the limiter currently tracks.",
             )?,
         )?;
+        let route_streams = registered(
+            &registry,
+            IntGaugeVec::new(
+                Opts::new(
+                    "streamguard_route_streams_active",
+                    "Streams open now, by configured route pattern and kind.",
+                ),
+                &["route", "kind"],
+            )?,
+        )?;
+        let status_watchers = registered(
+            &registry,
+            IntGauge::new(
+                "streamguard_status_watchers",
+                "Status pages currently following the admin status stream.",
+            )?,
+        )?;
         let build_info = registered(
             &registry,
             IntGaugeVec::new(
@@ -355,7 +376,21 @@ impl Metrics {
             ws_pings,
             evictions,
             limiter_keys,
+            route_streams,
+            status_watchers,
         })
+    }
+
+    /// The open-streams gauge of one route (`None`: requests no route claimed) and kind. Route
+    /// patterns come from the config file, never from requests, so the label set stays closed.
+    pub fn route_streams(&self, route: Option<&str>, kind: StreamKind) -> IntGauge {
+        self.route_streams
+            .with_label_values(&[route.unwrap_or("-"), kind.label()])
+    }
+
+    /// Every metric's current value, for the status page's snapshots.
+    pub fn families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 
     pub fn kind(&self, kind: StreamKind) -> &KindMetrics {
@@ -389,16 +424,20 @@ impl Default for Metrics {
     }
 }
 
-/// Keeps `streamguard_streams_active{kind}` right on every exit path, panics included.
+/// Keeps `streamguard_streams_active{kind}` and the stream's route gauge right on every exit
+/// path, panics included.
 pub struct ActiveStream<'a> {
     gauge: &'a IntGauge,
+    route: IntGauge,
 }
 
 impl<'a> ActiveStream<'a> {
-    pub fn new(metrics: &'a KindMetrics) -> Self {
+    pub fn new(metrics: &'a KindMetrics, route: IntGauge) -> Self {
         metrics.active.inc();
+        route.inc();
         ActiveStream {
             gauge: &metrics.active,
+            route,
         }
     }
 }
@@ -406,5 +445,6 @@ impl<'a> ActiveStream<'a> {
 impl Drop for ActiveStream<'_> {
     fn drop(&mut self) {
         self.gauge.dec();
+        self.route.dec();
     }
 }

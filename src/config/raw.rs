@@ -56,6 +56,7 @@ pub(super) struct RawListen {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub address: Option<Text>,
+    pub show_users: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

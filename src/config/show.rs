@@ -28,7 +28,10 @@ pub fn show(config: &Config) -> String {
         ("listen", listen(&config.listen)),
         (
             "admin",
-            vec![("address", Some(text(&config.admin.address.to_string())))],
+            vec![
+                ("address", Some(text(&config.admin.address.to_string()))),
+                ("show_users", Some(Value::Boolean(config.admin.show_users))),
+            ],
         ),
         ("upstream", upstream(&config.upstream)),
         ("server", server(&config.server)),

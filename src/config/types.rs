@@ -69,6 +69,8 @@ pub struct TlsFiles {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub address: SocketAddr,
+    /// The status page lists the users holding the most streams (user ids on an operator page).
+    pub show_users: bool,
 }
 
 #[derive(Debug, Clone)]

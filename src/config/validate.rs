@@ -1213,6 +1213,7 @@ pub(super) fn validate(
         address: cx
             .text("admin.address", raw.admin.address.as_ref(), socket_addr)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901))),
+        show_users: flag(raw.admin.show_users.as_ref(), false),
     };
     let upstream = upstream(cx, raw);
     let server = ServerConfig {

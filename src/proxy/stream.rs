@@ -255,7 +255,9 @@ impl Stream {
         } = self;
         async move {
             let metrics = &state.metrics;
-            let _active = ActiveStream::new(metrics.kind(kind));
+            let pattern = route.map(|i| state.config.routes[i].path.as_str());
+            let _active =
+                ActiveStream::new(metrics.kind(kind), metrics.route_streams(pattern, kind));
             let started = Instant::now();
             let sup = Supervision {
                 metrics,

@@ -8,6 +8,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod apps;
+pub mod chromium;
 pub mod http;
 pub mod proxy;
 pub mod sse;

@@ -144,6 +144,11 @@ impl Limiter {
         self.store.tracked_keys()
     }
 
+    /// The `n` keys holding the most streams (see [`LimitStore::top_holders`]).
+    pub fn top_holders(&self, n: usize) -> Vec<(LimitKey, usize)> {
+        self.store.top_holders(n)
+    }
+
     /// Reclaims state that has fully recovered; call every few seconds.
     pub fn sweep(&self, now: Instant) {
         self.store.sweep(now);

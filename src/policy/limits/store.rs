@@ -89,6 +89,10 @@ pub trait LimitStore: Send + Sync {
 
     /// Drops state that has fully recovered by `now` (indistinguishable from no state).
     fn sweep(&self, now: Instant);
+
+    /// The `n` keys holding the most streams on this proxy, most first (the status page's abuse
+    /// view). A walk over all state: for an operator's occasional look, never the request path.
+    fn top_holders(&self, n: usize) -> Vec<(LimitKey, usize)>;
 }
 
 /// Enough shards that 8 busy threads rarely meet on one lock, few enough that summing them for
@@ -344,12 +348,62 @@ impl LimitStore for MemoryStore {
         self.users.retain(|user| !user.is_idle(now));
         self.requests.retain(|tat| *tat > now);
     }
+
+    fn top_holders(&self, n: usize) -> Vec<(LimitKey, usize)> {
+        let mut holders: Vec<(LimitKey, usize)> = Vec::new();
+        for shard in self.users.shards.iter() {
+            let map = lock(&shard.0);
+            holders.extend(
+                map.iter()
+                    .filter(|(_, user)| !user.streams.is_empty())
+                    .map(|(key, user)| (key.clone(), user.streams.len())),
+            );
+            // Keep the list short while walking, so a million users cost no million-entry Vec.
+            if holders.len() > 4 * n.max(1) {
+                holders.sort_by_key(|h| std::cmp::Reverse(h.1));
+                holders.truncate(n);
+            }
+        }
+        holders.sort_by(|a, b| {
+            b.1.cmp(&a.1)
+                .then_with(|| a.0.to_string().cmp(&b.0.to_string()))
+        });
+        holders.truncate(n);
+        holders
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::types::RateSpec;
+
+    #[test]
+    fn top_holders_are_the_users_with_the_most_streams() {
+        let store = MemoryStore::new();
+        let limits = StreamLimits {
+            global: None,
+            per_user: None,
+            on_user_limit: OnUserLimit::Reject,
+            connect_rate: None,
+        };
+        let now = Instant::now();
+        let mut held = Vec::new();
+        for (n, count) in [(1, 3), (2, 1), (3, 5), (4, 2)] {
+            for _ in 0..count {
+                match store.acquire_stream(&user(n), &limits, now) {
+                    Acquire::Acquired(ticket) => held.push((user(n), ticket)),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        assert_eq!(store.top_holders(2), vec![(user(3), 5), (user(1), 3)]);
+        assert_eq!(store.top_holders(10).len(), 4);
+        for (key, ticket) in &held {
+            store.release_stream(key, ticket);
+        }
+        assert!(store.top_holders(3).is_empty());
+    }
 
     fn user(n: usize) -> LimitKey {
         LimitKey::User(format!("user-{n}"))
