@@ -1,7 +1,9 @@
 //! WebSocket relaying end to end: the real `streamguard` binary between real clients (the
 //! tokio-tungstenite client, or a raw TCP client that writes and parses frames by hand) and the
 //! bundled upstream (its library echo on `/ws`, and the frame-by-frame raw endpoints `/ws/raw`,
-//! `/ws/deflate`, `/ws/drop`, `/ws/slow-frame` that log what reached the app).
+//! `/ws/deflate`, `/ws/drop`, `/ws/slow-frame` that log what reached the app). The attacks on the
+//! app itself (a body behind the handshake) run against a real Node `ws` app (`common::node`),
+//! which parses frames the way deployed apps do.
 //!
 //! Every frame the proxy sends a raw client goes through `FrameDecoder::new(FromUpstream, ..)`,
 //! so an injected ping or close that split a frame, or any other framing error, fails the test.
@@ -14,6 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use common::node::{NodeApp, NodeStats};
 use common::{
     http, http_request, metric, mint_token, request_head, wait_until, ws_connect, Proxy,
     ProxyConfig, Upstream, WsClient, IO_TIMEOUT,
@@ -1450,7 +1453,183 @@ async fn permessage_deflate_passes_through_and_allows_rsv1() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 13. Socket.IO
+// 13. Attacks on a Node `ws` app
+// ---------------------------------------------------------------------------------------------
+
+/// A proxy in front of the Node app with auth off and `websocket` as the `[websocket]` body.
+async fn node_proxy(app: &NodeApp, websocket: &str) -> Proxy {
+    start_proxy(
+        ProxyConfig::new(app.addr)
+            .section("auth", "mode = \"off\"")
+            .section("websocket", websocket),
+    )
+    .await
+}
+
+/// The app's stats once all its sockets are closed (waits up to 5 s).
+async fn settled(app: &NodeApp) -> NodeStats {
+    let stats = app
+        .stats_when(Duration::from_secs(5), |s| {
+            s.open == 0 && !s.handshakes.is_empty()
+        })
+        .await;
+    assert_eq!(stats.open, 0, "the app still has sockets open: {stats:?}");
+    stats
+}
+
+/// A handshake whose head is followed, in the same write, by `body` as announced by `framing`
+/// (e.g. `("Content-Length", "12")`).
+fn upgrade_with_body(addr: SocketAddr, framing: (&str, &str), body: &[u8]) -> Vec<u8> {
+    let head = request_head(
+        "GET",
+        addr,
+        "/ws",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", KEY),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+        &[framing],
+    );
+    [head.as_bytes(), body].concat()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_with_a_body_is_refused_and_the_app_never_reads_it_as_frames() {
+    // The body is a frame over max_message_size: forwarded raw behind the handshake, `ws`
+    // would read it as the connection's first message, past every frame check.
+    let app = NodeApp::start().await;
+    let proxy = node_proxy(&app, "max_message_size = \"1KiB\"").await;
+    let smuggled = client_frame(FIN | BINARY, &[b's'; 1500]);
+    let request = upgrade_with_body(
+        proxy.addr,
+        ("Content-Length", &smuggled.len().to_string()),
+        &smuggled,
+    );
+    let mut conn = common::HttpConn::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let resp = conn.send(&request).await.expect("an answer");
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_eq!(
+        resp.text(),
+        r#"{"error":"websocket upgrades carry no body"}"#
+    );
+    wait_metric(
+        &proxy,
+        "streamguard_rejections_total",
+        &[("reason", "upgrade_body")],
+        |v| v == 1.0,
+    )
+    .await;
+    let stats = app.stats().await;
+    assert!(stats.handshakes.is_empty(), "the app saw it: {stats:?}");
+    assert_eq!((stats.messages, stats.largest_message), (0, 0), "{stats:?}");
+
+    // `Content-Length: 0` is no body: that upgrade goes through.
+    let mut ws = RawWs::upgrade(proxy.addr, "/ws", &[("Content-Length", "0")]).await;
+    ws.send_frame(FIN | TEXT, b"fine").await;
+    assert_eq!(
+        ws.next_frame(IO_TIMEOUT).await.expect("echo").text(),
+        "fine"
+    );
+    let stats = app.stats().await;
+    assert_eq!(stats.handshakes.len(), 1, "{stats:?}");
+    assert_eq!(stats.handshakes[0].early, 0, "nothing rode on the head");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transfer_encoding_or_http_1_0_on_an_upgrade_is_refused() {
+    let app = NodeApp::start().await;
+    let proxy = node_proxy(&app, "").await;
+    // `start_proxy`'s probe is a refused upgrade too.
+    let bad_before = metric_now(
+        &proxy,
+        "streamguard_rejections_total",
+        &[("reason", "bad_upgrade")],
+    )
+    .await;
+    let frame = client_frame(FIN | TEXT, b"in a chunk");
+    let chunked = [
+        format!("{:x}\r\n", frame.len()).as_bytes(),
+        &frame,
+        b"\r\n0\r\n\r\n",
+    ]
+    .concat();
+    for (framing, body) in [
+        (("Transfer-Encoding", "chunked"), &chunked[..]),
+        // Any coding, even around an empty body: how the app reads it is the app's choice.
+        // (Pingora itself answers a final coding other than chunked with 400.)
+        (("Transfer-Encoding", "gzip, chunked"), &b"0\r\n\r\n"[..]),
+    ] {
+        let request = upgrade_with_body(proxy.addr, framing, body);
+        let mut conn = common::HttpConn::connect(proxy.addr)
+            .await
+            .expect("connect");
+        let resp = conn.send(&request).await.expect("an answer");
+        assert_eq!(resp.status, 400, "{framing:?}: {}", resp.text());
+        assert_eq!(
+            resp.text(),
+            r#"{"error":"websocket upgrades carry no body"}"#
+        );
+    }
+    let old = request_head(
+        "GET",
+        proxy.addr,
+        "/ws",
+        &[],
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", KEY),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+    )
+    .replacen("HTTP/1.1", "HTTP/1.0", 1);
+    let resp = http_request(proxy.addr, &old).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_eq!(resp.text(), r#"{"error":"unsupported upgrade"}"#);
+    for (reason, n) in [("upgrade_body", 2.0), ("bad_upgrade", bad_before + 1.0)] {
+        wait_metric(
+            &proxy,
+            "streamguard_rejections_total",
+            &[("reason", reason)],
+            |v| v == n,
+        )
+        .await;
+    }
+    let stats = app.stats().await;
+    assert!(stats.handshakes.is_empty(), "the app saw one: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frames_pipelined_behind_the_handshake_still_pass_the_frame_checks() {
+    let app = NodeApp::start().await;
+    let proxy = node_proxy(&app, "max_message_size = \"1KiB\"").await;
+    let early = [
+        client_frame(FIN | TEXT, b"first"),
+        client_frame(FIN | BINARY, &[b'x'; 2048]),
+    ]
+    .concat();
+    let mut ws = RawWs::open_sending(proxy.addr, "/ws", &[], &early).await;
+    assert_eq!(ws.status, 101, "{:?}", ws.headers);
+    // The close comes as soon as the second frame's header is read, so the echo of the first
+    // may or may not get ahead of it.
+    let (_, close) = ws.until_close(IO_TIMEOUT, true).await;
+    assert_eq!(close.close().map(|c| c.0), Some(1009), "{close:?}");
+    ws.expect_closed().await;
+    let stats = settled(&app).await;
+    assert_eq!((stats.messages, stats.largest_message), (1, 5), "{stats:?}");
+    assert_eq!(
+        stats.handshakes[0].early, 0,
+        "frames came after the 101: {stats:?}"
+    );
+    expect_ws_closes(&proxy, "too_big", 1.0).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 14. Socket.IO
 // ---------------------------------------------------------------------------------------------
 
 const SOCKETIO_PIP: &str = "python3 -m pip install \"python-socketio[client]\" aiohttp";

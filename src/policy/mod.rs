@@ -40,6 +40,9 @@ pub enum Rejection {
     MethodNotAllowed,
     /// An `Upgrade` request for anything but WebSocket.
     UpgradeNotWebSocket,
+    /// A WebSocket upgrade with a body (`Content-Length` above 0, or `Transfer-Encoding`): an
+    /// app reads what follows the head as frames, which would pass none of the frame checks.
+    UpgradeWithBody,
     /// The upstream answered an event stream to a request that did not ask for one
     /// (`Accept: text/event-stream`), so no stream protection would apply (`sse.require_accept`).
     UnannouncedStream,
@@ -50,6 +53,7 @@ impl Rejection {
         match self {
             Rejection::BadRequest
             | Rejection::UpgradeNotWebSocket
+            | Rejection::UpgradeWithBody
             | Rejection::UnannouncedStream => 400,
             Rejection::Unauthorized => 401,
             Rejection::CorsForbidden | Rejection::PreflightForbidden | Rejection::Forbidden => 403,
@@ -76,6 +80,7 @@ impl Rejection {
             Rejection::UpstreamDown | Rejection::UpstreamError => r#"{"error":"bad gateway"}"#,
             Rejection::MethodNotAllowed => r#"{"error":"method not allowed"}"#,
             Rejection::UpgradeNotWebSocket => r#"{"error":"unsupported upgrade"}"#,
+            Rejection::UpgradeWithBody => r#"{"error":"websocket upgrades carry no body"}"#,
             Rejection::UnannouncedStream => {
                 r#"{"error":"event streams need Accept: text/event-stream"}"#
             }
@@ -97,6 +102,7 @@ impl Rejection {
             Rejection::UpstreamError => "upstream_error",
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::UpgradeNotWebSocket => "bad_upgrade",
+            Rejection::UpgradeWithBody => "upgrade_body",
             Rejection::UnannouncedStream => "unannounced_stream",
         }
     }
@@ -127,7 +133,7 @@ impl From<limits::LimitRejection> for Rejection {
 mod tests {
     use super::Rejection;
 
-    const ALL: [Rejection; 14] = [
+    const ALL: [Rejection; 15] = [
         Rejection::CorsForbidden,
         Rejection::PreflightForbidden,
         Rejection::Unauthorized,
@@ -141,6 +147,7 @@ mod tests {
         Rejection::UpstreamError,
         Rejection::MethodNotAllowed,
         Rejection::UpgradeNotWebSocket,
+        Rejection::UpgradeWithBody,
         Rejection::UnannouncedStream,
     ];
 

@@ -63,15 +63,18 @@ pub async fn serve(
         }
     };
 
-    if kind == StreamKind::Sse {
-        // Edited in place (the access log kept its own copy of the target): the upstream
-        // request is written from the session's head, without a copy of its header map.
-        let req = session.req_header_mut();
-        // The relay parses events: the upstream must not compress them.
-        req.remove_header(&header::ACCEPT_ENCODING);
-        resume_from_query(req)?;
+    // Edited in place (the access log kept its own copy of the target): the upstream request
+    // is written from the session's head, without a copy of its header map.
+    let req = session.req_header_mut();
+    match kind {
+        StreamKind::Sse => {
+            // The relay parses events: the upstream must not compress them.
+            req.remove_header(&header::ACCEPT_ENCODING);
+            resume_from_query(req)?;
+        }
+        StreamKind::WebSocket => websocket_request(req),
     }
-    let mut up = match open_upstream(state, session).await {
+    let mut up = match open_upstream(state, session, kind).await {
         Ok(up) => up,
         Err(e) => {
             tracing::warn!(error = %e, "stream upstream failed");
@@ -291,14 +294,18 @@ impl Stream {
     }
 }
 
-/// Connects, forwards the request body (POST streams), and reads the response head.
+/// Connects, forwards the request body (POST event streams), and reads the response head.
 async fn open_upstream(
     state: &State,
     session: &mut Session,
+    kind: StreamKind,
 ) -> std::result::Result<UpstreamConn, UpstreamError> {
     let mut up = state.streams.open(session.req_header()).await?;
-    // A body the client sends (LLM-style POST streams) reaches the upstream before the stream starts.
-    if !session.is_body_empty() {
+    // A body the client sends (LLM-style POST streams) reaches the upstream before the stream
+    // starts. Never on a WebSocket: an app reads bytes after the handshake as frames, and every
+    // byte on that path must go through the frame decoder first (`pipeline` refuses an upgrade
+    // with a body; this holds even if it did not).
+    if kind == StreamKind::Sse && !session.is_body_empty() {
         while let Some(chunk) = session
             .read_request_body()
             .await
@@ -310,6 +317,13 @@ async fn open_upstream(
     up.finish_body().await?;
     up.read_response_head().await?;
     Ok(up)
+}
+
+/// The upgrade request as the app gets it: without body framing headers (nothing follows the
+/// head but frames, which the relay sends).
+fn websocket_request(req: &mut pingora::http::RequestHeader) {
+    req.remove_header(&header::CONTENT_LENGTH);
+    req.remove_header(&header::TRANSFER_ENCODING);
 }
 
 /// EventSource polyfills that cannot set headers pass `?lastEventId=`: the app gets the standard
