@@ -21,10 +21,12 @@ use tokio::time::Instant;
 use super::pipeline::{fail, refuse};
 use super::respond;
 use super::{AccessRecord, RequestCtx, State};
+use crate::config::{Compression, WebSocketConfig};
 use crate::policy::limits::{Admission, LimitKey, StreamPermit};
 use crate::policy::Rejection;
 use crate::relay::client::{ClientConn, Framing};
 use crate::relay::upstream::{self, UpstreamConn, UpstreamError};
+use crate::relay::websocket::deflate::{DeflateParams, ExtensionError};
 use crate::relay::websocket::WsOptions;
 use crate::relay::{sse, websocket, Supervision};
 use crate::telemetry::{ActiveStream, CloseReason, Outcome, StreamKind};
@@ -72,7 +74,7 @@ pub async fn serve(
             req.remove_header(&header::ACCEPT_ENCODING);
             resume_from_query(req)?;
         }
-        StreamKind::WebSocket => websocket_request(req),
+        StreamKind::WebSocket => websocket_request(req, state.config.websocket_for(ctx.route))?,
     }
     let mut up = match open_upstream(state, session, kind).await {
         Ok(up) => up,
@@ -112,6 +114,15 @@ pub async fn serve(
         passthrough(state, session, &mut up, head).await;
         ctx.outcome = Outcome::Proxied;
         return Ok(true);
+    }
+    if kind == StreamKind::WebSocket {
+        if let Err(e) = agreed_deflate(&head, state.config.websocket_for(ctx.route)) {
+            // Frames under an extension the client may not have agreed to, or one the proxy
+            // cannot follow, are not relayed: the handshake fails here instead.
+            tracing::warn!(error = %e, "refusing the app's WebSocket handshake");
+            fail(state, session, ctx, Rejection::UpstreamError).await?;
+            return Ok(true);
+        }
     }
 
     let framing = match kind {
@@ -229,12 +240,14 @@ impl Stream {
 
             let sse_cfg = state.config.sse_for(route);
             let status = head.status.as_u16();
-            let allow_rsv1 = kind == StreamKind::WebSocket
-                && head
-                    .headers
-                    .get(header::SEC_WEBSOCKET_EXTENSIONS)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.contains("permessage-deflate"));
+            // Checked in `serve`, and read again here rather than carried over: a field for it
+            // would cost every stream's task room, SSE streams' too.
+            let deflate = match kind {
+                StreamKind::WebSocket => {
+                    agreed_deflate(&head, state.config.websocket_for(route)).unwrap_or(None)
+                }
+                StreamKind::Sse => None,
+            };
             // The relay writes the head with whatever events the upstream already sent.
             let retry_hint = (kind == StreamKind::Sse)
                 .then(|| sse::retry_hint(sse_cfg))
@@ -265,7 +278,7 @@ impl Stream {
                     };
                     let opts = WsOptions {
                         cfg,
-                        allow_rsv1,
+                        deflate,
                         allow_message: &check,
                     };
                     if client.flush().await.is_err() {
@@ -320,10 +333,46 @@ async fn open_upstream(
 }
 
 /// The upgrade request as the app gets it: without body framing headers (nothing follows the
-/// head but frames, which the relay sends).
-fn websocket_request(req: &mut pingora::http::RequestHeader) {
+/// head but frames, which the relay sends), and with the client's extension offers as
+/// `websocket.compression` says: none for `strip`, its permessage-deflate offers rewritten for
+/// `inflate`.
+fn websocket_request(req: &mut pingora::http::RequestHeader, cfg: &WebSocketConfig) -> Result<()> {
     req.remove_header(&header::CONTENT_LENGTH);
     req.remove_header(&header::TRANSFER_ENCODING);
+    let offer = match cfg.compression {
+        Compression::Strip => None,
+        Compression::Inflate => extensions(&req.headers)
+            .and_then(|offered| websocket::deflate::upstream_offer(&offered)),
+    };
+    match offer {
+        Some(offer) => {
+            req.insert_header(header::SEC_WEBSOCKET_EXTENSIONS, offer)?;
+        }
+        None => {
+            req.remove_header(&header::SEC_WEBSOCKET_EXTENSIONS);
+        }
+    }
+    Ok(())
+}
+
+/// What a WebSocket's 101 agreed to for permessage-deflate, under the route's `compression`.
+fn agreed_deflate(
+    head: &ResponseHeader,
+    cfg: &WebSocketConfig,
+) -> std::result::Result<Option<DeflateParams>, ExtensionError> {
+    websocket::deflate::negotiated(extensions(&head.headers).as_deref(), cfg.compression)
+}
+
+/// Every `Sec-WebSocket-Extensions` line as one list, `None` when there is none. Bytes that
+/// are not text stay visible (as U+FFFD, which the extension grammar refuses), rather than the
+/// line being skipped as if it were not there.
+fn extensions(headers: &http::HeaderMap) -> Option<String> {
+    let lines: Vec<_> = headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(", "))
 }
 
 /// EventSource polyfills that cannot set headers pass `?lastEventId=`: the app gets the standard
