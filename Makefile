@@ -11,10 +11,14 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake >/dev/null; }
 
+NODE_APP := tests/apps/node
+
 # The TLS listener test makes a certificate with openssl and talks to it with curl; the
 # Socket.IO interop test needs python-socketio with its client extras; the hardening tests run a
-# WSGI app under Werkzeug. The probes import exactly what the tests import.
-test-deps: deps
+# WSGI app under Werkzeug and the WebSocket tests a Node `ws` app (node and npm, then its locked
+# packages); the status page test drives Debian's chromium. The probes import exactly what the
+# tests import.
+test-deps: deps $(NODE_APP)/node_modules/.package-lock.json
 	@command -v openssl >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq openssl curl >/dev/null; }
@@ -31,6 +35,16 @@ test-deps: deps
 	@python3 -c "import werkzeug" 2>/dev/null || \
 	  python3 -m pip install --quiet --disable-pip-version-check -r tests/apps/wsgi/requirements.txt \
 	  || python3 -m pip install --quiet --break-system-packages -r tests/apps/wsgi/requirements.txt
+
+# npm ci writes node_modules/.package-lock.json: the packages are stale when the lock file or
+# package.json is newer than it, and absent without it.
+$(NODE_APP)/node_modules/.package-lock.json: $(NODE_APP)/package-lock.json $(NODE_APP)/package.json
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { \
+	  echo "installing nodejs and npm (the WebSocket tests run a Node ws app)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nodejs npm >/dev/null; }
+	cd $(NODE_APP) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 build: deps
 	$(CARGO) build --release --bin streamguard

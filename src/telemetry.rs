@@ -76,13 +76,17 @@ pub enum CloseReason {
     DeadPeer,
     Idle,
     TooBig,
+    /// A WebSocket message split into more than `max_message_fragments` frames.
+    TooFragmented,
     RateLimited,
+    /// A WebSocket client past `max_control_frames`.
+    ControlRate,
     ProtocolError,
     Error,
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 16] = [
+    pub const ALL: [CloseReason; 18] = [
         CloseReason::ClientGone,
         CloseReason::UpstreamEnd,
         CloseReason::UpstreamGone,
@@ -96,7 +100,9 @@ impl CloseReason {
         CloseReason::DeadPeer,
         CloseReason::Idle,
         CloseReason::TooBig,
+        CloseReason::TooFragmented,
         CloseReason::RateLimited,
+        CloseReason::ControlRate,
         CloseReason::ProtocolError,
         CloseReason::Error,
     ];
@@ -116,7 +122,9 @@ impl CloseReason {
             CloseReason::DeadPeer => "dead_peer",
             CloseReason::Idle => "idle",
             CloseReason::TooBig => "too_big",
+            CloseReason::TooFragmented => "too_fragmented",
             CloseReason::RateLimited => "rate_limited",
+            CloseReason::ControlRate => "control_rate",
             CloseReason::ProtocolError => "protocol_error",
             CloseReason::Error => "error",
         }

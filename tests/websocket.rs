@@ -1,7 +1,10 @@
 //! WebSocket relaying end to end: the real `streamguard` binary between real clients (the
 //! tokio-tungstenite client, or a raw TCP client that writes and parses frames by hand) and the
 //! bundled upstream (its library echo on `/ws`, and the frame-by-frame raw endpoints `/ws/raw`,
-//! `/ws/deflate`, `/ws/drop`, `/ws/slow-frame` that log what reached the app).
+//! `/ws/deflate`, `/ws/drop`, `/ws/slow-frame` that log what reached the app). The attacks on the
+//! app itself (a body behind the handshake, compression bombs, control-frame and fragment
+//! floods) run against a real Node `ws` app (`common::node`), which parses and inflates frames
+//! the way deployed apps do.
 //!
 //! Every frame the proxy sends a raw client goes through `FrameDecoder::new(FromUpstream, ..)`,
 //! so an injected ping or close that split a frame, or any other framing error, fails the test.
@@ -14,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use common::node::{NodeApp, NodeStats};
 use common::{
     http, http_request, metric, mint_token, request_head, wait_until, ws_connect, Proxy,
     ProxyConfig, Upstream, WsClient, IO_TIMEOUT,
@@ -1407,9 +1411,9 @@ async fn token_in_websocket_protocol_authenticates_and_is_never_echoed() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
-async fn permessage_deflate_passes_through_and_allows_rsv1() {
+async fn permessage_deflate_passes_through_with_inflate_and_allows_rsv1() {
     let up = Upstream::start().await;
-    let proxy = open_proxy(&up, "").await;
+    let proxy = open_proxy(&up, "compression = \"inflate\"").await;
     let offer = "permessage-deflate; client_max_window_bits";
     let mut ws = RawWs::upgrade(
         proxy.addr,
@@ -1449,8 +1453,425 @@ async fn permessage_deflate_passes_through_and_allows_rsv1() {
     assert_eq!(close.close().map(|c| c.0), Some(1002), "{close:?}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_extension_the_proxy_did_not_offer_fails_the_handshake_with_502() {
+    // `/ws/deflate` names permessage-deflate in its 101 whatever it was offered; by default the
+    // app is offered nothing, so frames under that extension would be frames nobody agreed on.
+    let up = Upstream::start().await;
+    let proxy = open_proxy(&up, "").await;
+    let handshake = request_head(
+        "GET",
+        proxy.addr,
+        "/ws/deflate",
+        &[],
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", KEY),
+            ("Sec-WebSocket-Version", "13"),
+            (
+                "Sec-WebSocket-Extensions",
+                "permessage-deflate; client_max_window_bits",
+            ),
+        ],
+    );
+    let refused = http_request(proxy.addr, &handshake).await;
+    assert_eq!(refused.status, 502, "{}", refused.text());
+    assert_eq!(refused.text(), r#"{"error":"bad gateway"}"#);
+    let shake = up
+        .stats
+        .last_ws_handshake()
+        .expect("the app saw the handshake");
+    assert_eq!(shake.header("sec-websocket-extensions"), None);
+    assert_eq!(
+        metric_now(
+            &proxy,
+            "streamguard_requests_total",
+            &[("outcome", "failed")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        ws_closes(&proxy, "client_gone").await,
+        0.0,
+        "no stream started"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
-// 13. Socket.IO
+// 13. Attacks on a Node `ws` app
+// ---------------------------------------------------------------------------------------------
+
+/// A proxy in front of the Node app with auth off and `websocket` as the `[websocket]` body.
+async fn node_proxy(app: &NodeApp, websocket: &str) -> Proxy {
+    start_proxy(
+        ProxyConfig::new(app.addr)
+            .section("auth", "mode = \"off\"")
+            .section("websocket", websocket),
+    )
+    .await
+}
+
+/// The app's stats once all its sockets are closed (waits up to 5 s).
+async fn settled(app: &NodeApp) -> NodeStats {
+    let stats = app
+        .stats_when(Duration::from_secs(5), |s| {
+            s.open == 0 && !s.handshakes.is_empty()
+        })
+        .await;
+    assert_eq!(stats.open, 0, "the app still has sockets open: {stats:?}");
+    stats
+}
+
+/// A handshake whose head is followed, in the same write, by `body` as announced by `framing`
+/// (e.g. `("Content-Length", "12")`).
+fn upgrade_with_body(addr: SocketAddr, framing: (&str, &str), body: &[u8]) -> Vec<u8> {
+    let head = request_head(
+        "GET",
+        addr,
+        "/ws",
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", KEY),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+        &[framing],
+    );
+    [head.as_bytes(), body].concat()
+}
+
+/// `data` compressed as a permessage-deflate client sends it (RFC 7692 7.2.1): raw deflate
+/// continuing `deflate`'s context, sync-flushed, the trailing `00 00 ff ff` removed.
+fn deflate_message(deflate: &mut flate2::Compress, data: &[u8]) -> Vec<u8> {
+    const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
+    let mut out = Vec::with_capacity(data.len() / 4 + 1024);
+    let mut input = data;
+    loop {
+        out.reserve(64 * 1024);
+        let before = deflate.total_in();
+        deflate
+            .compress_vec(input, &mut out, flate2::FlushCompress::Sync)
+            .expect("deflate");
+        input = &input[(deflate.total_in() - before) as usize..];
+        if input.is_empty() && out.ends_with(&TAIL) {
+            break;
+        }
+    }
+    out.truncate(out.len() - TAIL.len());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_with_a_body_is_refused_and_the_app_never_reads_it_as_frames() {
+    // The body is a frame over max_message_size: forwarded raw behind the handshake, `ws`
+    // would read it as the connection's first message, past every frame check.
+    let app = NodeApp::start().await;
+    let proxy = node_proxy(&app, "max_message_size = \"1KiB\"").await;
+    let smuggled = client_frame(FIN | BINARY, &[b's'; 1500]);
+    let request = upgrade_with_body(
+        proxy.addr,
+        ("Content-Length", &smuggled.len().to_string()),
+        &smuggled,
+    );
+    let mut conn = common::HttpConn::connect(proxy.addr)
+        .await
+        .expect("connect");
+    let resp = conn.send(&request).await.expect("an answer");
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_eq!(
+        resp.text(),
+        r#"{"error":"websocket upgrades carry no body"}"#
+    );
+    wait_metric(
+        &proxy,
+        "streamguard_rejections_total",
+        &[("reason", "upgrade_body")],
+        |v| v == 1.0,
+    )
+    .await;
+    let stats = app.stats().await;
+    assert!(stats.handshakes.is_empty(), "the app saw it: {stats:?}");
+    assert_eq!((stats.messages, stats.largest_message), (0, 0), "{stats:?}");
+
+    // `Content-Length: 0` is no body: that upgrade goes through.
+    let mut ws = RawWs::upgrade(proxy.addr, "/ws", &[("Content-Length", "0")]).await;
+    ws.send_frame(FIN | TEXT, b"fine").await;
+    assert_eq!(
+        ws.next_frame(IO_TIMEOUT).await.expect("echo").text(),
+        "fine"
+    );
+    let stats = app.stats().await;
+    assert_eq!(stats.handshakes.len(), 1, "{stats:?}");
+    assert_eq!(stats.handshakes[0].early, 0, "nothing rode on the head");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transfer_encoding_or_http_1_0_on_an_upgrade_is_refused() {
+    let app = NodeApp::start().await;
+    let proxy = node_proxy(&app, "").await;
+    // `start_proxy`'s probe is a refused upgrade too.
+    let bad_before = metric_now(
+        &proxy,
+        "streamguard_rejections_total",
+        &[("reason", "bad_upgrade")],
+    )
+    .await;
+    let frame = client_frame(FIN | TEXT, b"in a chunk");
+    let chunked = [
+        format!("{:x}\r\n", frame.len()).as_bytes(),
+        &frame,
+        b"\r\n0\r\n\r\n",
+    ]
+    .concat();
+    for (framing, body) in [
+        (("Transfer-Encoding", "chunked"), &chunked[..]),
+        // Any coding, even around an empty body: how the app reads it is the app's choice.
+        // (Pingora itself answers a final coding other than chunked with 400.)
+        (("Transfer-Encoding", "gzip, chunked"), &b"0\r\n\r\n"[..]),
+    ] {
+        let request = upgrade_with_body(proxy.addr, framing, body);
+        let mut conn = common::HttpConn::connect(proxy.addr)
+            .await
+            .expect("connect");
+        let resp = conn.send(&request).await.expect("an answer");
+        assert_eq!(resp.status, 400, "{framing:?}: {}", resp.text());
+        assert_eq!(
+            resp.text(),
+            r#"{"error":"websocket upgrades carry no body"}"#
+        );
+    }
+    let old = request_head(
+        "GET",
+        proxy.addr,
+        "/ws",
+        &[],
+        &[
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", KEY),
+            ("Sec-WebSocket-Version", "13"),
+        ],
+    )
+    .replacen("HTTP/1.1", "HTTP/1.0", 1);
+    let resp = http_request(proxy.addr, &old).await;
+    assert_eq!(resp.status, 400, "{}", resp.text());
+    assert_eq!(resp.text(), r#"{"error":"unsupported upgrade"}"#);
+    for (reason, n) in [("upgrade_body", 2.0), ("bad_upgrade", bad_before + 1.0)] {
+        wait_metric(
+            &proxy,
+            "streamguard_rejections_total",
+            &[("reason", reason)],
+            |v| v == n,
+        )
+        .await;
+    }
+    let stats = app.stats().await;
+    assert!(stats.handshakes.is_empty(), "the app saw one: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn frames_pipelined_behind_the_handshake_still_pass_the_frame_checks() {
+    let app = NodeApp::start().await;
+    let proxy = node_proxy(&app, "max_message_size = \"1KiB\"").await;
+    let early = [
+        client_frame(FIN | TEXT, b"first"),
+        client_frame(FIN | BINARY, &[b'x'; 2048]),
+    ]
+    .concat();
+    let mut ws = RawWs::open_sending(proxy.addr, "/ws", &[], &early).await;
+    assert_eq!(ws.status, 101, "{:?}", ws.headers);
+    // The close comes as soon as the second frame's header is read, so the echo of the first
+    // may or may not get ahead of it.
+    let (_, close) = ws.until_close(IO_TIMEOUT, true).await;
+    assert_eq!(close.close().map(|c| c.0), Some(1009), "{close:?}");
+    ws.expect_closed().await;
+    let stats = settled(&app).await;
+    assert_eq!((stats.messages, stats.largest_message), (1, 5), "{stats:?}");
+    assert_eq!(
+        stats.handshakes[0].early, 0,
+        "frames came after the 101: {stats:?}"
+    );
+    expect_ws_closes(&proxy, "too_big", 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn by_default_the_compression_offer_never_reaches_the_app() {
+    let app = NodeApp::start().await;
+    let proxy = node_proxy(&app, "max_message_size = \"64KiB\"").await;
+    let mut ws = RawWs::upgrade(
+        proxy.addr,
+        "/ws",
+        &[(
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; client_max_window_bits, x-webkit-deflate-frame",
+        )],
+    )
+    .await;
+    assert_eq!(ws.header("sec-websocket-extensions"), None);
+    let stats = app.stats().await;
+    assert_eq!(stats.handshakes[0].extensions, None, "{stats:?}");
+
+    // 4 KB on the wire, 4 MiB inflated: with nothing negotiated, RSV1 is a protocol error.
+    let bomb = deflate_message(
+        &mut flate2::Compress::new(flate2::Compression::best(), false),
+        &vec![0; 4 << 20],
+    );
+    assert!(bomb.len() < 8 * 1024, "{} bytes", bomb.len());
+    ws.send_frame(FIN | RSV1 | BINARY, &bomb).await;
+    let (_, close) = ws.until_close(IO_TIMEOUT, true).await;
+    assert_eq!(close.close().map(|c| c.0), Some(1002), "{close:?}");
+    let stats = settled(&app).await;
+    assert_eq!((stats.messages, stats.largest_message), (0, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_inflate_a_compression_bomb_is_closed_with_1009_before_the_app_gets_it() {
+    const LIMIT: u64 = 64 * 1024;
+    let app = NodeApp::start().await;
+    let proxy = node_proxy(
+        &app,
+        "max_message_size = \"64KiB\"\ncompression = \"inflate\"",
+    )
+    .await;
+    let mut ws = RawWs::upgrade(
+        proxy.addr,
+        "/ws",
+        &[(
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; client_max_window_bits=\"15\", x-webkit-deflate-frame",
+        )],
+    )
+    .await;
+    let answer = ws.header("sec-websocket-extensions").unwrap_or_default();
+    assert!(answer.starts_with("permessage-deflate"), "{:?}", ws.headers);
+    let stats = app.stats().await;
+    assert_eq!(
+        stats.handshakes[0].extensions.as_deref(),
+        Some("permessage-deflate; client_max_window_bits=15"),
+        "the app got the deflate offer only, rewritten"
+    );
+
+    // Context carries over between messages, as neither side asked otherwise.
+    let mut deflate = flate2::Compress::new(flate2::Compression::best(), false);
+    // Just under the limit once inflated, in a few hundred bytes: it passes.
+    let under = pattern(LIMIT as usize - 10, 3);
+    let wire = deflate_message(&mut deflate, &under);
+    assert!(wire.len() < 4096);
+    ws.send_frame(FIN | RSV1 | BINARY, &wire).await;
+    let echo = ws.next_frame(IO_TIMEOUT).await.expect("echo");
+    assert_eq!(echo.opcode(), BINARY, "{echo:?}");
+    let stats = app.stats_when(IO_TIMEOUT, |s| s.messages == 1).await;
+    assert_eq!(stats.largest_message, LIMIT - 10, "{stats:?}");
+
+    let bomb = deflate_message(&mut deflate, &vec![0; 4 << 20]);
+    assert!(bomb.len() < 8 * 1024, "{} bytes", bomb.len());
+    // In three fragments, so the count spans frames; in one write, as the proxy closes the
+    // socket once it has seen enough, and a later write could find it gone.
+    let third = bomb.len() / 3;
+    let fragments = [
+        client_frame(RSV1 | BINARY, &bomb[..third]),
+        client_frame(CONT, &bomb[third..2 * third]),
+        client_frame(FIN | CONT, &bomb[2 * third..]),
+    ]
+    .concat();
+    ws.send(&fragments).await;
+    let (_, close) = ws.until_close(IO_TIMEOUT, true).await;
+    assert_eq!(close.close(), Some((1009, "message too big".into())));
+    ws.expect_closed().await;
+    let stats = settled(&app).await;
+    assert_eq!(stats.messages, 1, "{stats:?}");
+    assert!(stats.largest_message <= LIMIT, "{stats:?}");
+    expect_ws_closes(&proxy, "too_big", 1.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ping_flood_is_closed_with_1008_after_the_allowed_rate() {
+    const RATE: u64 = 20;
+    let app = NodeApp::start().await;
+    let proxy = node_proxy(&app, &format!("max_control_frames = \"{RATE}/second\"")).await;
+    let mut ws = RawWs::upgrade(proxy.addr, "/ws", &[]).await;
+    let started = Instant::now();
+    let flood: Vec<u8> = (0..3000)
+        .flat_map(|i: u32| client_frame(FIN | PING, &i.to_be_bytes()).to_vec())
+        .collect();
+    ws.send(&flood).await;
+    let (before, close) = ws.until_close(IO_TIMEOUT, false).await;
+    let elapsed = started.elapsed();
+    assert_eq!(
+        close.close(),
+        Some((1008, "too many control frames".into())),
+        "{close:?}"
+    );
+    assert!(before.iter().all(|f| f.opcode() == PONG), "{before:?}");
+    let stats = settled(&app).await;
+    // All at once, then one per 1/RATE s for as long as the flood lasted.
+    let allowed = RATE + (elapsed.as_millis() as u64 * RATE).div_ceil(1000);
+    assert!(
+        (1..=allowed).contains(&stats.pings),
+        "the app saw {} pings, {allowed} allowed: {stats:?}",
+        stats.pings
+    );
+    expect_ws_closes(&proxy, "control_rate", 1.0).await;
+
+    // Answering the proxy's own pings never counts, however many there are.
+    let quick = node_proxy(
+        &app,
+        "max_control_frames = \"1/hour\"\nping_interval = \"50ms\"\npong_timeout = \"2s\"",
+    )
+    .await;
+    let mut ws = RawWs::upgrade(quick.addr, "/ws", &[]).await;
+    let mut answered = 0;
+    while answered < 10 {
+        let frame = ws.next_frame(IO_TIMEOUT).await.expect("a ping");
+        assert_eq!(frame.opcode(), PING, "{frame:?}");
+        ws.send_frame(FIN | PONG, &frame.payload).await;
+        answered += 1;
+    }
+    ws.send_frame(FIN | TEXT, b"still here").await;
+    let mut frame = ws.next_frame(IO_TIMEOUT).await.expect("a frame");
+    while frame.opcode() == PING {
+        ws.send_frame(FIN | PONG, &frame.payload).await;
+        frame = ws.next_frame(IO_TIMEOUT).await.expect("a frame");
+    }
+    assert_eq!(frame.text(), "still here");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_in_3000_fragments_is_closed_and_never_reaches_the_app_whole() {
+    let app = NodeApp::start().await;
+    let proxy = node_proxy(&app, "").await;
+    let mut ws = RawWs::upgrade(proxy.addr, "/ws", &[]).await;
+    let fragmented = |n: usize| -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| {
+                let opcode = if i == 0 { BINARY } else { CONT };
+                let fin = if i + 1 == n { FIN } else { 0 };
+                client_frame(fin | opcode, b"f").to_vec()
+            })
+            .collect()
+    };
+    // The default allows 128 fragments: such a message arrives whole.
+    ws.send(&fragmented(128)).await;
+    let echo = ws.next_frame(IO_TIMEOUT).await.expect("echo");
+    assert_eq!(echo.payload, vec![b'f'; 128]);
+
+    ws.send(&fragmented(3000)).await;
+    let (_, close) = ws.until_close(IO_TIMEOUT, true).await;
+    assert_eq!(close.close(), Some((1009, "too many fragments".into())));
+    ws.expect_closed().await;
+    let stats = settled(&app).await;
+    assert_eq!(
+        (stats.messages, stats.largest_message),
+        (1, 128),
+        "{stats:?}"
+    );
+    expect_ws_closes(&proxy, "too_fragmented", 1.0).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 14. Socket.IO
 // ---------------------------------------------------------------------------------------------
 
 const SOCKETIO_PIP: &str = "python3 -m pip install \"python-socketio[client]\" aiohttp";

@@ -155,6 +155,9 @@ pub(super) struct RawWebSocket {
     pub max_message_size: Option<Text>,
     pub messages_per_user: Option<Text>,
     pub on_rate_limit: Option<Text>,
+    pub compression: Option<Text>,
+    pub max_control_frames: Option<Text>,
+    pub max_message_fragments: Option<Spanned<i64>>,
 }
 
 /// `[limits]`, and also a route's `limits = {..}` override.

@@ -12,8 +12,8 @@ use toml::Value;
 use super::types::*;
 use super::units::{format_duration, format_rate, format_size};
 use super::validate::{
-    AUTH_MODES, FORWARD_AS, LOG_FORMATS, ON_INVALID, ON_OVERSIZE, ON_RATE_LIMIT, ON_USER_LIMIT,
-    SAME_SITE, UNDERSCORES_IN_HEADERS,
+    AUTH_MODES, COMPRESSION, FORWARD_AS, LOG_FORMATS, ON_INVALID, ON_OVERSIZE, ON_RATE_LIMIT,
+    ON_USER_LIMIT, SAME_SITE, UNDERSCORES_IN_HEADERS,
 };
 
 /// A table's entries in print order; `None` prints as a comment (the key is unset).
@@ -249,6 +249,15 @@ fn websocket(ws: &WebSocketConfig) -> Entries {
             ws.messages_per_user.map(|r| text(&format_rate(r))),
         ),
         ("on_rate_limit", Some(name(ON_RATE_LIMIT, ws.on_rate_limit))),
+        ("compression", Some(name(COMPRESSION, ws.compression))),
+        (
+            "max_control_frames",
+            Some(text(&format_rate(ws.max_control_frames))),
+        ),
+        (
+            "max_message_fragments",
+            Some(integer(ws.max_message_fragments)),
+        ),
     ]
 }
 

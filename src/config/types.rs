@@ -251,6 +251,19 @@ pub struct RateSpec {
     pub per: Duration,
 }
 
+/// What becomes of a client's permessage-deflate offer (RFC 7692), `[websocket] compression`.
+/// `max_message_size` has to hold for what the app gets, and compressed, a few kilobytes on the
+/// wire inflate to megabytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// The offer is removed before the app sees it, so no extension is negotiated and every
+    /// message's wire size is its real size; a 101 that names an extension anyway is refused.
+    Strip,
+    /// permessage-deflate may be negotiated; the proxy inflates each compressed client message
+    /// as it passes (output discarded) and holds its inflated size to `max_message_size`.
+    Inflate,
+}
+
 /// `[websocket]`, or a route's `websocket = {..}` merged over it. A zero duration means "off".
 #[derive(Debug, Clone, PartialEq)]
 pub struct WebSocketConfig {
@@ -260,6 +273,15 @@ pub struct WebSocketConfig {
     pub max_message_size: usize,
     pub messages_per_user: Option<RateSpec>,
     pub on_rate_limit: OnRateLimit,
+    /// Default `Strip`.
+    pub compression: Compression,
+    /// Pings, pongs and closes one socket's client may send (pongs answering the proxy's own
+    /// pings not counted); past it the socket is closed 1008. Default `20/second`, all of which
+    /// may come at once.
+    pub max_control_frames: RateSpec,
+    /// Frames one client data message may be split into; past it the socket is closed 1009.
+    /// Default 128.
+    pub max_message_fragments: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -340,6 +362,12 @@ impl Default for WebSocketConfig {
             max_message_size: 1 << 20,
             messages_per_user: None,
             on_rate_limit: OnRateLimit::Close,
+            compression: Compression::Strip,
+            max_control_frames: RateSpec {
+                count: 20,
+                per: Duration::from_secs(1),
+            },
+            max_message_fragments: 128,
         }
     }
 }

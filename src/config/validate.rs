@@ -60,6 +60,10 @@ pub(super) const UNDERSCORES_IN_HEADERS: &[(&str, UnderscoreHeaders)] = &[
     ("refuse", UnderscoreHeaders::Refuse),
     ("pass", UnderscoreHeaders::Pass),
 ];
+pub(super) const COMPRESSION: &[(&str, Compression)] = &[
+    ("strip", Compression::Strip),
+    ("inflate", Compression::Inflate),
+];
 pub(super) const ON_USER_LIMIT: &[(&str, OnUserLimit)] = &[
     ("reject", OnUserLimit::Reject),
     ("evict_oldest", OnUserLimit::EvictOldest),
@@ -671,6 +675,27 @@ fn websocket(
                 choice(ON_RATE_LIMIT),
             )
             .unwrap_or(base.on_rate_limit),
+        compression: cx
+            .text(
+                &k("compression"),
+                raw.compression.as_ref(),
+                choice(COMPRESSION),
+            )
+            .unwrap_or(base.compression),
+        max_control_frames: cx
+            .text(
+                &k("max_control_frames"),
+                raw.max_control_frames.as_ref(),
+                parse_rate,
+            )
+            .unwrap_or(base.max_control_frames),
+        max_message_fragments: cx
+            .value(
+                &k("max_message_fragments"),
+                raw.max_message_fragments.as_ref(),
+                at_least(1, "; a message is at least one frame"),
+            )
+            .unwrap_or(base.max_message_fragments),
     }
 }
 
@@ -1411,6 +1436,9 @@ idle_timeout = "10m"
 max_message_size = "1MB"
 messages_per_user = "50/hour"
 on_rate_limit = "drop"
+compression = "inflate"
+max_control_frames = "5/second"
+max_message_fragments = 16
 [limits]
 max_streams = 10000
 max_streams_per_user = 5
@@ -1500,6 +1528,12 @@ claims = { tenant = "tid" }
                 per: Duration::from_secs(3_600),
             }),
             on_rate_limit: OnRateLimit::Drop,
+            compression: Compression::Inflate,
+            max_control_frames: RateSpec {
+                count: 5,
+                per: Duration::from_secs(1),
+            },
+            max_message_fragments: 16,
         };
         assert_eq!(c.websocket, websocket);
         assert_eq!(c.limits.max_streams, Some(10_000));
@@ -1603,6 +1637,15 @@ claims = { tenant = "tid" }
         assert_eq!(c.websocket.max_message_size, 1_048_576);
         assert_eq!(c.websocket.messages_per_user, None);
         assert_eq!(c.websocket.on_rate_limit, OnRateLimit::Close);
+        assert_eq!(c.websocket.compression, Compression::Strip);
+        assert_eq!(
+            c.websocket.max_control_frames,
+            RateSpec {
+                count: 20,
+                per: Duration::from_secs(1)
+            }
+        );
+        assert_eq!(c.websocket.max_message_fragments, 128);
         assert_eq!(c.limits, LimitsConfig::default());
         assert_eq!(
             (c.limits.max_streams, c.limits.max_streams_per_user),
@@ -1633,6 +1676,10 @@ claims = { tenant = "tid" }
             &["invalid size \"1 megabyte\"", "\"64KiB\""],
         ),
         ("[sse]\nmax_event_size = \"0\"", "sse.max_event_size", Some(2), &["greater than zero"]),
+        ("[websocket]\ncompression = \"gzip\"", "websocket.compression", Some(2), &["\"strip\", \"inflate\""]),
+        ("[websocket]\nmax_control_frames = \"many\"", "websocket.max_control_frames", Some(2), &["invalid rate \"many\""]),
+        ("[websocket]\nmax_message_fragments = 0", "websocket.max_message_fragments", Some(2), &["below the minimum of 1", "at least one frame"]),
+        ("[[route]]\npath = \"/ws\"\nwebsocket = { compression = \"deflate\" }", "route[0].websocket.compression", Some(3), &["\"strip\", \"inflate\""]),
         (
             "[limits]\nrequests_per_ip = \"20 per second\"",
             "limits.requests_per_ip",

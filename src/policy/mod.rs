@@ -44,6 +44,9 @@ pub enum Rejection {
     MethodNotAllowed,
     /// An `Upgrade` request for anything but WebSocket.
     UpgradeNotWebSocket,
+    /// A WebSocket upgrade with a body (`Content-Length` above 0, or `Transfer-Encoding`): an
+    /// app reads what follows the head as frames, which would pass none of the frame checks.
+    UpgradeWithBody,
     /// The upstream answered an event stream to a request that did not ask for one
     /// (`Accept: text/event-stream`), so no stream protection would apply (`sse.require_accept`).
     UnannouncedStream,
@@ -54,6 +57,7 @@ impl Rejection {
         match self {
             Rejection::BadRequest
             | Rejection::UpgradeNotWebSocket
+            | Rejection::UpgradeWithBody
             | Rejection::UnannouncedStream => 400,
             Rejection::Unauthorized => 401,
             Rejection::CorsForbidden | Rejection::PreflightForbidden | Rejection::Forbidden => 403,
@@ -82,6 +86,7 @@ impl Rejection {
             Rejection::UpstreamTimeout => r#"{"error":"gateway timeout"}"#,
             Rejection::MethodNotAllowed => r#"{"error":"method not allowed"}"#,
             Rejection::UpgradeNotWebSocket => r#"{"error":"unsupported upgrade"}"#,
+            Rejection::UpgradeWithBody => r#"{"error":"websocket upgrades carry no body"}"#,
             Rejection::UnannouncedStream => {
                 r#"{"error":"event streams need Accept: text/event-stream"}"#
             }
@@ -104,6 +109,7 @@ impl Rejection {
             Rejection::UpstreamTimeout => "upstream_timeout",
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::UpgradeNotWebSocket => "bad_upgrade",
+            Rejection::UpgradeWithBody => "upgrade_body",
             Rejection::UnannouncedStream => "unannounced_stream",
         }
     }
@@ -134,7 +140,7 @@ impl From<limits::LimitRejection> for Rejection {
 mod tests {
     use super::Rejection;
 
-    const ALL: [Rejection; 15] = [
+    const ALL: [Rejection; 16] = [
         Rejection::CorsForbidden,
         Rejection::PreflightForbidden,
         Rejection::Unauthorized,
@@ -149,6 +155,7 @@ mod tests {
         Rejection::UpstreamTimeout,
         Rejection::MethodNotAllowed,
         Rejection::UpgradeNotWebSocket,
+        Rejection::UpgradeWithBody,
         Rejection::UnannouncedStream,
     ];
 

@@ -219,17 +219,7 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
 
     let kind = match kind {
         Ok(kind) => kind,
-        Err(()) => {
-            return refuse(
-                state,
-                session,
-                ctx,
-                Rejection::UpgradeNotWebSocket,
-                None,
-                "bad upgrade",
-            )
-            .await;
-        }
+        Err(rejection) => return refuse(state, session, ctx, rejection, None, "bad upgrade").await,
     };
     match kind {
         Some(kind) => stream::serve(state, session, ctx, kind, client).await,
@@ -316,12 +306,16 @@ fn header_str<'a>(session: &'a Session, name: &str) -> Option<&'a str> {
 }
 
 /// Is this an SSE request, a WebSocket upgrade, or neither? `Err` for an `Upgrade` that is not
-/// a valid RFC 6455 handshake: Pingora would tunnel any upgrade, we only relay WebSockets.
-fn stream_kind(session: &Session) -> std::result::Result<Option<StreamKind>, ()> {
-    let headers = &session.req_header().headers;
+/// a valid RFC 6455 handshake (Pingora would tunnel any upgrade, we only relay WebSockets), and
+/// for an upgrade with a body: an app reads whatever follows the head as its first frames, and
+/// those would pass none of the relay's frame checks.
+fn stream_kind(session: &Session) -> std::result::Result<Option<StreamKind>, Rejection> {
+    let req = session.req_header();
+    let headers = &req.headers;
     if let Some(upgrade) = headers.get(header::UPGRADE) {
         let valid = upgrade.as_bytes().eq_ignore_ascii_case(b"websocket")
-            && session.req_header().method == Method::GET
+            && req.method == Method::GET
+            && req.version == http::Version::HTTP_11
             && header_has_token(headers.get(header::CONNECTION), "upgrade")
             && headers
                 .get(header::SEC_WEBSOCKET_VERSION)
@@ -330,11 +324,18 @@ fn stream_kind(session: &Session) -> std::result::Result<Option<StreamKind>, ()>
             && headers
                 .get(header::SEC_WEBSOCKET_KEY)
                 .is_some_and(|k| valid_ws_key(k.as_bytes()));
-        return if valid {
-            Ok(Some(StreamKind::WebSocket))
-        } else {
-            Err(())
-        };
+        if !valid {
+            return Err(Rejection::UpgradeNotWebSocket);
+        }
+        let body = headers.contains_key(header::TRANSFER_ENCODING)
+            || headers
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .any(|len| len.as_bytes().trim_ascii() != b"0");
+        if body {
+            return Err(Rejection::UpgradeWithBody);
+        }
+        return Ok(Some(StreamKind::WebSocket));
     }
     let wants_sse = headers
         .get_all(header::ACCEPT)

@@ -21,10 +21,12 @@ use tokio::time::Instant;
 use super::pipeline::{fail, refuse};
 use super::respond;
 use super::{AccessRecord, RequestCtx, State};
+use crate::config::{Compression, WebSocketConfig};
 use crate::policy::limits::{Admission, LimitKey, StreamPermit};
 use crate::policy::Rejection;
 use crate::relay::client::{ClientConn, Framing};
 use crate::relay::upstream::{self, UpstreamConn, UpstreamError};
+use crate::relay::websocket::deflate::{DeflateParams, ExtensionError};
 use crate::relay::websocket::WsOptions;
 use crate::relay::{sse, websocket, Supervision};
 use crate::telemetry::{ActiveStream, CloseReason, Outcome, StreamKind};
@@ -63,13 +65,16 @@ pub async fn serve(
         }
     };
 
-    if kind == StreamKind::Sse {
-        // Edited in place (the access log kept its own copy of the target): the upstream
-        // request is written from the session's head, without a copy of its header map.
-        let req = session.req_header_mut();
-        // The relay parses events: the upstream must not compress them.
-        req.remove_header(&header::ACCEPT_ENCODING);
-        resume_from_query(req)?;
+    // Edited in place (the access log kept its own copy of the target): the upstream request
+    // is written from the session's head, without a copy of its header map.
+    let req = session.req_header_mut();
+    match kind {
+        StreamKind::Sse => {
+            // The relay parses events: the upstream must not compress them.
+            req.remove_header(&header::ACCEPT_ENCODING);
+            resume_from_query(req)?;
+        }
+        StreamKind::WebSocket => websocket_request(req, state.config.websocket_for(ctx.route))?,
     }
     super::pipeline::prepare_upstream(
         state,
@@ -77,7 +82,7 @@ pub async fn serve(
         ctx,
         kind == StreamKind::WebSocket,
     )?;
-    let mut up = match send_request(state, session).await {
+    let mut up = match send_request(state, session, kind).await {
         Ok(up) => up,
         Err(e) => {
             tracing::warn!(error = %e, "stream upstream failed");
@@ -149,6 +154,15 @@ pub async fn serve(
         passthrough(session, &mut up, head).await;
         ctx.outcome = Outcome::Proxied;
         return Ok(true);
+    }
+    if kind == StreamKind::WebSocket {
+        if let Err(e) = agreed_deflate(&head, state.config.websocket_for(ctx.route)) {
+            // Frames under an extension the client may not have agreed to, or one the proxy
+            // cannot follow, are not relayed: the handshake fails here instead.
+            tracing::warn!(error = %e, "refusing the app's WebSocket handshake");
+            fail(state, session, ctx, Rejection::UpstreamError).await?;
+            return Ok(true);
+        }
     }
 
     let framing = match kind {
@@ -268,12 +282,14 @@ impl Stream {
 
             let sse_cfg = state.config.sse_for(route);
             let status = head.status.as_u16();
-            let allow_rsv1 = kind == StreamKind::WebSocket
-                && head
-                    .headers
-                    .get(header::SEC_WEBSOCKET_EXTENSIONS)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(|v| v.contains("permessage-deflate"));
+            // Checked in `serve`, and read again here rather than carried over: a field for it
+            // would cost every stream's task room, SSE streams' too.
+            let deflate = match kind {
+                StreamKind::WebSocket => {
+                    agreed_deflate(&head, state.config.websocket_for(route)).unwrap_or(None)
+                }
+                StreamKind::Sse => None,
+            };
             // The relay writes the head with whatever events the upstream already sent.
             let retry_hint = (kind == StreamKind::Sse)
                 .then(|| sse::retry_hint(sse_cfg))
@@ -304,7 +320,7 @@ impl Stream {
                     };
                     let opts = WsOptions {
                         cfg,
-                        allow_rsv1,
+                        deflate,
                         allow_message: &check,
                     };
                     if client.flush().await.is_err() {
@@ -348,14 +364,18 @@ async fn client_gone(session: &mut Session) {
     while session.read_body_or_idle(true).await.is_ok() {}
 }
 
-/// Connects, writes the request head and forwards the request body (POST streams).
+/// Connects, writes the request head and forwards the request body (POST event streams).
 async fn send_request(
     state: &State,
     session: &mut Session,
+    kind: StreamKind,
 ) -> std::result::Result<UpstreamConn, UpstreamError> {
     let mut up = state.streams.open(session.req_header()).await?;
-    // A body the client sends (LLM-style POST streams) reaches the upstream before the stream starts.
-    if !session.is_body_empty() {
+    // A body the client sends (LLM-style POST streams) reaches the upstream before the stream
+    // starts. Never on a WebSocket: an app reads bytes after the handshake as frames, and every
+    // byte on that path must go through the frame decoder first (`pipeline` refuses an upgrade
+    // with a body; this holds even if it did not).
+    if kind == StreamKind::Sse && !session.is_body_empty() {
         while let Some(chunk) = session
             .read_request_body()
             .await
@@ -366,6 +386,49 @@ async fn send_request(
     }
     up.finish_body().await?;
     Ok(up)
+}
+
+/// The upgrade request as the app gets it: without body framing headers (nothing follows the
+/// head but frames, which the relay sends), and with the client's extension offers as
+/// `websocket.compression` says: none for `strip`, its permessage-deflate offers rewritten for
+/// `inflate`.
+fn websocket_request(req: &mut pingora::http::RequestHeader, cfg: &WebSocketConfig) -> Result<()> {
+    req.remove_header(&header::CONTENT_LENGTH);
+    req.remove_header(&header::TRANSFER_ENCODING);
+    let offer = match cfg.compression {
+        Compression::Strip => None,
+        Compression::Inflate => extensions(&req.headers)
+            .and_then(|offered| websocket::deflate::upstream_offer(&offered)),
+    };
+    match offer {
+        Some(offer) => {
+            req.insert_header(header::SEC_WEBSOCKET_EXTENSIONS, offer)?;
+        }
+        None => {
+            req.remove_header(&header::SEC_WEBSOCKET_EXTENSIONS);
+        }
+    }
+    Ok(())
+}
+
+/// What a WebSocket's 101 agreed to for permessage-deflate, under the route's `compression`.
+fn agreed_deflate(
+    head: &ResponseHeader,
+    cfg: &WebSocketConfig,
+) -> std::result::Result<Option<DeflateParams>, ExtensionError> {
+    websocket::deflate::negotiated(extensions(&head.headers).as_deref(), cfg.compression)
+}
+
+/// Every `Sec-WebSocket-Extensions` line as one list, `None` when there is none. Bytes that
+/// are not text stay visible (as U+FFFD, which the extension grammar refuses), rather than the
+/// line being skipped as if it were not there.
+fn extensions(headers: &http::HeaderMap) -> Option<String> {
+    let lines: Vec<_> = headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()))
+        .collect();
+    (!lines.is_empty()).then(|| lines.join(", "))
 }
 
 /// EventSource polyfills that cannot set headers pass `?lastEventId=`: the app gets the standard

@@ -10,6 +10,7 @@
 pub mod apps;
 pub mod chromium;
 pub mod http;
+pub mod node;
 pub mod proxy;
 pub mod sse;
 

@@ -9,9 +9,16 @@
 //! make the proxy forward, or wait for, something it will reject anyway.
 //!
 //! One [`FrameDecoder`] runs per direction. A frame header is only consumed once it is complete.
-//! Data payloads go through in pieces as they arrive and are never buffered whole. Control
-//! frames (at most 125 bytes) are returned whole. Text payloads are not checked for UTF-8: the
-//! endpoints do that, and with permessage-deflate the wire bytes are compressed anyway.
+//! Data payloads go through in pieces as they arrive and are never buffered whole; each piece
+//! carries the masking key lined up with it ([`Part::Payload`]), so a reader that needs the clear
+//! bytes (the permessage-deflate size check) can unmask a copy without the decoder keeping one.
+//! Control frames (at most 125 bytes) are returned whole. Text payloads are not checked for
+//! UTF-8: the endpoints do that, and with permessage-deflate the wire bytes are compressed anyway.
+//!
+//! Besides RFC 6455's rules the decoder enforces two limits per message, both from the header
+//! alone: its total payload (`max_message_size`) and how many frames it may be split into
+//! ([`FrameDecoder::with_max_fragments`]): a message in thousands of tiny fragments costs the
+//! app a frame's work for each while it counts as one message against every rate limit.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
@@ -112,6 +119,8 @@ pub enum FrameError {
     LengthOverflow,
     #[error("data message of {size} bytes exceeds max_message_size of {max} bytes")]
     MessageTooBig { size: u64, max: u64 },
+    #[error("data message split into more than max_message_fragments ({max}) frames")]
+    TooManyFragments { max: u32 },
     #[error("close frame payload of 1 byte (rfc 6455 5.5.1: the body starts with a 2-byte code)")]
     TruncatedCloseCode,
     #[error("close code {0} may not appear in a close frame (rfc 6455 7.4)")]
@@ -124,7 +133,9 @@ impl FrameError {
     /// The status code (RFC 6455 7.4.1) to close the offending peer's connection with.
     pub fn close_code(&self) -> u16 {
         match self {
-            Self::MessageTooBig { .. } => CLOSE_MESSAGE_TOO_BIG,
+            // A message in more pieces than the proxy processes is "too big for it to process"
+            // (rfc 6455 7.4.1) in the same way as one with too many bytes.
+            Self::MessageTooBig { .. } | Self::TooManyFragments { .. } => CLOSE_MESSAGE_TOO_BIG,
             Self::InvalidCloseReason => CLOSE_INVALID_PAYLOAD,
             Self::UnmaskedClientFrame
             | Self::MaskedUpstreamFrame
@@ -149,6 +160,8 @@ pub enum Item {
     /// payload (still masked if the client masked it).
     Data {
         bytes: Bytes,
+        /// Whether `bytes` are the frame's header or a piece of its payload.
+        part: Part,
         /// Set on the first item of a message (its first frame's header), so the relay can decide
         /// once whether to forward or drop the whole message.
         message_start: bool,
@@ -158,6 +171,9 @@ pub enum Item {
         message_end: bool,
         /// The message's opcode, `Text` or `Binary`, also for its continuation frames.
         opcode: OpCode,
+        /// The message's first frame had RSV1 set: with permessage-deflate, its payload is
+        /// compressed (rfc 7692 6). Set on every item of the message.
+        compressed: bool,
     },
     /// A whole control frame.
     Control {
@@ -180,11 +196,23 @@ impl Item {
     }
 }
 
-/// The data message a frame belongs to: its opcode and total payload declared so far.
+/// What the bytes of an [`Item::Data`] are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The frame's header.
+    Header,
+    /// A piece of the payload as it came. XOR with `key`, cycled from the piece's first byte,
+    /// gives the clear bytes ([`apply_mask`]); the key is all zeros for an unmasked frame.
+    Payload { key: [u8; 4] },
+}
+
+/// The data message a frame belongs to: its opcode, total payload and frames so far.
 #[derive(Debug, Clone, Copy)]
 struct Message {
     opcode: OpCode,
     size: u64,
+    fragments: u32,
+    compressed: bool,
 }
 
 /// A data frame whose header went out but whose payload has not all arrived.
@@ -193,6 +221,9 @@ struct PayloadState {
     remaining: u64,
     fin: bool,
     opcode: OpCode,
+    compressed: bool,
+    /// The masking key lined up with the next payload byte (zeros when unmasked).
+    key: [u8; 4],
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -218,6 +249,7 @@ struct Header {
 pub struct FrameDecoder {
     direction: Direction,
     max_message_size: u64,
+    max_fragments: u32,
     allow_rsv1: bool,
     /// A data message whose FIN frame has not started yet.
     message: Option<Message>,
@@ -232,10 +264,17 @@ impl FrameDecoder {
         Self {
             direction,
             max_message_size,
+            max_fragments: u32::MAX,
             allow_rsv1,
             message: None,
             payload: None,
         }
+    }
+
+    /// Bounds how many frames one data message may be split into (no bound by default).
+    pub fn with_max_fragments(mut self, max_fragments: u32) -> Self {
+        self.max_fragments = max_fragments;
+        self
     }
 
     /// Takes the next item off the front of `buf`; `Ok(None)` when more input is needed.
@@ -250,12 +289,17 @@ impl FrameDecoder {
             let take = usize::try_from(frame.remaining).map_or(buf.len(), |r| r.min(buf.len()));
             frame.remaining -= take as u64;
             let frame_end = frame.remaining == 0;
+            let key = frame.key;
+            // The next piece starts `take` bytes further into the key's cycle.
+            frame.key.rotate_left(take % 4);
             let item = Item::Data {
                 bytes: buf.split_to(take).freeze(),
+                part: Part::Payload { key },
                 message_start: false,
                 frame_end,
                 message_end: frame_end && frame.fin,
                 opcode: frame.opcode,
+                compressed: frame.compressed,
             };
             if frame_end {
                 self.payload = None;
@@ -309,9 +353,22 @@ impl FrameDecoder {
         } else {
             match (opcode, self.message) {
                 (OpCode::Continuation, None) => return Err(FrameError::UnexpectedContinuation),
-                (OpCode::Continuation, Some(message)) => Some(message),
+                (OpCode::Continuation, Some(mut message)) => {
+                    message.fragments = message.fragments.saturating_add(1);
+                    if message.fragments > self.max_fragments {
+                        return Err(FrameError::TooManyFragments {
+                            max: self.max_fragments,
+                        });
+                    }
+                    Some(message)
+                }
                 (_, Some(_)) => return Err(FrameError::InterleavedMessage),
-                (_, None) => Some(Message { opcode, size: 0 }),
+                (_, None) => Some(Message {
+                    opcode,
+                    size: 0,
+                    fragments: 1,
+                    compressed: compressed_start,
+                }),
             }
         };
 
@@ -374,14 +431,18 @@ impl FrameDecoder {
                 remaining: header.payload_len,
                 fin: header.fin,
                 opcode: message.opcode,
+                compressed: message.compressed,
+                key: header.mask.unwrap_or_default(),
             });
         }
         Item::Data {
             bytes: buf.split_to(header.header_len).freeze(),
+            part: Part::Header,
             message_start: header.opcode != OpCode::Continuation,
             frame_end,
             message_end: frame_end && header.fin,
             opcode: message.opcode,
+            compressed: message.compressed,
         }
     }
 }
@@ -414,8 +475,9 @@ fn read_array<const N: usize>(buf: &[u8], at: usize) -> Option<[u8; N]> {
     buf.get(at..at + N)?.try_into().ok()
 }
 
-/// RFC 6455 5.3; masking and unmasking are the same operation.
-fn apply_mask(payload: &mut [u8], mask: [u8; 4]) {
+/// RFC 6455 5.3; masking and unmasking are the same operation. A payload piece is unmasked
+/// with the key its [`Part::Payload`] carries.
+pub fn apply_mask(payload: &mut [u8], mask: [u8; 4]) {
     for (byte, key) in payload.iter_mut().zip(mask.iter().cycle()) {
         *byte ^= key;
     }
@@ -800,6 +862,62 @@ mod tests {
     }
 
     #[test]
+    fn fragments_past_the_limit_are_refused_from_two_header_bytes() {
+        let d = Direction::FromClient;
+        let first = not_fin(d, OpCode::Binary, b"a");
+        let middle = not_fin(d, OpCode::Continuation, b"b");
+        let last = fin(d, OpCode::Continuation, b"c");
+        let ping = fin(d, OpCode::Ping, b"p");
+        let mut decoder = FrameDecoder::new(d, BIG, false).with_max_fragments(3);
+        // Three frames make a message; control frames between them do not count.
+        for _ in 0..2 {
+            let message = [&first, &ping, &middle, &ping, &last].map(|f| f.as_slice());
+            assert_accepted(&mut decoder, &message.concat());
+        }
+        assert_accepted(&mut decoder, &[&first[..], &middle, &middle].concat());
+        let error = decode_all(&mut decoder, &last[..2]).1;
+        assert_eq!(error, Err(FrameError::TooManyFragments { max: 3 }));
+        assert_eq!(FrameError::TooManyFragments { max: 3 }.close_code(), 1009);
+        // The default is no limit, and the upstream's decoder keeps it.
+        let mut unbounded = FrameDecoder::new(d, BIG, false);
+        let many = [vec![first.clone()], vec![middle; 500], vec![last]].concat();
+        assert_accepted(&mut unbounded, &many.concat());
+    }
+
+    #[test]
+    fn payload_pieces_carry_the_key_lined_up_with_them() {
+        let d = Direction::FromClient;
+        let payload: Vec<u8> = (0..=255).collect();
+        let wire = fin(d, OpCode::Binary, &payload);
+        for split in [1, 2, 3, 5, 7, 64] {
+            let mut decoder = FrameDecoder::new(d, BIG, false);
+            let (items, result) = feed_chunked(&mut decoder, &wire, &[split]);
+            assert_eq!(result, Ok(()));
+            let [Item::Data {
+                part: Part::Header, ..
+            }, pieces @ ..] = items.as_slice()
+            else {
+                panic!("{items:?}")
+            };
+            let mut clear = Vec::new();
+            for piece in pieces {
+                let Item::Data {
+                    bytes,
+                    part: Part::Payload { key },
+                    ..
+                } = piece
+                else {
+                    panic!("{piece:?}")
+                };
+                let mut bytes = bytes.to_vec();
+                apply_mask(&mut bytes, *key);
+                clear.extend_from_slice(&bytes);
+            }
+            assert_eq!(clear, payload, "split {split}");
+        }
+    }
+
+    #[test]
     fn close_payload_of_one_byte_is_rejected() {
         let wire = fin(Direction::FromClient, OpCode::Close, &[0x03]);
         assert_rejected(
@@ -881,10 +999,12 @@ mod tests {
             } else {
                 let expected = Item::Data {
                     bytes: Bytes::copy_from_slice(&wire[..MAX_HEADER_LEN]),
+                    part: Part::Header,
                     message_start: true,
                     frame_end: false,
                     message_end: false,
                     opcode: OpCode::Binary,
+                    compressed: false,
                 };
                 assert_eq!(item, Some(expected));
                 assert!(buf.is_empty());
@@ -913,12 +1033,16 @@ mod tests {
         assert_eq!(decoder.decode(&mut buf), Ok(None));
         buf.extend_from_slice(&wire[10..]);
         let last = decoder.decode(&mut buf).expect("valid").expect("piece");
+        // Four payload bytes went before: the key for this piece starts at its fifth byte, which
+        // is the first again.
         let expected = Item::Data {
             bytes: Bytes::copy_from_slice(&wire[10..]),
+            part: Part::Payload { key: MASK },
             message_start: false,
             frame_end: true,
             message_end: false,
             opcode: OpCode::Text,
+            compressed: false,
         };
         assert_eq!(last, expected);
         assert!(decoder.at_frame_boundary());
@@ -926,10 +1050,12 @@ mod tests {
         let items = assert_accepted(&mut decoder, &fin(d, OpCode::Continuation, b""));
         let expected = Item::Data {
             bytes: Bytes::copy_from_slice(&fin(d, OpCode::Continuation, b"")),
+            part: Part::Header,
             message_start: false,
             frame_end: true,
             message_end: true,
             opcode: OpCode::Text,
+            compressed: false,
         };
         assert_eq!(items, [expected]);
     }
@@ -1011,9 +1137,12 @@ mod tests {
     enum Event {
         Frame {
             wire: Vec<u8>,
+            /// The payload unmasked with the keys the pieces carried.
+            payload: Vec<u8>,
             message_start: bool,
             message_end: bool,
             opcode: OpCode,
+            compressed: bool,
         },
         Control {
             opcode: OpCode,
@@ -1022,10 +1151,14 @@ mod tests {
         },
     }
 
+    /// A data frame being joined from its pieces: wire bytes, clear payload, and the flags of
+    /// its first item.
+    type Pending = (Vec<u8>, Vec<u8>, bool, OpCode, bool);
+
     /// Joins the pieces of each data frame, checking the flags are consistent across pieces.
     fn events(items: &[Item]) -> Vec<Event> {
         let mut out = Vec::new();
-        let mut pending: Option<(Vec<u8>, bool, OpCode)> = None;
+        let mut pending: Option<Pending> = None;
         for item in items {
             match item {
                 Item::Control {
@@ -1042,25 +1175,40 @@ mod tests {
                 }
                 Item::Data {
                     bytes,
+                    part,
                     message_start,
                     frame_end,
                     message_end,
                     opcode,
+                    compressed,
                 } => {
-                    if pending.is_some() {
-                        assert!(!message_start, "message_start on a later piece");
+                    match (&pending, part) {
+                        (None, Part::Header) => {}
+                        (Some(_), Part::Payload { .. }) => {
+                            assert!(!message_start, "message_start on a later piece")
+                        }
+                        _ => panic!("{part:?} out of place"),
                     }
-                    let (wire, start, frame_opcode) =
-                        pending.get_or_insert_with(|| (Vec::new(), *message_start, *opcode));
-                    assert_eq!(frame_opcode, opcode);
+                    let (wire, payload, start, frame_opcode, frame_compressed) = pending
+                        .get_or_insert_with(|| {
+                            (Vec::new(), Vec::new(), *message_start, *opcode, *compressed)
+                        });
+                    assert_eq!((*frame_opcode, *frame_compressed), (*opcode, *compressed));
                     assert!(!message_end || *frame_end, "message_end without frame_end");
                     wire.extend_from_slice(bytes);
+                    if let Part::Payload { key } = part {
+                        let mut clear = bytes.to_vec();
+                        apply_mask(&mut clear, *key);
+                        payload.extend_from_slice(&clear);
+                    }
                     if *frame_end {
                         out.push(Event::Frame {
                             wire: std::mem::take(wire),
+                            payload: std::mem::take(payload),
                             message_start: *start,
                             message_end: *message_end,
                             opcode: *opcode,
+                            compressed: *compressed,
                         });
                         pending = None;
                     }
@@ -1187,9 +1335,11 @@ mod tests {
                         input.extend_from_slice(&wire);
                         expected.push(Event::Frame {
                             wire,
+                            payload,
                             message_start: first,
                             message_end: last,
                             opcode: *opcode,
+                            compressed: *rsv1,
                         });
                         if !last {
                             for (control_opcode, control_payload) in controls {

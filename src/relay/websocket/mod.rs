@@ -9,7 +9,14 @@
 //! forwarding no new frame meanwhile; a side still mid-frame then just sees its socket close.
 //! With pings on, a write to the client may take at most `ping_interval + pong_timeout`: a
 //! client that stops reading is a dead peer too, even while an upstream frame blocks the pings.
+//!
+//! Client frames are held to per-socket limits besides the message size: the frames one
+//! message may be split into, and a rate for control frames (a ping costs the app a pong, and
+//! a flood of them counts as no message at all). With permessage-deflate, compressed client
+//! messages are inflated on the way (see `deflate`) so the size limit holds for what the app
+//! gets; that inflater exists only on connections that negotiated compression.
 
+pub mod deflate;
 pub mod frame;
 
 use super::client::{ClientConn, ClientError};
@@ -18,9 +25,11 @@ use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 use tokio::time::Instant;
 
+use self::deflate::{DeflateParams, InflateError, Inflater};
 use self::frame::{close_payload, encode_frame, Direction, FrameDecoder, FrameError, Item, OpCode};
 use super::{Alarm, Interrupt, Supervision};
 use crate::config::{OnRateLimit, WebSocketConfig};
+use crate::policy::limits::Quota;
 use crate::telemetry::CloseReason;
 
 /// RFC 6455 close codes the proxy sends.
@@ -28,6 +37,7 @@ pub mod close_code {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL_ERROR: u16 = 1002;
+    pub const INVALID_PAYLOAD: u16 = 1007;
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const INTERNAL_ERROR: u16 = 1011;
@@ -43,8 +53,9 @@ const PING_RETRY: Duration = Duration::from_millis(10);
 /// Per-connection settings the relay needs besides `[websocket]`.
 pub struct WsOptions<'a> {
     pub cfg: &'a WebSocketConfig,
-    /// `permessage-deflate` was negotiated: RSV1 is legal on first frames.
-    pub allow_rsv1: bool,
+    /// What the app's 101 agreed to when it accepted permessage-deflate: RSV1 is then legal on
+    /// first frames, and compressed client messages are inflated to be measured.
+    pub deflate: Option<DeflateParams>,
     /// Asks the per-user message limiter whether one more client message may pass.
     pub allow_message: &'a (dyn Fn() -> bool + Send + Sync),
 }
@@ -76,12 +87,20 @@ pub async fn relay(
 ) -> CloseReason {
     let cfg = opts.cfg;
     let metrics = sup.metrics;
+    let allow_rsv1 = opts.deflate.is_some();
     let mut from_client = FrameDecoder::new(
         Direction::FromClient,
         cfg.max_message_size as u64,
-        opts.allow_rsv1,
-    );
-    let mut from_upstream = FrameDecoder::new(Direction::FromUpstream, u64::MAX, opts.allow_rsv1);
+        allow_rsv1,
+    )
+    .with_max_fragments(cfg.max_message_fragments);
+    let mut from_upstream = FrameDecoder::new(Direction::FromUpstream, u64::MAX, allow_rsv1);
+    // Boxed: most sockets do not compress, and should not carry room for it.
+    let mut inflater = opts
+        .deflate
+        .map(|params| Box::new(Inflater::new(params, cfg.max_message_size as u64)));
+    // The client's control frames so far, as the GCRA's theoretical arrival time.
+    let mut control_tat: Option<std::time::Instant> = None;
     let mut client_buf = BytesMut::new();
     let mut upstream_buf = BytesMut::new();
 
@@ -105,6 +124,9 @@ pub async fn relay(
     let mut pending_close: Option<(ProxyClose, Instant)> = None;
     // Cleared when the client's bytes must not be forwarded any more (a protocol violation).
     let mut client_readable = true;
+    // Set when the upstream was left inside a client frame for good (a compressed message
+    // refused halfway): it can take no frame of the proxy's, only the end of its socket.
+    let mut upstream_cut = false;
     // Set once either peer sent a close frame: the other side's answer then ends the exchange,
     // and the peer that got that close frame must get no other frame (RFC 6455 5.5.1).
     let mut client_sent_close = false;
@@ -122,9 +144,12 @@ pub async fn relay(
     loop {
         // Where each direction could take a frame of the proxy's own without splitting one.
         let client_side_clean = from_upstream.at_frame_boundary();
-        let upstream_side_clean = from_client.at_frame_boundary() || dropping_message;
+        let upstream_side_clean =
+            !upstream_cut && (from_client.at_frame_boundary() || dropping_message);
         if let Some((close, deadline)) = pending_close {
-            if (client_side_clean && upstream_side_clean) || Instant::now() >= deadline {
+            // A cut upstream will never reach a boundary: waiting for it would only delay.
+            let upstream_ready = upstream_side_clean || upstream_cut;
+            if (client_side_clean && upstream_ready) || Instant::now() >= deadline {
                 let sides = Sides {
                     client: client_side_clean && !upstream_sent_close,
                     upstream: upstream_side_clean && !client_sent_close,
@@ -186,8 +211,7 @@ pub async fn relay(
                         ping_seq += 1;
                         let payload = Bytes::from(format!("streamguard-{ping_seq}"));
                         if let Err(e) = write_client(client, encode_frame(OpCode::Ping, &payload, None)).await {
-                            let clean = from_client.at_frame_boundary() || dropping_message;
-                            return client_lost(upstream, &e, clean && !client_sent_close).await;
+                            return client_lost(upstream, &e, upstream_side_clean && !client_sent_close).await;
                         }
                         metrics.ws_pings.inc();
                         awaiting_pong = Some((payload, Instant::now() + cfg.pong_timeout));
@@ -213,8 +237,7 @@ pub async fn relay(
                                 }
                                 last_data = Instant::now();
                                 if let Err(e) = write_client(client, bytes).await {
-                                    let clean = from_client.at_frame_boundary() || dropping_message;
-                                    return client_lost(upstream, &e, clean && !client_sent_close).await;
+                                    return client_lost(upstream, &e, upstream_side_clean && !client_sent_close).await;
                                 }
                             }
                             Ok(Some(Item::Control { opcode, wire, .. })) => {
@@ -222,8 +245,7 @@ pub async fn relay(
                                     upstream_sent_close = true;
                                 }
                                 if let Err(e) = write_client(client, wire).await {
-                                    let clean = from_client.at_frame_boundary() || dropping_message;
-                                    return client_lost(upstream, &e, clean && !client_sent_close).await;
+                                    return client_lost(upstream, &e, upstream_side_clean && !client_sent_close).await;
                                 }
                                 if opcode == OpCode::Close && client_sent_close {
                                     return CloseReason::ClientGone;
@@ -273,7 +295,7 @@ pub async fn relay(
                             break;
                         }
                         match from_client.decode(&mut client_buf) {
-                            Ok(Some(Item::Data { bytes, message_start, message_end, .. })) => {
+                            Ok(Some(Item::Data { bytes, part, message_start, message_end, compressed, .. })) => {
                                 last_data = Instant::now();
                                 if message_start {
                                     dropping_message = false;
@@ -291,6 +313,22 @@ pub async fn relay(
                                     } else {
                                         metrics.ws_messages_to_upstream.inc();
                                     }
+                                }
+                                // Measured before it goes out, so no byte of a message past
+                                // the limit reaches the app after the proxy could know.
+                                let refused = match inflater.as_mut().filter(|_| compressed && !dropping_message) {
+                                    Some(inflater) => inflater.inspect(part, &bytes, message_start, message_end).err(),
+                                    None => None,
+                                };
+                                if let Some(err) = refused {
+                                    tracing::info!(error = %err, "closing a WebSocket: client sent a compressed message the proxy refuses");
+                                    pending_close = Some((inflate_close(&err), Instant::now() + BOUNDARY_GRACE));
+                                    // The decoder has moved past bytes the upstream never got:
+                                    // a close frame now would land inside a frame.
+                                    upstream_cut = true;
+                                    client_readable = false;
+                                    client_buf.clear();
+                                    break;
                                 }
                                 if !dropping_message {
                                     if let Err(e) = write_upstream(upstream, &bytes).await {
@@ -310,6 +348,16 @@ pub async fn relay(
                                             awaiting_pong = None;
                                             continue;
                                         }
+                                    }
+                                }
+                                let quota = Quota::from_spec(cfg.max_control_frames);
+                                match quota.check(control_tat, Instant::now().into_std()) {
+                                    Ok(tat) => control_tat = Some(tat),
+                                    Err(_) => {
+                                        tracing::info!("closing a WebSocket: client sent control frames past max_control_frames");
+                                        // Not forwarded; the close goes out at this boundary.
+                                        pending_close = Some((ProxyClose::new(close_code::POLICY_VIOLATION, "too many control frames", CloseReason::ControlRate), Instant::now() + BOUNDARY_GRACE));
+                                        continue;
                                     }
                                 }
                                 if opcode == OpCode::Close {
@@ -339,8 +387,7 @@ pub async fn relay(
                     }
                 }
                 Ok(None) | Err(_) => {
-                    let clean = from_client.at_frame_boundary() || dropping_message;
-                    return client_vanished(upstream, clean && !client_sent_close).await;
+                    return client_vanished(upstream, upstream_side_clean && !client_sent_close).await;
                 }
             },
         }
@@ -349,17 +396,30 @@ pub async fn relay(
 
 /// Maps a client's protocol violation to the close code RFC 6455 prescribes.
 fn protocol_close(err: &FrameError) -> ProxyClose {
-    let code = err.close_code();
-    let reason = if code == close_code::TOO_BIG {
-        CloseReason::TooBig
-    } else {
-        CloseReason::ProtocolError
-    };
-    let text = match code {
-        close_code::TOO_BIG => "message too big",
-        _ => "protocol error",
-    };
-    ProxyClose::new(code, text, reason)
+    match err {
+        FrameError::TooManyFragments { .. } => ProxyClose::new(
+            err.close_code(),
+            "too many fragments",
+            CloseReason::TooFragmented,
+        ),
+        _ => close_for_code(err.close_code()),
+    }
+}
+
+/// Maps a refused compressed message to its close: 1009 too big, 1007 bad data.
+fn inflate_close(err: &InflateError) -> ProxyClose {
+    close_for_code(err.close_code())
+}
+
+/// The client's close reason and the metric reason for a close code of a client's fault.
+fn close_for_code(code: u16) -> ProxyClose {
+    match code {
+        close_code::TOO_BIG => ProxyClose::new(code, "message too big", CloseReason::TooBig),
+        close_code::INVALID_PAYLOAD => {
+            ProxyClose::new(code, "invalid payload", CloseReason::ProtocolError)
+        }
+        _ => ProxyClose::new(code, "protocol error", CloseReason::ProtocolError),
+    }
 }
 
 async fn write_client(client: &mut ClientConn, bytes: Bytes) -> Result<(), ClientError> {
