@@ -21,8 +21,8 @@ use toml::Spanned;
 
 use super::env::{substitute, EnvSource};
 use super::raw::{
-    RawAuth, RawConfig, RawCors, RawLimits, RawListen, RawLog, RawRoute, RawSse, RawWebSocket,
-    Text, TextList,
+    RawAuth, RawConfig, RawCors, RawLimits, RawListen, RawLog, RawRoute, RawSse, RawStore,
+    RawWebSocket, Text, TextList,
 };
 use super::types::*;
 use super::units::{parse_duration, parse_rate, parse_size};
@@ -64,6 +64,13 @@ pub(super) const ON_USER_LIMIT: &[(&str, OnUserLimit)] = &[
     ("reject", OnUserLimit::Reject),
     ("evict_oldest", OnUserLimit::EvictOldest),
 ];
+pub(super) const ON_STORE_ERROR: &[(&str, OnStoreError)] = &[
+    ("local", OnStoreError::Local),
+    ("open", OnStoreError::Open),
+    ("closed", OnStoreError::Closed),
+];
+/// `[limits.store] kind`; `true` is the shared (Redis) store.
+const STORE_KINDS: &[(&str, bool)] = &[("memory", false), ("redis", true)];
 
 /// Shortest HMAC secret accepted; below this a JWT can be brute-forced offline.
 const MIN_SECRET_BYTES: usize = 16;
@@ -1146,7 +1153,166 @@ fn route(
         claims,
         sse: sse(cx, &k("sse"), &r.sse, globals.sse),
         websocket: websocket(cx, &k("websocket"), &r.websocket, globals.websocket),
-        limits: limits(cx, &k("limits"), &r.limits, globals.limits),
+        limits: {
+            if let Some(store) = &r.limits.store {
+                let line = cx.line(store);
+                cx.error(
+                    k("limits.store"),
+                    Some(line),
+                    "the limit store is one per process, shared by every route; move it to \
+                     [limits.store]",
+                );
+            }
+            limits(cx, &k("limits"), &r.limits, globals.limits)
+        },
+    }
+}
+
+/// `[limits.store]`. Only the URL's form is checked: a Redis that does not answer yet is the
+/// store being down (`on_error`), not a config error.
+fn store(cx: &mut Cx<'_>, raw: Option<&Spanned<RawStore>>) -> StoreConfig {
+    let Some(raw) = raw else {
+        return StoreConfig::Memory;
+    };
+    let r = raw.get_ref();
+    let shared = cx
+        .text("limits.store.kind", r.kind.as_ref(), choice(STORE_KINDS))
+        .unwrap_or(false);
+    if !shared {
+        let redis_only = [
+            ("url", &r.url),
+            ("password_file", &r.password_file),
+            ("key_prefix", &r.key_prefix),
+            ("timeout", &r.timeout),
+            ("lease", &r.lease),
+            ("on_error", &r.on_error),
+        ];
+        for (name, value) in redis_only {
+            if let Some(value) = value {
+                let line = cx.line(value);
+                cx.error(
+                    format!("limits.store.{name}"),
+                    Some(line),
+                    "only used by the Redis store; set kind = \"redis\" or remove the key",
+                );
+            }
+        }
+        return StoreConfig::Memory;
+    }
+    if r.url.is_none() {
+        let line = cx.line(raw);
+        cx.error(
+            "limits.store.url",
+            Some(line),
+            "missing: kind = \"redis\" needs the server's address, e.g. \
+             url = \"redis://127.0.0.1:6379/0\" or \"unix:///run/redis/redis.sock\"",
+        );
+    }
+    let url = cx.text("limits.store.url", r.url.as_ref(), redis_url);
+    let base_dir = cx.base_dir;
+    let password_file = cx.text(
+        "limits.store.password_file",
+        r.password_file.as_ref(),
+        |p| {
+            let bytes = trim_trailing_newlines(read_file(base_dir, p)?);
+            let password = String::from_utf8(bytes).map_err(|_| {
+                format!("{} is not UTF-8 text", resolve_path(base_dir, p).display())
+            })?;
+            if password.is_empty() {
+                return Err(format!(
+                    "{} is empty; write the Redis password into it or remove the key",
+                    resolve_path(base_dir, p).display()
+                ));
+            }
+            Ok((resolve_path(base_dir, p), password))
+        },
+    );
+    let timeout = cx
+        .text(
+            "limits.store.timeout",
+            r.timeout.as_ref(),
+            bounded(Duration::from_millis(1), Duration::from_secs(10)),
+        )
+        .unwrap_or(Duration::from_millis(50));
+    let lease = cx
+        .text(
+            "limits.store.lease",
+            r.lease.as_ref(),
+            bounded(Duration::from_secs(1), Duration::from_secs(3600)),
+        )
+        .unwrap_or(Duration::from_secs(30));
+    if lease < timeout * 10 {
+        let line = r.lease.as_ref().map(|l| cx.line(l));
+        cx.error(
+            "limits.store.lease",
+            line,
+            format!(
+                "{} is under ten times limits.store.timeout ({}): leases are renewed every \
+                 third of a lease, and a renewal must fit in that many timeouts; raise lease or \
+                 lower timeout",
+                super::format_duration(lease),
+                super::format_duration(timeout)
+            ),
+        );
+    }
+    let (password_file, password) = password_file.unzip();
+    StoreConfig::Redis(RedisStoreConfig {
+        url: url.unwrap_or_default(),
+        password_file,
+        password,
+        key_prefix: cx
+            .text("limits.store.key_prefix", r.key_prefix.as_ref(), key_prefix)
+            .unwrap_or_else(|| "streamguard:".into()),
+        timeout,
+        lease,
+        on_error: cx
+            .text(
+                "limits.store.on_error",
+                r.on_error.as_ref(),
+                choice(ON_STORE_ERROR),
+            )
+            .unwrap_or(OnStoreError::Local),
+    })
+}
+
+/// A Redis URL the client accepts: `redis://`, `rediss://` (TLS), `unix://` or `redis+unix://`.
+fn redis_url(s: &str) -> Result<String, String> {
+    use redis::IntoConnectionInfo;
+    let fix = "write e.g. \"redis://127.0.0.1:6379/0\", \"rediss://redis.internal:6380\" or \
+               \"unix:///run/redis/redis.sock\"";
+    s.into_connection_info()
+        .map(|_| s.to_owned())
+        // The client's message may quote the URL, password included: name the scheme only.
+        .map_err(|_| {
+            let shown = redact_url(s);
+            format!("{shown:?} is not a Redis URL; {fix}")
+        })
+}
+
+/// Braces would end the `{user}` hash tag every key carries, putting users' keys in the wrong
+/// Redis Cluster slot.
+fn key_prefix(s: &str) -> Result<String, String> {
+    if s.contains(['{', '}']) {
+        return Err(format!(
+            "{s:?} contains a brace; keys carry the user in {{...}} (a Redis Cluster hash tag), \
+             so the prefix must not: use e.g. \"streamguard:\" or \"myapp:sg:\""
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// A duration within `[min, max]`.
+fn bounded(min: Duration, max: Duration) -> impl Fn(&str) -> Result<Duration, String> {
+    move |s| {
+        let d = parse_duration(s).map_err(|e| e.to_string())?;
+        if d < min || d > max {
+            return Err(format!(
+                "{s:?} is outside {}..={}",
+                super::format_duration(min),
+                super::format_duration(max)
+            ));
+        }
+        Ok(d)
     }
 }
 
@@ -1239,6 +1405,7 @@ pub(super) fn validate(
     let sse = sse(cx, "sse", &raw.sse, &SseConfig::default());
     let websocket = websocket(cx, "websocket", &raw.websocket, &WebSocketConfig::default());
     let limits = limits(cx, "limits", &raw.limits, &LimitsConfig::default());
+    let store = store(cx, raw.limits.store.as_ref());
     let globals = Globals {
         auth: mode,
         sse: &sse,
@@ -1266,6 +1433,7 @@ pub(super) fn validate(
             sse,
             websocket,
             limits,
+            store,
             routes,
         }),
         _ => {

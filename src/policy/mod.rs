@@ -47,6 +47,8 @@ pub enum Rejection {
     /// The upstream answered an event stream to a request that did not ask for one
     /// (`Accept: text/event-stream`), so no stream protection would apply (`sse.require_accept`).
     UnannouncedStream,
+    /// The shared limit store cannot answer and `limits.store.on_error = "closed"`.
+    StoreUnavailable,
 }
 
 impl Rejection {
@@ -61,8 +63,8 @@ impl Rejection {
             Rejection::UserStreams | Rejection::ConnectRate | Rejection::RequestRate => 429,
             Rejection::UpstreamDown | Rejection::UpstreamError => 502,
             Rejection::UpstreamTimeout => 504,
-            // The whole proxy is full: this is about the server's capacity, not the client.
-            Rejection::GlobalStreams => 503,
+            // The whole proxy is full, or cannot count: about the server, not the client.
+            Rejection::GlobalStreams | Rejection::StoreUnavailable => 503,
         }
     }
 
@@ -85,6 +87,7 @@ impl Rejection {
             Rejection::UnannouncedStream => {
                 r#"{"error":"event streams need Accept: text/event-stream"}"#
             }
+            Rejection::StoreUnavailable => r#"{"error":"temporarily unavailable"}"#,
         }
     }
 
@@ -105,6 +108,7 @@ impl Rejection {
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::UpgradeNotWebSocket => "bad_upgrade",
             Rejection::UnannouncedStream => "unannounced_stream",
+            Rejection::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -126,6 +130,7 @@ impl From<limits::LimitRejection> for Rejection {
             limits::LimitRejection::GlobalStreams => Rejection::GlobalStreams,
             limits::LimitRejection::ConnectRate => Rejection::ConnectRate,
             limits::LimitRejection::RequestRate => Rejection::RequestRate,
+            limits::LimitRejection::StoreUnavailable => Rejection::StoreUnavailable,
         }
     }
 }
@@ -134,7 +139,7 @@ impl From<limits::LimitRejection> for Rejection {
 mod tests {
     use super::Rejection;
 
-    const ALL: [Rejection; 15] = [
+    const ALL: [Rejection; 16] = [
         Rejection::CorsForbidden,
         Rejection::PreflightForbidden,
         Rejection::Unauthorized,
@@ -150,6 +155,7 @@ mod tests {
         Rejection::MethodNotAllowed,
         Rejection::UpgradeNotWebSocket,
         Rejection::UnannouncedStream,
+        Rejection::StoreUnavailable,
     ];
 
     #[test]
@@ -194,6 +200,7 @@ mod tests {
             (Rejection::BadRequest, 400),
             (Rejection::UserStreams, 429),
             (Rejection::GlobalStreams, 503),
+            (Rejection::StoreUnavailable, 503),
             (Rejection::RequestRate, 429),
             (Rejection::UpstreamDown, 502),
             (Rejection::UpstreamTimeout, 504),

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use self::frame::{close_payload, encode_frame, Direction, FrameDecoder, FrameError, Item, OpCode};
 use super::{Alarm, Interrupt, Supervision};
 use crate::config::{OnRateLimit, WebSocketConfig};
+use crate::policy::limits::MessageCheck;
 use crate::telemetry::CloseReason;
 
 /// RFC 6455 close codes the proxy sends.
@@ -45,8 +46,10 @@ pub struct WsOptions<'a> {
     pub cfg: &'a WebSocketConfig,
     /// `permessage-deflate` was negotiated: RSV1 is legal on first frames.
     pub allow_rsv1: bool,
-    /// Asks the per-user message limiter whether one more client message may pass.
-    pub allow_message: &'a (dyn Fn() -> bool + Send + Sync),
+    /// Asks the per-user message limiter whether one more client message may pass. A shared
+    /// store may have to be asked: the loop then waits for it (at most its timeout), taking no
+    /// other frame meanwhile, so messages keep their order.
+    pub allow_message: &'a (dyn Fn() -> MessageCheck + Send + Sync),
 }
 
 /// A close the proxy decided on: what each side is told and the metric reason.
@@ -277,7 +280,11 @@ pub async fn relay(
                                 last_data = Instant::now();
                                 if message_start {
                                     dropping_message = false;
-                                    if !(opts.allow_message)() {
+                                    let allowed = match (opts.allow_message)() {
+                                        MessageCheck::Decided(allowed) => allowed,
+                                        MessageCheck::Pending(asking) => asking.await,
+                                    };
+                                    if !allowed {
                                         dropping_message = true;
                                         match cfg.on_rate_limit {
                                             OnRateLimit::Drop => {
