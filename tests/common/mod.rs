@@ -10,7 +10,9 @@
 pub mod apps;
 pub mod http;
 pub mod proxy;
+pub mod redis;
 pub mod sse;
+pub mod streams;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
