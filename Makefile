@@ -11,13 +11,17 @@ deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq cmake >/dev/null; }
 
-# The TLS listener test makes a certificate with openssl and talks to it with curl; the
-# Socket.IO interop test needs python-socketio with its client extras; the hardening tests run a
-# WSGI app under Werkzeug. The probes import exactly what the tests import.
+# The TLS listener test makes a certificate with openssl and talks to it with curl; the fleet
+# tests run a real redis-server (and redis-cli) from the Debian package; the Socket.IO interop
+# test needs python-socketio with its client extras; the hardening tests run a WSGI app under
+# Werkzeug. The probes import exactly what the tests import.
 test-deps: deps
 	@command -v openssl >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq openssl curl >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 	@python3 -m pip --version >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-pip >/dev/null; }

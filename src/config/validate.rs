@@ -1895,6 +1895,70 @@ claims = { tenant = "tid" }
     ];
 
     #[test]
+    fn the_limit_store_defaults_to_memory_and_takes_redis_keys() {
+        assert!(matches!(valid(&with_base("")).store, StoreConfig::Memory));
+        let c = valid(&with_base(
+            "[limits.store]\nkind = \"redis\"\nurl = \"unix:///run/redis.sock\"\n\
+             password_file = \"secret.txt\"\non_error = \"closed\"",
+        ));
+        let StoreConfig::Redis(redis) = c.store else {
+            panic!("expected the Redis store")
+        };
+        assert_eq!(redis.url, "unix:///run/redis.sock");
+        assert_eq!(
+            redis.password.as_deref(),
+            Some(SECRET),
+            "trailing newline trimmed"
+        );
+        assert_eq!(redis.key_prefix, "streamguard:");
+        assert_eq!(redis.timeout, Duration::from_millis(50));
+        assert_eq!(redis.lease, Duration::from_secs(30));
+        assert_eq!(redis.on_error, OnStoreError::Closed);
+        assert!(
+            !format!("{redis:?}").contains(SECRET),
+            "debug output hides the password"
+        );
+    }
+
+    #[test]
+    fn limit_store_errors_name_the_key_line_and_fix() {
+        let cases: &[(&str, &str, Option<usize>, &[&str])] = &[
+            ("[limits.store]\nkind = \"redis\"", "limits.store.url", Some(1), &["redis://127.0.0.1:6379/0"]),
+            ("[limits.store]\nkind = \"redis\"\nurl = \"http://u:pw@h:1\"", "limits.store.url", Some(3), &["not a Redis URL", "<redacted>"]),
+            ("[limits.store]\nkind = \"etcd\"", "limits.store.kind", Some(2), &["\"memory\", \"redis\""]),
+            ("[limits.store]\nurl = \"redis://h\"", "limits.store.url", Some(2), &["kind = \"redis\""]),
+            ("[limits.store]\nkind = \"redis\"\nurl = \"redis://h\"\nkey_prefix = \"{sg}\"", "limits.store.key_prefix", Some(4), &["hash tag"]),
+            ("[limits.store]\nkind = \"redis\"\nurl = \"redis://h\"\nlease = \"1s\"\ntimeout = \"500ms\"", "limits.store.lease", Some(4), &["ten times"]),
+            ("[limits.store]\nkind = \"redis\"\nurl = \"redis://h\"\ntimeout = \"0s\"", "limits.store.timeout", Some(4), &["outside"]),
+            ("[limits.store]\nkind = \"redis\"\nurl = \"redis://h\"\npassword_file = \"absent.txt\"", "limits.store.password_file", Some(4), &["cannot read"]),
+            ("[[route]]\npath = \"/a\"\nlimits = { store = { kind = \"redis\" } }", "route[0].limits.store", Some(3), &["[limits.store]"]),
+        ];
+        for (case, key, line, needles) in cases {
+            let errors = invalid(&with_base(case));
+            let error = errors
+                .iter()
+                .find(|e| e.key == *key)
+                .unwrap_or_else(|| panic!("no error for {key} in {errors:?}\n{case}"));
+            assert_eq!(error.line, *line, "{error}");
+            for needle in *needles {
+                assert!(error.message.contains(needle), "{needle:?} not in {error}");
+            }
+            assert!(!error.message.contains("pw@"), "password in {error}");
+        }
+    }
+
+    #[test]
+    fn redis_urls_are_redacted_only_where_they_hold_a_password() {
+        assert_eq!(
+            redact_url("redis://u:pw@h:1/0"),
+            "redis://u:<redacted>@h:1/0"
+        );
+        assert_eq!(redact_url("rediss://:pw@h"), "rediss://:<redacted>@h");
+        assert_eq!(redact_url("redis://u@h/0"), "redis://u@h/0");
+        assert_eq!(redact_url("unix:///run/r.sock"), "unix:///run/r.sock");
+    }
+
+    #[test]
     fn an_upstream_write_timeout_has_no_off_setting() {
         // Not a BAD case: those are placed before the base's own [upstream] table.
         let text = "[upstream]\naddress = \"127.0.0.1:3000\"\nwrite_timeout = \"0s\"\n\
