@@ -191,14 +191,19 @@ async fn renew_leases(shared: &Shared) {
         }
         let reply = match round_trip::<Vec<Vec<String>>>(shared, StoreOp::Renew, &pipe).await {
             Err(Some(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
-                // Redis restarted or its script cache was flushed: load and go again once.
+                // Redis restarted or its script cache was flushed: load and go again once. The
+                // other scripts are loaded too, so the next admission is one round trip again
+                // rather than three (EVALSHA, SCRIPT LOAD, EVALSHA) against its timeout.
                 let loaded = match shared.conn.get() {
-                    Some(conn) => shared
-                        .scripts
-                        .renew
-                        .load_async(&mut conn.clone())
-                        .await
-                        .is_ok(),
+                    Some(conn) => {
+                        let mut conn = conn.clone();
+                        let scripts = &shared.scripts;
+                        let mut ok = true;
+                        for script in [&scripts.renew, &scripts.admit, &scripts.message] {
+                            ok &= script.load_async(&mut conn).await.is_ok();
+                        }
+                        ok
+                    }
                     None => false,
                 };
                 if loaded {
