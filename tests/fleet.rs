@@ -98,21 +98,21 @@ async fn stream_cap_is_exact_whichever_replica_each_stream_lands_on() {
     wait_leases(&redis, "alice", 2, SOON).await;
     held.push(admitted(b.addr, Kind::Sse, &h).await);
     refused(a.addr, Kind::Sse, &h).await.assert_cap(429);
-    assert_eq!(
-        metric_now(
-            &a,
-            "streamguard_rejections_total",
-            &[("reason", "user_streams")]
-        )
-        .await
-            + metric_now(
-                &b,
-                "streamguard_rejections_total",
-                &[("reason", "user_streams")]
-            )
-            .await,
-        4.0
-    );
+    // Counters are bumped as the request is logged, a moment after the client's answer.
+    let deadline = Instant::now() + SOON;
+    loop {
+        let label = [("reason", "user_streams")];
+        let total = metric_now(&a, "streamguard_rejections_total", &label).await
+            + metric_now(&b, "streamguard_rejections_total", &label).await;
+        if total == 4.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{total} cap refusals counted, expected 4"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
