@@ -16,8 +16,9 @@ NODE_APP := tests/apps/node
 # The TLS listener test makes a certificate with openssl and talks to it with curl; the
 # Socket.IO interop test needs python-socketio with its client extras; the hardening tests run a
 # WSGI app under Werkzeug and the WebSocket tests a Node `ws` app (node and npm, then its locked
-# packages); the status page test drives Debian's chromium. The probes import exactly what the
-# tests import.
+# packages); the status page test drives Debian's chromium; the fleet tests run a real
+# redis-server (and redis-cli) from the Debian package. The probes import exactly what the tests
+# import.
 test-deps: deps $(NODE_APP)/node_modules/.package-lock.json
 	@command -v openssl >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
@@ -26,6 +27,9 @@ test-deps: deps $(NODE_APP)/node_modules/.package-lock.json
 	  echo "installing chromium (the status page test drives a real headless browser)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 	@python3 -m pip --version >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq python3-pip >/dev/null; }

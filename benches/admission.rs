@@ -11,6 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use futures_util::FutureExt;
 use streamguard::config::types::{LimitsConfig, OnUserLimit, RateSpec};
 use streamguard::policy::limits::{Admission, LimitKey, Limiter, MemoryStore};
 
@@ -96,6 +97,8 @@ fn admit_and_drop(fixture: &Fixture, user: usize, now: Instant) {
     match fixture
         .limiter
         .admit_stream(&fixture.users[user], &fixture.limits, now)
+        .now_or_never()
+        .expect("the memory store never waits")
     {
         Admission::Admitted(permit) => drop(black_box(permit)),
         Admission::Rejected { reason, .. } => panic!("benchmark load was rejected: {reason}"),
@@ -119,6 +122,8 @@ fn admission(c: &mut Criterion) {
             match fixture
                 .limiter
                 .admit_stream(&fixture.users[user], &fixture.limits, fixture.epoch)
+                .now_or_never()
+                .expect("the memory store never waits")
             {
                 Admission::Admitted(permit) => permit,
                 Admission::Rejected { reason, .. } => panic!("setup was rejected: {reason}"),

@@ -3,6 +3,7 @@
 //!
 //! - [`config`]: the TOML schema, env substitution and validation into a ready [`config::Config`].
 //! - [`policy`]: pure decisions (CORS, JWT auth, routes, limits) with no I/O.
+//! - [`fleet`]: the limit store shared by every replica through Redis.
 //! - [`relay`]: the SSE and WebSocket relay loops and their incremental parsers.
 //! - [`proxy`]: the one `ProxyHttp` implementation wiring policies to relays.
 //! - [`admin`], [`telemetry`]: metrics, health probes, access and security logs.
@@ -13,6 +14,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fleet;
 pub mod policy;
 pub mod proxy;
 pub mod relay;

@@ -136,6 +136,10 @@ impl Supervisor {
 #[async_trait]
 impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        if let Some(store) = &self.state.fleet {
+            let store = Arc::clone(store);
+            tokio::spawn(async move { store.run().await });
+        }
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         loop {
             tokio::select! {

@@ -171,6 +171,21 @@ pub(super) struct RawLimits {
     pub requests_per_ip: Option<Text>,
     pub burst: Option<Spanned<i64>>,
     pub trusted_proxies: Option<TextList>,
+    /// `[limits.store]`: process-wide, so validation refuses it inside a route.
+    pub store: Option<Spanned<RawStore>>,
+}
+
+/// `[limits.store]`: where per-user limit state lives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub kind: Option<Text>,
+    pub url: Option<Text>,
+    pub password_file: Option<Text>,
+    pub key_prefix: Option<Text>,
+    pub timeout: Option<Text>,
+    pub lease: Option<Text>,
+    pub on_error: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

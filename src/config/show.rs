@@ -13,6 +13,7 @@ use super::types::*;
 use super::units::{format_duration, format_rate, format_size};
 use super::validate::{
     AUTH_MODES, COMPRESSION, FORWARD_AS, LOG_FORMATS, ON_INVALID, ON_OVERSIZE, ON_RATE_LIMIT,
+    ON_STORE_ERROR,
     ON_USER_LIMIT, SAME_SITE, UNDERSCORES_IN_HEADERS,
 };
 
@@ -46,6 +47,7 @@ pub fn show(config: &Config) -> String {
         table(&mut out, &format!("[{header}]"), entries);
     }
     table(&mut out, "[limits]", limits(&config.limits));
+    table(&mut out, "[limits.store]", store(&config.store));
     for route in &config.routes {
         table(&mut out, "[[route]]", route_entries(route));
         table(&mut out, "[route.sse]", sse(&route.sse));
@@ -287,6 +289,28 @@ fn limits(limits: &LimitsConfig) -> Entries {
         ),
         ("burst", Some(integer(limits.burst))),
         ("trusted_proxies", Some(texts(&proxies))),
+    ]
+}
+
+/// The password is never printed: the URL's is redacted, and the file is named by its path.
+fn store(store: &StoreConfig) -> Entries {
+    let StoreConfig::Redis(redis) = store else {
+        return vec![("kind", Some(text("memory")))];
+    };
+    vec![
+        ("kind", Some(text("redis"))),
+        ("url", Some(text(&redact_url(&redis.url)))),
+        (
+            "password_file",
+            redis
+                .password_file
+                .as_ref()
+                .map(|p| text(&p.display().to_string())),
+        ),
+        ("key_prefix", Some(text(&redis.key_prefix))),
+        ("timeout", Some(duration(redis.timeout))),
+        ("lease", Some(duration(redis.lease))),
+        ("on_error", Some(name(ON_STORE_ERROR, redis.on_error))),
     ]
 }
 

@@ -18,6 +18,8 @@ pub struct Config {
     pub sse: SseConfig,
     pub websocket: WebSocketConfig,
     pub limits: LimitsConfig,
+    /// `[limits.store]`: one per process, whatever the route.
+    pub store: StoreConfig,
     /// `[[route]]` tables in file order; the first match wins.
     pub routes: Vec<RouteConfig>,
 }
@@ -308,6 +310,77 @@ pub struct LimitsConfig {
     /// Extra requests allowed at once above the steady `requests_per_ip` rate.
     pub burst: u32,
     pub trusted_proxies: Vec<Cidr>,
+}
+
+/// `[limits.store]`: where per-user limit state lives.
+#[derive(Debug, Clone, Default)]
+pub enum StoreConfig {
+    /// In this process only (the default): exact for one replica, nothing to run beside it.
+    #[default]
+    Memory,
+    /// Shared by every replica through Redis or Valkey.
+    Redis(RedisStoreConfig),
+}
+
+/// `[limits.store] kind = "redis"`.
+#[derive(Clone)]
+pub struct RedisStoreConfig {
+    /// `redis://`, `rediss://` (TLS) or `unix://` URL, checked to parse (not to answer).
+    pub url: String,
+    /// Where `password` was read from, for `check` to print.
+    pub password_file: Option<PathBuf>,
+    /// The contents of `password_file` (trailing newlines removed), read at load.
+    pub password: Option<String>,
+    /// Prepended to every key and channel, so several services can share one Redis.
+    pub key_prefix: String,
+    /// Per operation; past it the store counts as down for that operation. Default 50 ms.
+    pub timeout: Duration,
+    /// How long a stream slot outlives the replica holding it. Default 30 s.
+    pub lease: Duration,
+    pub on_error: OnStoreError,
+}
+
+impl std::fmt::Debug for RedisStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password too; neither reaches debug output.
+        f.debug_struct("RedisStoreConfig")
+            .field("url", &redact_url(&self.url))
+            .field("password_file", &self.password_file)
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("lease", &self.lease)
+            .field("on_error", &self.on_error)
+            .finish()
+    }
+}
+
+/// `url` with the password of its userinfo (`redis://user:password@host`) replaced by
+/// `<redacted>`, for `check` and debug output.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// `[limits.store] on_error`: what a new stream gets while the shared store cannot answer.
+/// Streams already open are never closed because of the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// This replica's own in-memory limits (per replica, so N replicas allow N times a cap).
+    Local,
+    /// Admit (the global `max_streams` still applies).
+    Open,
+    /// Refuse with 503 and a jittered `Retry-After`.
+    Closed,
 }
 
 /// One `[[route]]`, compiled.

@@ -21,8 +21,8 @@ use toml::Spanned;
 
 use super::env::{substitute, EnvSource};
 use super::raw::{
-    RawAuth, RawConfig, RawCors, RawLimits, RawListen, RawLog, RawRoute, RawSse, RawWebSocket,
-    Text, TextList,
+    RawAuth, RawConfig, RawCors, RawLimits, RawListen, RawLog, RawRoute, RawSse, RawStore,
+    RawWebSocket, Text, TextList,
 };
 use super::types::*;
 use super::units::{parse_duration, parse_rate, parse_size};
@@ -68,6 +68,13 @@ pub(super) const ON_USER_LIMIT: &[(&str, OnUserLimit)] = &[
     ("reject", OnUserLimit::Reject),
     ("evict_oldest", OnUserLimit::EvictOldest),
 ];
+pub(super) const ON_STORE_ERROR: &[(&str, OnStoreError)] = &[
+    ("local", OnStoreError::Local),
+    ("open", OnStoreError::Open),
+    ("closed", OnStoreError::Closed),
+];
+/// `[limits.store] kind`; `true` is the shared (Redis) store.
+const STORE_KINDS: &[(&str, bool)] = &[("memory", false), ("redis", true)];
 
 /// Shortest HMAC secret accepted; below this a JWT can be brute-forced offline.
 const MIN_SECRET_BYTES: usize = 16;
@@ -1171,7 +1178,166 @@ fn route(
         claims,
         sse: sse(cx, &k("sse"), &r.sse, globals.sse),
         websocket: websocket(cx, &k("websocket"), &r.websocket, globals.websocket),
-        limits: limits(cx, &k("limits"), &r.limits, globals.limits),
+        limits: {
+            if let Some(store) = &r.limits.store {
+                let line = cx.line(store);
+                cx.error(
+                    k("limits.store"),
+                    Some(line),
+                    "the limit store is one per process, shared by every route; move it to \
+                     [limits.store]",
+                );
+            }
+            limits(cx, &k("limits"), &r.limits, globals.limits)
+        },
+    }
+}
+
+/// `[limits.store]`. Only the URL's form is checked: a Redis that does not answer yet is the
+/// store being down (`on_error`), not a config error.
+fn store(cx: &mut Cx<'_>, raw: Option<&Spanned<RawStore>>) -> StoreConfig {
+    let Some(raw) = raw else {
+        return StoreConfig::Memory;
+    };
+    let r = raw.get_ref();
+    let shared = cx
+        .text("limits.store.kind", r.kind.as_ref(), choice(STORE_KINDS))
+        .unwrap_or(false);
+    if !shared {
+        let redis_only = [
+            ("url", &r.url),
+            ("password_file", &r.password_file),
+            ("key_prefix", &r.key_prefix),
+            ("timeout", &r.timeout),
+            ("lease", &r.lease),
+            ("on_error", &r.on_error),
+        ];
+        for (name, value) in redis_only {
+            if let Some(value) = value {
+                let line = cx.line(value);
+                cx.error(
+                    format!("limits.store.{name}"),
+                    Some(line),
+                    "only used by the Redis store; set kind = \"redis\" or remove the key",
+                );
+            }
+        }
+        return StoreConfig::Memory;
+    }
+    if r.url.is_none() {
+        let line = cx.line(raw);
+        cx.error(
+            "limits.store.url",
+            Some(line),
+            "missing: kind = \"redis\" needs the server's address, e.g. \
+             url = \"redis://127.0.0.1:6379/0\" or \"unix:///run/redis/redis.sock\"",
+        );
+    }
+    let url = cx.text("limits.store.url", r.url.as_ref(), redis_url);
+    let base_dir = cx.base_dir;
+    let password_file = cx.text(
+        "limits.store.password_file",
+        r.password_file.as_ref(),
+        |p| {
+            let bytes = trim_trailing_newlines(read_file(base_dir, p)?);
+            let password = String::from_utf8(bytes).map_err(|_| {
+                format!("{} is not UTF-8 text", resolve_path(base_dir, p).display())
+            })?;
+            if password.is_empty() {
+                return Err(format!(
+                    "{} is empty; write the Redis password into it or remove the key",
+                    resolve_path(base_dir, p).display()
+                ));
+            }
+            Ok((resolve_path(base_dir, p), password))
+        },
+    );
+    let timeout = cx
+        .text(
+            "limits.store.timeout",
+            r.timeout.as_ref(),
+            bounded(Duration::from_millis(1), Duration::from_secs(10)),
+        )
+        .unwrap_or(Duration::from_millis(50));
+    let lease = cx
+        .text(
+            "limits.store.lease",
+            r.lease.as_ref(),
+            bounded(Duration::from_secs(1), Duration::from_secs(3600)),
+        )
+        .unwrap_or(Duration::from_secs(30));
+    if lease < timeout * 10 {
+        let line = r.lease.as_ref().map(|l| cx.line(l));
+        cx.error(
+            "limits.store.lease",
+            line,
+            format!(
+                "{} is under ten times limits.store.timeout ({}): leases are renewed every \
+                 third of a lease, and a renewal must fit in that many timeouts; raise lease or \
+                 lower timeout",
+                super::format_duration(lease),
+                super::format_duration(timeout)
+            ),
+        );
+    }
+    let (password_file, password) = password_file.unzip();
+    StoreConfig::Redis(RedisStoreConfig {
+        url: url.unwrap_or_default(),
+        password_file,
+        password,
+        key_prefix: cx
+            .text("limits.store.key_prefix", r.key_prefix.as_ref(), key_prefix)
+            .unwrap_or_else(|| "streamguard:".into()),
+        timeout,
+        lease,
+        on_error: cx
+            .text(
+                "limits.store.on_error",
+                r.on_error.as_ref(),
+                choice(ON_STORE_ERROR),
+            )
+            .unwrap_or(OnStoreError::Local),
+    })
+}
+
+/// A Redis URL the client accepts: `redis://`, `rediss://` (TLS), `unix://` or `redis+unix://`.
+fn redis_url(s: &str) -> Result<String, String> {
+    use redis::IntoConnectionInfo;
+    let fix = "write e.g. \"redis://127.0.0.1:6379/0\", \"rediss://redis.internal:6380\" or \
+               \"unix:///run/redis/redis.sock\"";
+    s.into_connection_info()
+        .map(|_| s.to_owned())
+        // The client's message may quote the URL, password included: name the scheme only.
+        .map_err(|_| {
+            let shown = redact_url(s);
+            format!("{shown:?} is not a Redis URL; {fix}")
+        })
+}
+
+/// Braces would end the `{user}` hash tag every key carries, putting users' keys in the wrong
+/// Redis Cluster slot.
+fn key_prefix(s: &str) -> Result<String, String> {
+    if s.contains(['{', '}']) {
+        return Err(format!(
+            "{s:?} contains a brace; keys carry the user in {{...}} (a Redis Cluster hash tag), \
+             so the prefix must not: use e.g. \"streamguard:\" or \"myapp:sg:\""
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+/// A duration within `[min, max]`.
+fn bounded(min: Duration, max: Duration) -> impl Fn(&str) -> Result<Duration, String> {
+    move |s| {
+        let d = parse_duration(s).map_err(|e| e.to_string())?;
+        if d < min || d > max {
+            return Err(format!(
+                "{s:?} is outside {}..={}",
+                super::format_duration(min),
+                super::format_duration(max)
+            ));
+        }
+        Ok(d)
     }
 }
 
@@ -1265,6 +1431,7 @@ pub(super) fn validate(
     let sse = sse(cx, "sse", &raw.sse, &SseConfig::default());
     let websocket = websocket(cx, "websocket", &raw.websocket, &WebSocketConfig::default());
     let limits = limits(cx, "limits", &raw.limits, &LimitsConfig::default());
+    let store = store(cx, raw.limits.store.as_ref());
     let globals = Globals {
         auth: mode,
         sse: &sse,
@@ -1292,6 +1459,7 @@ pub(super) fn validate(
             sse,
             websocket,
             limits,
+            store,
             routes,
         }),
         _ => {
@@ -1773,6 +1941,70 @@ claims = { tenant = "tid" }
         ("[[route]]\npath = \"/a\"\nsse = { stale_after = \"soon\" }", "route[0].sse.stale_after", Some(3), &["invalid duration"]),
         ("[[route]]\npath = \"/a\"\nauth = \"maybe\"", "route[0].auth", Some(3), &["\"maybe\""]),
     ];
+
+    #[test]
+    fn the_limit_store_defaults_to_memory_and_takes_redis_keys() {
+        assert!(matches!(valid(&with_base("")).store, StoreConfig::Memory));
+        let c = valid(&with_base(
+            "[limits.store]\nkind = \"redis\"\nurl = \"unix:///run/redis.sock\"\n\
+             password_file = \"secret.txt\"\non_error = \"closed\"",
+        ));
+        let StoreConfig::Redis(redis) = c.store else {
+            panic!("expected the Redis store")
+        };
+        assert_eq!(redis.url, "unix:///run/redis.sock");
+        assert_eq!(
+            redis.password.as_deref(),
+            Some(SECRET),
+            "trailing newline trimmed"
+        );
+        assert_eq!(redis.key_prefix, "streamguard:");
+        assert_eq!(redis.timeout, Duration::from_millis(50));
+        assert_eq!(redis.lease, Duration::from_secs(30));
+        assert_eq!(redis.on_error, OnStoreError::Closed);
+        assert!(
+            !format!("{redis:?}").contains(SECRET),
+            "debug output hides the password"
+        );
+    }
+
+    #[test]
+    fn limit_store_errors_name_the_key_line_and_fix() {
+        let cases: &[(&str, &str, Option<usize>, &[&str])] = &[
+            ("[limits.store]\nkind = \"redis\"", "limits.store.url", Some(1), &["redis://127.0.0.1:6379/0"]),
+            ("[limits.store]\nkind = \"redis\"\nurl = \"http://u:pw@h:1\"", "limits.store.url", Some(3), &["not a Redis URL", "<redacted>"]),
+            ("[limits.store]\nkind = \"etcd\"", "limits.store.kind", Some(2), &["\"memory\", \"redis\""]),
+            ("[limits.store]\nurl = \"redis://h\"", "limits.store.url", Some(2), &["kind = \"redis\""]),
+            ("[limits.store]\nkind = \"redis\"\nurl = \"redis://h\"\nkey_prefix = \"{sg}\"", "limits.store.key_prefix", Some(4), &["hash tag"]),
+            ("[limits.store]\nkind = \"redis\"\nurl = \"redis://h\"\nlease = \"1s\"\ntimeout = \"500ms\"", "limits.store.lease", Some(4), &["ten times"]),
+            ("[limits.store]\nkind = \"redis\"\nurl = \"redis://h\"\ntimeout = \"0s\"", "limits.store.timeout", Some(4), &["outside"]),
+            ("[limits.store]\nkind = \"redis\"\nurl = \"redis://h\"\npassword_file = \"absent.txt\"", "limits.store.password_file", Some(4), &["cannot read"]),
+            ("[[route]]\npath = \"/a\"\nlimits = { store = { kind = \"redis\" } }", "route[0].limits.store", Some(3), &["[limits.store]"]),
+        ];
+        for (case, key, line, needles) in cases {
+            let errors = invalid(&with_base(case));
+            let error = errors
+                .iter()
+                .find(|e| e.key == *key)
+                .unwrap_or_else(|| panic!("no error for {key} in {errors:?}\n{case}"));
+            assert_eq!(error.line, *line, "{error}");
+            for needle in *needles {
+                assert!(error.message.contains(needle), "{needle:?} not in {error}");
+            }
+            assert!(!error.message.contains("pw@"), "password in {error}");
+        }
+    }
+
+    #[test]
+    fn redis_urls_are_redacted_only_where_they_hold_a_password() {
+        assert_eq!(
+            redact_url("redis://u:pw@h:1/0"),
+            "redis://u:<redacted>@h:1/0"
+        );
+        assert_eq!(redact_url("rediss://:pw@h"), "rediss://:<redacted>@h");
+        assert_eq!(redact_url("redis://u@h/0"), "redis://u@h/0");
+        assert_eq!(redact_url("unix:///run/r.sock"), "unix:///run/r.sock");
+    }
 
     #[test]
     fn an_upstream_write_timeout_has_no_off_setting() {

@@ -50,6 +50,8 @@ pub enum Rejection {
     /// The upstream answered an event stream to a request that did not ask for one
     /// (`Accept: text/event-stream`), so no stream protection would apply (`sse.require_accept`).
     UnannouncedStream,
+    /// The shared limit store cannot answer and `limits.store.on_error = "closed"`.
+    StoreUnavailable,
 }
 
 impl Rejection {
@@ -65,8 +67,8 @@ impl Rejection {
             Rejection::UserStreams | Rejection::ConnectRate | Rejection::RequestRate => 429,
             Rejection::UpstreamDown | Rejection::UpstreamError => 502,
             Rejection::UpstreamTimeout => 504,
-            // The whole proxy is full: this is about the server's capacity, not the client.
-            Rejection::GlobalStreams => 503,
+            // The whole proxy is full, or cannot count: about the server, not the client.
+            Rejection::GlobalStreams | Rejection::StoreUnavailable => 503,
         }
     }
 
@@ -90,6 +92,7 @@ impl Rejection {
             Rejection::UnannouncedStream => {
                 r#"{"error":"event streams need Accept: text/event-stream"}"#
             }
+            Rejection::StoreUnavailable => r#"{"error":"temporarily unavailable"}"#,
         }
     }
 
@@ -111,6 +114,7 @@ impl Rejection {
             Rejection::UpgradeNotWebSocket => "bad_upgrade",
             Rejection::UpgradeWithBody => "upgrade_body",
             Rejection::UnannouncedStream => "unannounced_stream",
+            Rejection::StoreUnavailable => "store_unavailable",
         }
     }
 
@@ -132,6 +136,7 @@ impl From<limits::LimitRejection> for Rejection {
             limits::LimitRejection::GlobalStreams => Rejection::GlobalStreams,
             limits::LimitRejection::ConnectRate => Rejection::ConnectRate,
             limits::LimitRejection::RequestRate => Rejection::RequestRate,
+            limits::LimitRejection::StoreUnavailable => Rejection::StoreUnavailable,
         }
     }
 }
@@ -140,7 +145,7 @@ impl From<limits::LimitRejection> for Rejection {
 mod tests {
     use super::Rejection;
 
-    const ALL: [Rejection; 16] = [
+    const ALL: [Rejection; 17] = [
         Rejection::CorsForbidden,
         Rejection::PreflightForbidden,
         Rejection::Unauthorized,
@@ -157,6 +162,7 @@ mod tests {
         Rejection::UpgradeNotWebSocket,
         Rejection::UpgradeWithBody,
         Rejection::UnannouncedStream,
+        Rejection::StoreUnavailable,
     ];
 
     #[test]
@@ -201,6 +207,7 @@ mod tests {
             (Rejection::BadRequest, 400),
             (Rejection::UserStreams, 429),
             (Rejection::GlobalStreams, 503),
+            (Rejection::StoreUnavailable, 503),
             (Rejection::RequestRate, 429),
             (Rejection::UpstreamDown, 502),
             (Rejection::UpstreamTimeout, 504),

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
+use crate::fleet::{RedisStore, StoreError};
 use crate::policy::auth::Verifier;
 use crate::policy::cors::CorsPolicy;
-use crate::policy::limits::{Limiter, MemoryStore};
+use crate::policy::limits::{LimitStore, Limiter, MemoryStore};
 use crate::policy::routes::RouteTable;
 use crate::relay::upstream::StreamConnector;
 use crate::telemetry::Metrics;
@@ -19,6 +20,8 @@ pub enum SetupError {
     Auth(String),
     #[error("cors: {0}")]
     Cors(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The shared, immutable-after-start state of one proxy process.
@@ -29,6 +32,9 @@ pub struct State {
     pub verifier: Option<Verifier>,
     pub routes: RouteTable,
     pub limiter: Limiter,
+    /// The shared limit store, whose background tasks the server starts; `None` with the
+    /// in-memory store.
+    pub fleet: Option<Arc<RedisStore>>,
     pub metrics: Arc<Metrics>,
     pub streams: StreamConnector,
     /// Turns true when SIGTERM starts the drain.
@@ -47,10 +53,19 @@ impl State {
             }
             None => None,
         };
+        let fleet = match &config.store {
+            StoreConfig::Memory => None,
+            StoreConfig::Redis(cfg) => Some(Arc::new(RedisStore::new(cfg, Arc::clone(&metrics))?)),
+        };
+        let store: Arc<dyn LimitStore> = match &fleet {
+            Some(fleet) => fleet.clone(),
+            None => Arc::new(MemoryStore::new()),
+        };
         Ok(State {
+            limiter: Limiter::new(store, rand::random()),
+            fleet,
             cors: CorsPolicy::new(&config.cors).map_err(|e| SetupError::Cors(e.to_string()))?,
             routes: RouteTable::new(&config.routes, config.auth.mode),
-            limiter: Limiter::new(Arc::new(MemoryStore::new()), rand::random()),
             streams: StreamConnector::new(&config.upstream),
             verifier,
             metrics,

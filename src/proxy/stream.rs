@@ -22,7 +22,7 @@ use super::pipeline::{fail, refuse};
 use super::respond;
 use super::{AccessRecord, RequestCtx, State};
 use crate::config::{Compression, WebSocketConfig};
-use crate::policy::limits::{Admission, LimitKey, StreamPermit};
+use crate::policy::limits::{Admission, LimitKey, MessageCheck, StreamPermit};
 use crate::policy::Rejection;
 use crate::relay::client::{ClientConn, Framing};
 use crate::relay::upstream::{self, UpstreamConn, UpstreamError};
@@ -46,6 +46,7 @@ pub async fn serve(
     let permit = match state
         .limiter
         .admit_stream(&key, limits, std::time::Instant::now())
+        .await
     {
         Admission::Admitted(permit) => permit,
         Admission::Rejected {
@@ -313,10 +314,11 @@ impl Stream {
                     let messages_key = LimitKey::Messages(Box::new(permit.key().clone()));
                     let limiter = &state.limiter;
                     let rate = cfg.messages_per_user;
-                    let check = move || {
-                        rate.is_none_or(|spec| {
+                    let check = move || match rate {
+                        None => MessageCheck::Decided(true),
+                        Some(spec) => {
                             limiter.allow_message(&messages_key, spec, std::time::Instant::now())
-                        })
+                        }
                     };
                     let opts = WsOptions {
                         cfg,

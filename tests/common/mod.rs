@@ -12,7 +12,9 @@ pub mod chromium;
 pub mod http;
 pub mod node;
 pub mod proxy;
+pub mod redis;
 pub mod sse;
+pub mod streams;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -22,7 +22,7 @@ use crate::config::types::{LimitsConfig, RateSpec};
 pub use gcra::Quota;
 pub use identity::{client_ip, forwarded_for, LimitKey};
 pub use permit::{StreamPermit, StreamTicket};
-pub use store::{Acquire, LimitStore, MemoryStore, StreamLimits};
+pub use store::{Acquire, LimitStore, MemoryStore, Pending, RateCheck, StreamLimits};
 
 /// Which limit turned a request or stream away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +35,8 @@ pub enum LimitRejection {
     ConnectRate,
     #[error("requests_per_ip exceeded")]
     RequestRate,
+    #[error("the shared limit store is unavailable (limits.store.on_error = \"closed\")")]
+    StoreUnavailable,
 }
 
 impl LimitRejection {
@@ -45,6 +47,7 @@ impl LimitRejection {
             LimitRejection::GlobalStreams => "global_streams",
             LimitRejection::ConnectRate => "connect_rate",
             LimitRejection::RequestRate => "request_rate",
+            LimitRejection::StoreUnavailable => "store_unavailable",
         }
     }
 }
@@ -57,6 +60,13 @@ pub enum Admission {
         reason: LimitRejection,
         retry_after: Duration,
     },
+}
+
+/// Whether one more WebSocket message may pass `messages_per_user`.
+pub enum MessageCheck {
+    Decided(bool),
+    /// The shared store is being asked; resolves to the decision.
+    Pending(Pending<bool>),
 }
 
 /// When a stream cap is full there is no telling when a slot frees up, so clients are sent
@@ -100,14 +110,19 @@ impl Limiter {
     /// `limits`. The store checks, in one step: the global cap (so a full proxy does not spend
     /// users' connect budget), the connect rate (before the user cap, so evicting cannot be used
     /// to churn streams faster than the rate allows), then the user cap.
-    pub fn admit_stream(&self, key: &LimitKey, limits: &LimitsConfig, now: Instant) -> Admission {
+    pub async fn admit_stream(
+        &self,
+        key: &LimitKey,
+        limits: &LimitsConfig,
+        now: Instant,
+    ) -> Admission {
         let stream_limits = StreamLimits {
             global: limits.max_streams,
             per_user: limits.max_streams_per_user,
             on_user_limit: limits.on_user_limit,
             connect_rate: limits.connects_per_user.map(Quota::from_spec),
         };
-        match self.store.acquire_stream(key, &stream_limits, now) {
+        match self.store.acquire_stream(key, &stream_limits, now).await {
             Acquire::Acquired(ticket) => Admission::Admitted(StreamPermit::new(
                 Arc::clone(&self.store),
                 key.clone(),
@@ -119,15 +134,29 @@ impl Limiter {
                 retry_after,
             },
             Acquire::UserFull => self.cap_rejection(LimitRejection::UserStreams),
+            // Like a full proxy: the client cannot know when the store is back.
+            Acquire::Unavailable => self.cap_rejection(LimitRejection::StoreUnavailable),
         }
     }
 
     /// Whether one more WebSocket message fits `messages_per_user`, counted across all of the
-    /// user's sockets. `messages_key` is `LimitKey::Messages(user key)`, built once per socket.
-    pub fn allow_message(&self, messages_key: &LimitKey, spec: RateSpec, now: Instant) -> bool {
-        self.store
-            .check_rate(messages_key, &Quota::from_spec(spec), now)
-            .is_ok()
+    /// user's sockets (on every replica, with a shared store). `messages_key` is
+    /// `LimitKey::Messages(user key)`, built once per socket.
+    pub fn allow_message(
+        &self,
+        messages_key: &LimitKey,
+        spec: RateSpec,
+        now: Instant,
+    ) -> MessageCheck {
+        match self
+            .store
+            .check_shared_rate(messages_key, &Quota::from_spec(spec), now)
+        {
+            RateCheck::Done(decision) => MessageCheck::Decided(decision.is_ok()),
+            RateCheck::Pending(asking) => {
+                MessageCheck::Pending(Box::pin(async move { asking.await.is_ok() }))
+            }
+        }
     }
 
     /// Streams held right now, for the active-streams gauge.
@@ -187,6 +216,15 @@ mod tests {
         Limiter::new(Arc::new(MemoryStore::new()), 42)
     }
 
+    /// The in-memory store decides on the spot: its admissions complete on the first poll.
+    fn admit(limiter: &Limiter, key: &LimitKey, limits: &LimitsConfig, now: Instant) -> Admission {
+        use futures_util::FutureExt;
+        limiter
+            .admit_stream(key, limits, now)
+            .now_or_never()
+            .expect("the memory store never waits")
+    }
+
     fn per_minute(count: u32) -> Option<RateSpec> {
         Some(RateSpec {
             count,
@@ -229,16 +267,16 @@ mod tests {
         let t0 = Instant::now();
         let ann = user("ann");
         let held: Vec<_> = (0..3)
-            .map(|_| admitted(limiter.admit_stream(&ann, &limits, t0)))
+            .map(|_| admitted(admit(&limiter, &ann, &limits, t0)))
             .collect();
-        let (reason, retry_after) = rejected(limiter.admit_stream(&ann, &limits, t0));
+        let (reason, retry_after) = rejected(admit(&limiter, &ann, &limits, t0));
         assert_eq!(reason, LimitRejection::ConnectRate);
         assert_eq!(retry_after, Duration::from_secs(20));
         // The rate limits opening streams, not holding them.
         drop(held);
-        rejected(limiter.admit_stream(&ann, &limits, t0 + Duration::from_secs(19)));
-        admitted(limiter.admit_stream(&ann, &limits, t0 + Duration::from_secs(20)));
-        admitted(limiter.admit_stream(&user("bob"), &limits, t0));
+        rejected(admit(&limiter, &ann, &limits, t0 + Duration::from_secs(19)));
+        admitted(admit(&limiter, &ann, &limits, t0 + Duration::from_secs(20)));
+        admitted(admit(&limiter, &user("bob"), &limits, t0));
     }
 
     #[test]
@@ -250,11 +288,11 @@ mod tests {
         };
         let now = Instant::now();
         let ann = user("ann");
-        let _a = admitted(limiter.admit_stream(&ann, &limits, now));
-        let _b = admitted(limiter.admit_stream(&ann, &limits, now));
+        let _a = admitted(admit(&limiter, &ann, &limits, now));
+        let _b = admitted(admit(&limiter, &ann, &limits, now));
         let retries: HashSet<Duration> = (0..20)
             .map(|_| {
-                let (reason, retry_after) = rejected(limiter.admit_stream(&ann, &limits, now));
+                let (reason, retry_after) = rejected(admit(&limiter, &ann, &limits, now));
                 assert_eq!(reason, LimitRejection::UserStreams);
                 assert!(is_cap_retry(retry_after), "{retry_after:?}");
                 retry_after
@@ -274,13 +312,13 @@ mod tests {
             ..LimitsConfig::default()
         };
         let now = Instant::now();
-        let held = admitted(limiter.admit_stream(&user("ann"), &limits, now));
-        let (reason, retry_after) = rejected(limiter.admit_stream(&user("bob"), &limits, now));
+        let held = admitted(admit(&limiter, &user("ann"), &limits, now));
+        let (reason, retry_after) = rejected(admit(&limiter, &user("bob"), &limits, now));
         assert_eq!(reason, LimitRejection::GlobalStreams);
         assert!(is_cap_retry(retry_after));
         drop(held);
         // Bob's refused attempt did not use up his one connect per minute.
-        admitted(limiter.admit_stream(&user("bob"), &limits, now));
+        admitted(admit(&limiter, &user("bob"), &limits, now));
     }
 
     #[test]
@@ -296,10 +334,10 @@ mod tests {
         };
         let now = Instant::now();
         let ann = user("ann");
-        let _sse = admitted(limiter.admit_stream(&ann, &wide, now));
-        let (reason, _) = rejected(limiter.admit_stream(&ann, &narrow, now));
+        let _sse = admitted(admit(&limiter, &ann, &wide, now));
+        let (reason, _) = rejected(admit(&limiter, &ann, &narrow, now));
         assert_eq!(reason, LimitRejection::UserStreams);
-        let _ws = admitted(limiter.admit_stream(&ann, &wide, now));
+        let _ws = admitted(admit(&limiter, &ann, &wide, now));
         assert_eq!(limiter.user_streams(&ann), 2);
     }
 
@@ -314,17 +352,17 @@ mod tests {
         };
         let now = Instant::now();
         let ann = user("ann");
-        let first = admitted(limiter.admit_stream(&ann, &limits, now));
-        let second = admitted(limiter.admit_stream(&ann, &limits, now));
+        let first = admitted(admit(&limiter, &ann, &limits, now));
+        let second = admitted(admit(&limiter, &ann, &limits, now));
         // At the global cap, so the user cap's eviction never runs.
-        let (reason, _) = rejected(limiter.admit_stream(&ann, &limits, now));
+        let (reason, _) = rejected(admit(&limiter, &ann, &limits, now));
         assert_eq!(reason, LimitRejection::GlobalStreams);
 
         let limits = LimitsConfig {
             max_streams: Some(3),
             ..limits
         };
-        let third = admitted(limiter.admit_stream(&ann, &limits, now));
+        let third = admitted(admit(&limiter, &ann, &limits, now));
         assert!(first.is_evicted() && !second.is_evicted() && !third.is_evicted());
         assert_eq!(
             (limiter.user_streams(&ann), limiter.active_streams()),
@@ -349,13 +387,13 @@ mod tests {
         };
         let now = Instant::now();
         let ann = user("ann");
-        let old = admitted(limiter.admit_stream(&ann, &limits, now));
+        let old = admitted(admit(&limiter, &ann, &limits, now));
         let stream = tokio::spawn(async move {
             old.evicted().await;
             "evicted"
         });
         tokio::task::yield_now().await;
-        let new = admitted(limiter.admit_stream(&ann, &limits, now));
+        let new = admitted(admit(&limiter, &ann, &limits, now));
         let said = tokio::time::timeout(Duration::from_secs(5), stream)
             .await
             .expect("old stream was told")
@@ -374,7 +412,7 @@ mod tests {
             ..LimitsConfig::default()
         };
         let ann = user("ann");
-        let permit = admitted(limiter.admit_stream(&ann, &limits, Instant::now()));
+        let permit = admitted(admit(&limiter, &ann, &limits, Instant::now()));
         let task = tokio::spawn(async move {
             permit.evicted().await;
         });
@@ -392,8 +430,7 @@ mod tests {
         let unwound = std::thread::scope(|scope| {
             scope
                 .spawn(|| {
-                    let _permit =
-                        admitted(limiter.admit_stream(&user("ann"), &limits, Instant::now()));
+                    let _permit = admitted(admit(&limiter, &user("ann"), &limits, Instant::now()));
                     assert_eq!(limiter.active_streams(), 1);
                     panic!("stream handler bug");
                 })
@@ -449,7 +486,12 @@ mod tests {
             .map(|n| {
                 let ip = IpAddr::from([10, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
                 assert!(limiter.check_request(ip, &limits, t0).is_ok());
-                admitted(limiter.admit_stream(&LimitKey::User(format!("u{n}")), &limits, t0))
+                admitted(admit(
+                    &limiter,
+                    &LimitKey::User(format!("u{n}")),
+                    &limits,
+                    t0,
+                ))
             })
             .collect();
         assert_eq!(limiter.active_streams(), USERS);
@@ -532,7 +574,7 @@ mod tests {
                             Ok(())
                         };
                         let key = LimitKey::User(user.to_string());
-                        match (limiter.admit_stream(&key, &limits, now), expected) {
+                        match (admit(&limiter, &key, &limits, now), expected) {
                             (Admission::Admitted(permit), Ok(())) => permits.push_back((id, permit)),
                             (Admission::Rejected { reason, .. }, Err(want)) => prop_assert_eq!(reason, want),
                             (got, want) => prop_assert!(false, "got {:?}, model {:?}", got, want),

@@ -11,10 +11,14 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::hash::BuildHasher;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
 
 use crate::config::types::OnUserLimit;
 
@@ -41,6 +45,19 @@ pub enum Acquire {
     /// Too many attempts; the next one would pass after this long.
     ConnectRate(Duration),
     UserFull,
+    /// A shared store could not decide and is configured to refuse meanwhile
+    /// (`limits.store.on_error = "closed"`).
+    Unavailable,
+}
+
+/// A future a store hands back when a decision needs a round trip. Owned (`'static`), so the
+/// caller can keep it across its own awaits.
+pub type Pending<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A rate decision: made on the spot, or waiting on a shared store.
+pub enum RateCheck {
+    Done(Result<(), Duration>),
+    Pending(Pending<Result<(), Duration>>),
 }
 
 /// The state operations the limits policy needs, each atomic on its own.
@@ -51,34 +68,30 @@ pub enum Acquire {
 /// charged and then refused by a global cap that filled meanwhile, and a shared store would pay
 /// a round trip per rule.
 ///
-/// The methods are synchronous because the in-memory store never waits, and the proxy calls them
-/// on its request path. A Redis-backed store would:
-/// - make `acquire_stream`, `check_rate` and the gauges `async` (one round trip each, a Lua
-///   script per operation keeps them atomic: a counter for the global count, per user a sorted
-///   set of streams scored by admission order plus the connect TAT, one key per client for the
-///   request TAT, with each quota's `interval` and `tolerance` as arguments); the `Limiter`
-///   methods would become `async` with them and keep their logic;
-/// - use the server's clock for rates instead of `now`, since an `Instant` means nothing to
-///   another process;
-/// - release from `Drop` by queueing the removal to a background task, as `Drop` cannot await;
-/// - deliver evictions of streams held by another proxy over pub/sub to that proxy's
-///   [`StreamTicket`];
-/// - expire keys with `PEXPIRE` at their TAT, making `sweep` a no-op.
+/// Admission is `async` because a shared store (`crate::fleet`) decides it in one round trip;
+/// the in-memory store never waits. Releases are synchronous because `Drop` cannot await: a
+/// shared store queues them. The per-client request rate (`check_rate`) is always this
+/// process's own flood guard; the per-user message rate (`check_shared_rate`) follows the
+/// store, and only waits when it has to ask.
+#[async_trait]
 pub trait LimitStore: Send + Sync {
     /// Admits one stream for `key`: takes a global slot (if fewer than `limits.global` are
     /// held), charges the connect attempt, and takes one of `key`'s slots. When `key` is at
     /// `limits.per_user` and the policy is `EvictOldest`, its oldest streams are evicted and
-    /// their slots handed to the new one in the same step. A refusal holds no slot, not even
-    /// for the moment of the decision (others would see a full proxy that has room); a refusal
-    /// by the user cap still counts as a connect attempt.
-    fn acquire_stream(&self, key: &LimitKey, limits: &StreamLimits, now: Instant) -> Acquire;
+    /// their slots handed to the new one in the same step. A refusal holds no slot once the
+    /// answer is given; a refusal by the user cap still counts as a connect attempt.
+    async fn acquire_stream(&self, key: &LimitKey, limits: &StreamLimits, now: Instant) -> Acquire;
 
     /// Gives back the slots held by `ticket`; a no-op if it was evicted (its slots already
     /// belong to the stream that evicted it) or already released.
     fn release_stream(&self, key: &LimitKey, ticket: &StreamTicket);
 
-    /// One GCRA decision on `key`'s request rate, recorded when it passes.
+    /// One GCRA decision on `key`'s request rate in this process, recorded when it passes.
     fn check_rate(&self, key: &LimitKey, quota: &Quota, now: Instant) -> Result<(), Duration>;
+
+    /// One GCRA decision on a rate counted wherever the store counts (every replica, for a
+    /// shared store), recorded when it passes.
+    fn check_shared_rate(&self, key: &LimitKey, quota: &Quota, now: Instant) -> RateCheck;
 
     fn active_streams(&self) -> usize;
 
@@ -276,8 +289,10 @@ impl MemoryStore {
     }
 }
 
-impl LimitStore for MemoryStore {
-    fn acquire_stream(&self, key: &LimitKey, limits: &StreamLimits, now: Instant) -> Acquire {
+impl MemoryStore {
+    /// [`LimitStore::acquire_stream`] without the wait it never needs; also how a shared store
+    /// keeps this process's own books.
+    pub fn acquire(&self, key: &LimitKey, limits: &StreamLimits, now: Instant) -> Acquire {
         // A full proxy answers without touching any lock.
         if self.global_full(limits.global) {
             return Acquire::GlobalFull;
@@ -295,6 +310,13 @@ impl LimitStore for MemoryStore {
                 outcome
             }
         }
+    }
+}
+
+#[async_trait]
+impl LimitStore for MemoryStore {
+    async fn acquire_stream(&self, key: &LimitKey, limits: &StreamLimits, now: Instant) -> Acquire {
+        self.acquire(key, limits, now)
     }
 
     fn release_stream(&self, key: &LimitKey, ticket: &StreamTicket) {
@@ -327,6 +349,10 @@ impl LimitStore for MemoryStore {
         prune_before_growth(&mut map, |tat| *tat > now);
         map.insert(key.clone(), tat);
         Ok(())
+    }
+
+    fn check_shared_rate(&self, key: &LimitKey, quota: &Quota, now: Instant) -> RateCheck {
+        RateCheck::Done(self.check_rate(key, quota, now))
     }
 
     fn active_streams(&self) -> usize {
@@ -378,8 +404,8 @@ mod tests {
     use super::*;
     use crate::config::types::RateSpec;
 
-    #[test]
-    fn top_holders_are_the_users_with_the_most_streams() {
+    #[tokio::test]
+    async fn top_holders_are_the_users_with_the_most_streams() {
         let store = MemoryStore::new();
         let limits = StreamLimits {
             global: None,
@@ -391,7 +417,7 @@ mod tests {
         let mut held = Vec::new();
         for (n, count) in [(1, 3), (2, 1), (3, 5), (4, 2)] {
             for _ in 0..count {
-                match store.acquire_stream(&user(n), &limits, now) {
+                match store.acquire_stream(&user(n), &limits, now).await {
                     Acquire::Acquired(ticket) => held.push((user(n), ticket)),
                     other => panic!("{other:?}"),
                 }
@@ -426,7 +452,7 @@ mod tests {
     }
 
     fn acquire(store: &MemoryStore, key: &LimitKey, limits: StreamLimits) -> Acquire {
-        store.acquire_stream(key, &limits, Instant::now())
+        store.acquire(key, &limits, Instant::now())
     }
 
     fn acquired(outcome: Acquire) -> Arc<StreamTicket> {
@@ -530,8 +556,8 @@ mod tests {
             ..caps(Some(5), Some(5), OnUserLimit::Reject)
         };
         let t0 = Instant::now();
-        let first = acquired(store.acquire_stream(&key, &limit, t0));
-        let refused = store.acquire_stream(&key, &limit, t0 + Duration::from_secs(4));
+        let first = acquired(store.acquire(&key, &limit, t0));
+        let refused = store.acquire(&key, &limit, t0 + Duration::from_secs(4));
         assert!(matches!(refused, Acquire::ConnectRate(d) if d == Duration::from_secs(6)));
         assert_eq!((store.user_streams(&key), store.active_streams()), (1, 1));
         // The user's connect state outlives their streams until it has recovered.
@@ -553,13 +579,10 @@ mod tests {
         };
         let t0 = Instant::now();
         for _ in 0..2 {
-            assert!(matches!(
-                store.acquire_stream(&key, &limit, t0),
-                Acquire::UserFull
-            ));
+            assert!(matches!(store.acquire(&key, &limit, t0), Acquire::UserFull));
         }
         assert!(matches!(
-            store.acquire_stream(&key, &limit, t0),
+            store.acquire(&key, &limit, t0),
             Acquire::ConnectRate(_)
         ));
         assert_eq!((store.active_streams(), store.tracked_keys()), (0, 1));
@@ -699,7 +722,7 @@ mod tests {
             for n in 0..5_000 {
                 let key = LimitKey::User(format!("{wave}-{n}"));
                 assert!(store.check_rate(&key, &quota, now).is_ok());
-                let ticket = acquired(store.acquire_stream(&key, &connects, now));
+                let ticket = acquired(store.acquire(&key, &connects, now));
                 store.release_stream(&key, &ticket);
             }
         }

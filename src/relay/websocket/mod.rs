@@ -29,7 +29,7 @@ use self::deflate::{DeflateParams, InflateError, Inflater};
 use self::frame::{close_payload, encode_frame, Direction, FrameDecoder, FrameError, Item, OpCode};
 use super::{Alarm, Interrupt, Supervision};
 use crate::config::{OnRateLimit, WebSocketConfig};
-use crate::policy::limits::Quota;
+use crate::policy::limits::{MessageCheck, Quota};
 use crate::telemetry::CloseReason;
 
 /// RFC 6455 close codes the proxy sends.
@@ -56,8 +56,10 @@ pub struct WsOptions<'a> {
     /// What the app's 101 agreed to when it accepted permessage-deflate: RSV1 is then legal on
     /// first frames, and compressed client messages are inflated to be measured.
     pub deflate: Option<DeflateParams>,
-    /// Asks the per-user message limiter whether one more client message may pass.
-    pub allow_message: &'a (dyn Fn() -> bool + Send + Sync),
+    /// Asks the per-user message limiter whether one more client message may pass. A shared
+    /// store may have to be asked: the loop then waits for it (at most its timeout), taking no
+    /// other frame meanwhile, so messages keep their order.
+    pub allow_message: &'a (dyn Fn() -> MessageCheck + Send + Sync),
 }
 
 /// A close the proxy decided on: what each side is told and the metric reason.
@@ -299,7 +301,11 @@ pub async fn relay(
                                 last_data = Instant::now();
                                 if message_start {
                                     dropping_message = false;
-                                    if !(opts.allow_message)() {
+                                    let allowed = match (opts.allow_message)() {
+                                        MessageCheck::Decided(allowed) => allowed,
+                                        MessageCheck::Pending(asking) => asking.await,
+                                    };
+                                    if !allowed {
                                         dropping_message = true;
                                         match cfg.on_rate_limit {
                                             OnRateLimit::Drop => {
