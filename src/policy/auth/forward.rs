@@ -1,0 +1,234 @@
+//! How the verified token moves on: a [`ForwardPlan`] rewrites the request so that the app sees
+//! the token only where `auth.forward_as` says, and no copy the client put anywhere else.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use http::header::HeaderMap;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use super::token::{
+    bearer_token, cookie_name, cookie_pieces, strip_query_params, strip_ws_protocol,
+    ws_protocol_entries,
+};
+use crate::config::types::{AuthConfig, ForwardAs};
+
+/// Everything but RFC 3986 unreserved characters is escaped when a token goes into a query.
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// What to do to one request header before proxying.
+#[derive(Clone, PartialEq, Eq)]
+pub enum HeaderEdit {
+    Keep,
+    Remove,
+    Set(String),
+}
+
+impl fmt::Debug for HeaderEdit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderEdit::Keep => f.write_str("Keep"),
+            HeaderEdit::Remove => f.write_str("Remove"),
+            // The new value usually carries the token.
+            HeaderEdit::Set(value) => write!(f, "Set(<{} bytes>)", value.len()),
+        }
+    }
+}
+
+/// How to rewrite a request so that the upstream sees the verified token only where
+/// `auth.forward_as` says, and no copy the client sent elsewhere (including a client-made
+/// value under `forward_name`, which could otherwise pass as verified).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ForwardPlan {
+    pub authorization: HeaderEdit,
+    pub cookie: HeaderEdit,
+    pub websocket_protocol: HeaderEdit,
+    /// The new request target, or `None` to keep it.
+    pub path_and_query: Option<String>,
+}
+
+/// Plans the rewrite for a request. `token` is the verified token, or `None` when the request
+/// has no verified identity: then nothing is forwarded, but streamguard's own cookie and any
+/// client-made `forward_name` value are still removed.
+pub fn forward_plan(
+    cfg: &AuthConfig,
+    headers: &HeaderMap,
+    path_and_query: &str,
+    token: Option<&str>,
+) -> ForwardPlan {
+    ForwardPlan {
+        authorization: forward_authorization(cfg, headers, token),
+        cookie: forward_cookie(cfg, headers, token),
+        websocket_protocol: forward_ws_protocol(cfg, headers),
+        path_and_query: forward_query(cfg, path_and_query, token),
+    }
+}
+
+fn forward_authorization(cfg: &AuthConfig, headers: &HeaderMap, token: Option<&str>) -> HeaderEdit {
+    let Some(token) = token else {
+        return HeaderEdit::Keep;
+    };
+    match cfg.forward_as {
+        ForwardAs::Header => HeaderEdit::Set(format!("Bearer {token}")),
+        _ if bearer_token(headers).is_some() => HeaderEdit::Remove,
+        _ => HeaderEdit::Keep,
+    }
+}
+
+fn forward_cookie(cfg: &AuthConfig, headers: &HeaderMap, token: Option<&str>) -> HeaderEdit {
+    let forward_as_cookie = cfg.forward_as == ForwardAs::Cookie;
+    let is_token_cookie =
+        |name: &str| name == cfg.cookie || (forward_as_cookie && name == cfg.forward_name);
+    let mut removed = false;
+    let mut kept: Vec<Cow<'_, str>> = Vec::new();
+    for piece in cookie_pieces(headers) {
+        if is_token_cookie(cookie_name(piece)) {
+            removed = true;
+        } else {
+            kept.push(Cow::Borrowed(piece));
+        }
+    }
+    if let (true, Some(token)) = (forward_as_cookie, token) {
+        kept.push(Cow::Owned(format!("{}={token}", cfg.forward_name)));
+    } else if !removed {
+        return HeaderEdit::Keep;
+    }
+    if kept.is_empty() {
+        HeaderEdit::Remove
+    } else {
+        HeaderEdit::Set(kept.join("; "))
+    }
+}
+
+fn forward_ws_protocol(cfg: &AuthConfig, headers: &HeaderMap) -> HeaderEdit {
+    let Some(prefix) = cfg.websocket_protocol_prefix.as_deref() else {
+        return HeaderEdit::Keep;
+    };
+    if !ws_protocol_entries(headers).any(|entry| entry.starts_with(prefix)) {
+        return HeaderEdit::Keep;
+    }
+    let joined = ws_protocol_entries(headers).collect::<Vec<_>>().join(", ");
+    strip_ws_protocol(&joined, prefix).map_or(HeaderEdit::Remove, HeaderEdit::Set)
+}
+
+fn forward_query(cfg: &AuthConfig, path_and_query: &str, token: Option<&str>) -> Option<String> {
+    let mut names = cfg.query_params.clone();
+    if cfg.forward_as == ForwardAs::Query {
+        names.push(cfg.forward_name.clone());
+    }
+    let mut target = strip_query_params(path_and_query, &names);
+    if let (ForwardAs::Query, Some(token)) = (cfg.forward_as, token) {
+        target.push(if target.contains('?') { '&' } else { '?' });
+        target.extend(utf8_percent_encode(&cfg.forward_name, QUERY_VALUE));
+        target.push('=');
+        target.extend(utf8_percent_encode(token, QUERY_VALUE));
+    }
+    (target != path_and_query).then_some(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::auth::fixtures::{headers, hs_config};
+
+    fn plan(cfg: &AuthConfig, pairs: &[(&str, &str)], target: &str) -> ForwardPlan {
+        forward_plan(cfg, &headers(pairs), target, Some("T.K.N"))
+    }
+
+    #[test]
+    fn forward_as_header() {
+        let cfg = AuthConfig {
+            websocket_protocol_prefix: Some("bearer.".into()),
+            ..hs_config()
+        };
+        let p = plan(
+            &cfg,
+            &[
+                ("cookie", "a=1; sg_session=old; b=2"),
+                ("sec-websocket-protocol", "chat, bearer.old"),
+            ],
+            "/s?x=1&token=old",
+        );
+        assert_eq!(p.authorization, HeaderEdit::Set("Bearer T.K.N".into()));
+        assert_eq!(p.cookie, HeaderEdit::Set("a=1; b=2".into()));
+        assert_eq!(p.websocket_protocol, HeaderEdit::Set("chat".into()));
+        assert_eq!(p.path_and_query.as_deref(), Some("/s?x=1"));
+
+        let untouched = plan(
+            &cfg,
+            &[("cookie", "a=1"), ("sec-websocket-protocol", "chat")],
+            "/s?x=1",
+        );
+        assert_eq!(untouched.cookie, HeaderEdit::Keep);
+        assert_eq!(untouched.websocket_protocol, HeaderEdit::Keep);
+        assert_eq!(untouched.path_and_query, None);
+
+        let only_token = plan(
+            &cfg,
+            &[
+                ("cookie", "sg_session=old"),
+                ("sec-websocket-protocol", "bearer.x"),
+            ],
+            "/s",
+        );
+        assert_eq!(only_token.cookie, HeaderEdit::Remove);
+        assert_eq!(only_token.websocket_protocol, HeaderEdit::Remove);
+    }
+
+    #[test]
+    fn forward_as_cookie() {
+        let cfg = AuthConfig {
+            forward_as: ForwardAs::Cookie,
+            forward_name: "app_jwt".into(),
+            ..hs_config()
+        };
+        let p = plan(
+            &cfg,
+            &[
+                ("authorization", "Bearer old"),
+                ("cookie", "a=1; app_jwt=forged"),
+                ("cookie", "sg_session=s; b=2"),
+            ],
+            "/s?token=old",
+        );
+        assert_eq!(p.authorization, HeaderEdit::Remove);
+        assert_eq!(p.cookie, HeaderEdit::Set("a=1; b=2; app_jwt=T.K.N".into()));
+        assert_eq!(p.path_and_query.as_deref(), Some("/s"));
+
+        let bare = plan(&cfg, &[("authorization", "Basic dXNlcg==")], "/s");
+        assert_eq!(bare.authorization, HeaderEdit::Keep);
+        assert_eq!(bare.cookie, HeaderEdit::Set("app_jwt=T.K.N".into()));
+        assert_eq!(bare.path_and_query, None);
+    }
+
+    #[test]
+    fn forward_as_query() {
+        let cfg = AuthConfig {
+            forward_as: ForwardAs::Query,
+            forward_name: "jwt".into(),
+            ..hs_config()
+        };
+        let p = plan(
+            &cfg,
+            &[("cookie", "a=1")],
+            "/s?jwt=forged&x=1&access_token=old",
+        );
+        assert_eq!(p.cookie, HeaderEdit::Keep);
+        assert_eq!(p.path_and_query.as_deref(), Some("/s?x=1&jwt=T.K.N"));
+        let fresh = forward_plan(&cfg, &HeaderMap::new(), "/s", Some("a b&c=d"));
+        assert_eq!(
+            fresh.path_and_query.as_deref(),
+            Some("/s?jwt=a%20b%26c%3Dd")
+        );
+    }
+
+    #[test]
+    fn header_edit_debug_hides_values() {
+        let edit = HeaderEdit::Set("Bearer secret".into());
+        assert!(!format!("{edit:?}").contains("secret"));
+    }
+}
