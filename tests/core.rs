@@ -60,6 +60,21 @@ fn b64url(bytes: &[u8]) -> String {
     out
 }
 
+/// An HS256 token signed with [`TEST_SECRET`] under a hand-written JOSE header (jsonwebtoken's
+/// `Header` cannot carry `crit`).
+fn hs256_with_header(header: &str, claims: &Value) -> String {
+    let signed = format!(
+        "{}.{}",
+        b64url(header.as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let key = jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes());
+    let signature =
+        jsonwebtoken::crypto::sign(signed.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+            .unwrap_or_else(|e| panic!("signing a test token: {e}"));
+    format!("{signed}.{signature}")
+}
+
 /// The signature segment of a JWT: the part that must never be logged even on its own.
 fn signature_of(token: &str) -> &str {
     token.rsplit('.').next().unwrap_or(token)
@@ -731,6 +746,15 @@ async fn bad_tokens_all_get_the_same_401_and_a_reasoned_security_log_line() {
                 signature_of(&valid)
             ),
             &["malformed", "bad_algorithm"],
+        ),
+        // Validly signed, but asks for an extension streamguard does not implement.
+        (
+            "crit",
+            hs256_with_header(
+                r#"{"alg":"HS256","typ":"JWT","crit":["exp"],"exp":1}"#,
+                &json!({ "sub": "alice", "exp": unix_now() + 600, "iss": ISS, "aud": AUD }),
+            ),
+            &["unsupported_crit"],
         ),
     ];
     let mut bodies = Vec::new();

@@ -1,12 +1,21 @@
 //! Verifying a token: keys loaded once at start-up (secret, PEM, JWKS), each restricted to the
 //! algorithms of its own family, and claims checked against a clock the caller passes in.
+//!
+//! The JWS is taken apart here rather than by `jsonwebtoken::decode`: that function ignores a
+//! `crit` header (RFC 7515 §4.1.11 says a recipient that does not understand a listed extension
+//! must refuse the token), decodes the header again after a key was picked by `kid`, and parses
+//! the claims twice. Here each part is decoded once, and only jsonwebtoken's signature check is
+//! used.
 
-use std::collections::HashSet;
 use std::fmt;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::config::types::{AuthConfig, KeySource};
@@ -76,6 +85,8 @@ fn claim_string(value: &Value) -> Option<String> {
 pub enum AuthError {
     #[error("token is not a well-formed jwt")]
     Malformed,
+    #[error("token header lists `crit` extensions, and streamguard implements none of them")]
+    UnsupportedCrit,
     #[error("token signature does not verify")]
     BadSignature,
     #[error("token algorithm is not allowed by auth.algorithms for this key")]
@@ -111,6 +122,7 @@ impl AuthError {
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::Malformed => "malformed",
+            AuthError::UnsupportedCrit => "unsupported_crit",
             AuthError::BadSignature => "bad_signature",
             AuthError::BadAlgorithm => "bad_algorithm",
             AuthError::UnknownKid => "unknown_kid",
@@ -125,20 +137,12 @@ impl AuthError {
     }
 }
 
+/// Errors of jsonwebtoken's signature check: a signature that is not base64url is malformed;
+/// anything else (a key the crypto library refuses) is the library's.
 impl From<jsonwebtoken::errors::Error> for AuthError {
     fn from(err: jsonwebtoken::errors::Error) -> AuthError {
-        match err.into_kind() {
-            // A header with `"alg": "none"` (or any unknown name) fails to parse here, since
-            // jsonwebtoken has no such algorithm.
-            ErrorKind::InvalidToken
-            | ErrorKind::Base64(_)
-            | ErrorKind::Json(_)
-            | ErrorKind::Utf8(_) => AuthError::Malformed,
-            ErrorKind::InvalidSignature => AuthError::BadSignature,
-            ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthError::BadAlgorithm,
-            ErrorKind::InvalidIssuer => AuthError::BadIssuer,
-            ErrorKind::InvalidAudience => AuthError::BadAudience,
-            ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim),
+        match err.kind() {
+            ErrorKind::Base64(_) => AuthError::Malformed,
             _ => AuthError::Other,
         }
     }
@@ -187,11 +191,11 @@ fn family(alg: Algorithm) -> KeyFamily {
     }
 }
 
-/// A key with the validation rules for the algorithms it may verify.
+/// A key and the algorithms it may verify: configured ones of its own family only.
 struct VerifyingKey {
     kid: Option<String>,
     key: DecodingKey,
-    validation: Validation,
+    algorithms: Vec<Algorithm>,
 }
 
 enum KeySet {
@@ -227,6 +231,8 @@ struct Claims {
 pub struct Verifier {
     algorithms: Vec<Algorithm>,
     keys: KeySet,
+    issuer: Option<String>,
+    audience: Option<String>,
     leeway: u64,
     claims: Claims,
 }
@@ -256,6 +262,8 @@ impl Verifier {
         Ok(Verifier {
             algorithms: algorithms.clone(),
             keys,
+            issuer: cfg.issuer.clone(),
+            audience: cfg.audience.clone(),
             leeway: cfg.leeway.as_secs(),
             claims: Claims {
                 user: cfg.user_claim.clone(),
@@ -264,23 +272,34 @@ impl Verifier {
         })
     }
 
-    /// Checks signature, algorithm, issuer, audience, `exp` and `nbf` (against `now_unix`,
-    /// with the configured leeway) and extracts the identity.
+    /// Checks header, signature, algorithm, issuer, audience, `exp` and `nbf` (against
+    /// `now_unix`, with the configured leeway) and extracts the identity.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<Identity, AuthError> {
-        let key = match &self.keys {
-            // `decode` checks the algorithm against the key's own list, a subset of
-            // `self.algorithms`, so the header need not be decoded twice.
-            KeySet::Single(key) => key,
-            KeySet::Jwks(_) => {
-                let header = jsonwebtoken::decode_header(token)?;
-                if !self.algorithms.contains(&header.alg) {
-                    return Err(AuthError::BadAlgorithm);
-                }
-                self.keys.select(header.kid.as_deref())?
-            }
-        };
-        let claims =
-            jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &key.validation)?.claims;
+        let jws = Jws::split(token)?;
+        let header: JoseHeader = decode_part(jws.header)?;
+        if header.crit {
+            return Err(AuthError::UnsupportedCrit);
+        }
+        if !self.algorithms.contains(&header.alg) {
+            return Err(AuthError::BadAlgorithm);
+        }
+        let key = self.keys.select(header.kid.as_deref())?;
+        // Also what keeps an RSA public key from being used as an HMAC secret: a key's list
+        // holds algorithms of its own family only.
+        if !key.algorithms.contains(&header.alg) {
+            return Err(AuthError::BadAlgorithm);
+        }
+        if !jsonwebtoken::crypto::verify(
+            jws.signature,
+            jws.signed.as_bytes(),
+            &key.key,
+            header.alg,
+        )? {
+            return Err(AuthError::BadSignature);
+        }
+        let claims: Map<String, Value> = decode_part(jws.payload)?;
+        self.check_issuer(&claims)?;
+        self.check_audience(&claims)?;
         let expires_at =
             time_claim(&claims, "exp")?.ok_or_else(|| AuthError::MissingClaim("exp".into()))?;
         if now_unix >= expires_at.saturating_add(self.leeway) {
@@ -301,6 +320,84 @@ impl Verifier {
         }
         Identity::from_claims(claims, &self.claims, expires_at)
     }
+
+    /// `iss` (RFC 7519 §4.1.1: one string) must be `auth.issuer`, when that is set.
+    fn check_issuer(&self, claims: &Map<String, Value>) -> Result<(), AuthError> {
+        let Some(issuer) = &self.issuer else {
+            return Ok(());
+        };
+        match claims.get("iss") {
+            None => Err(AuthError::MissingClaim("iss".into())),
+            Some(Value::String(iss)) if iss == issuer => Ok(()),
+            Some(_) => Err(AuthError::BadIssuer),
+        }
+    }
+
+    /// `aud` (RFC 7519 §4.1.3: a string or an array of strings) must name `auth.audience`, when
+    /// that is set.
+    fn check_audience(&self, claims: &Map<String, Value>) -> Result<(), AuthError> {
+        let Some(audience) = &self.audience else {
+            return Ok(());
+        };
+        let ours = |value: &Value| value.as_str() == Some(audience.as_str());
+        match claims.get("aud") {
+            None => Err(AuthError::MissingClaim("aud".into())),
+            Some(Value::Array(audiences)) if audiences.iter().any(ours) => Ok(()),
+            Some(single) if ours(single) => Ok(()),
+            Some(_) => Err(AuthError::BadAudience),
+        }
+    }
+}
+
+/// The three parts of a JWS in compact serialization (RFC 7515 §7.1), still base64url.
+struct Jws<'a> {
+    header: &'a str,
+    payload: &'a str,
+    signature: &'a str,
+    /// `header.payload`: what the signature covers.
+    signed: &'a str,
+}
+
+impl<'a> Jws<'a> {
+    fn split(token: &'a str) -> Result<Jws<'a>, AuthError> {
+        let (signed, signature) = token.rsplit_once('.').ok_or(AuthError::Malformed)?;
+        let (header, payload) = signed.split_once('.').ok_or(AuthError::Malformed)?;
+        if payload.contains('.') {
+            return Err(AuthError::Malformed);
+        }
+        Ok(Jws {
+            header,
+            payload,
+            signature,
+            signed,
+        })
+    }
+}
+
+/// The JOSE header fields streamguard acts on; the others (`typ`, `cty`, ...) are ignored.
+#[derive(Deserialize)]
+struct JoseHeader {
+    /// An unknown name, `none` included, fails to parse: jsonwebtoken has no such algorithm.
+    alg: Algorithm,
+    #[serde(default)]
+    kid: Option<String>,
+    /// Whether `crit` is present at all, whatever its value (`null` and `[]` too: RFC 7515
+    /// forbids both, so they are no reason to accept the token).
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+fn present<'de, D: Deserializer<'de>>(value: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(value).map(|_| true)
+}
+
+/// A base64url part of a JWS (no padding, RFC 7515 §2), parsed as JSON. A repeated header field
+/// is refused by the parse, so no `alg` can hide behind another.
+fn decode_part<T: DeserializeOwned>(part: &str) -> Result<T, AuthError> {
+    let json = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| AuthError::Malformed)?;
+    serde_json::from_slice(&json).map_err(|_| AuthError::Malformed)
 }
 
 /// A NumericDate claim (RFC 7519 §2) in whole seconds, if present.
@@ -335,26 +432,10 @@ fn verifying_key(
     if algorithms.is_empty() {
         return None;
     }
-    let mut validation = Validation::default();
-    validation.algorithms = algorithms;
-    // Time claims are checked in `verify` against the caller's clock.
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.leeway = 0;
-    validation.required_spec_claims = HashSet::new();
-    if let Some(issuer) = &cfg.issuer {
-        validation.set_issuer(&[issuer]);
-        validation.required_spec_claims.insert("iss".into());
-    }
-    validation.validate_aud = cfg.audience.is_some();
-    if let Some(audience) = &cfg.audience {
-        validation.set_audience(&[audience]);
-        validation.required_spec_claims.insert("aud".into());
-    }
     Some(VerifyingKey {
         kid,
         key,
-        validation,
+        algorithms,
     })
 }
 
@@ -558,6 +639,12 @@ mod tests {
             "bad_issuer"
         );
         assert_eq!(reason(without(claims(), "iss")), "missing_claim");
+        // RFC 7519 §4.1.1: one issuer, a string.
+        assert_eq!(
+            reason(with(claims(), "iss", json!(["https://issuer.test"]))),
+            "bad_issuer"
+        );
+        assert_eq!(reason(with(claims(), "iss", json!(7))), "bad_issuer");
         assert_eq!(
             reason(with(claims(), "aud", json!("other"))),
             "bad_audience"
@@ -617,6 +704,76 @@ mod tests {
             let unsigned = format!("{header}.{payload}.");
             assert_eq!(
                 refuse(&verifier(&hs_config()), &unsigned),
+                AuthError::Malformed
+            );
+        }
+    }
+
+    /// An HS256 token with a hand-written JOSE header (jsonwebtoken's `Header` cannot carry
+    /// `crit`, nor repeat a field).
+    fn hs256_with_header(header: &str, claims: &Value) -> String {
+        let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+        let signed = format!(
+            "{}.{}",
+            b64(header.as_bytes()),
+            b64(claims.to_string().as_bytes())
+        );
+        let key = EncodingKey::from_secret(SECRET);
+        let signature = jsonwebtoken::crypto::sign(signed.as_bytes(), &key, Algorithm::HS256)
+            .expect("test token signs");
+        format!("{signed}.{signature}")
+    }
+
+    #[test]
+    fn crit_in_the_header_is_refused() {
+        let v = verifier(&hs_config());
+        let control = hs256_with_header(
+            r#"{"alg":"HS256","typ":"JWT","x5u":"-","ext":1}"#,
+            &claims(),
+        );
+        assert!(
+            v.verify(&control, NOW).is_ok(),
+            "other header fields are ignored"
+        );
+        for header in [
+            r#"{"alg":"HS256","crit":["exp"],"exp":1}"#,
+            r#"{"alg":"HS256","b64":false,"crit":["b64"]}"#,
+            r#"{"crit":["http://example.invalid/ext"],"alg":"HS256"}"#,
+            r#"{"alg":"HS256","crit":[]}"#,
+            r#"{"alg":"HS256","crit":null}"#,
+            r#"{"alg":"HS256","crit":"exp"}"#,
+        ] {
+            let token = hs256_with_header(header, &claims());
+            assert_eq!(refuse(&v, &token), AuthError::UnsupportedCrit, "{header}");
+        }
+        assert_eq!(AuthError::UnsupportedCrit.reason(), "unsupported_crit");
+    }
+
+    #[test]
+    fn a_header_field_given_twice_is_malformed() {
+        let v = verifier(&hs_config());
+        for header in [
+            r#"{"alg":"HS256","alg":"none"}"#,
+            r#"{"alg":"HS256","kid":"a","kid":"b"}"#,
+            r#"{"alg":"HS256","crit":["x"],"crit":null}"#,
+        ] {
+            let token = hs256_with_header(header, &claims());
+            assert_eq!(refuse(&v, &token), AuthError::Malformed, "{header}");
+        }
+    }
+
+    #[test]
+    fn parts_must_be_unpadded_base64url() {
+        let v = verifier(&hs_config());
+        let token = hs256_with_header(r#"{"alg":"HS256","kid":"??>?>?"}"#, &claims());
+        let (header, rest) = token.split_once('.').expect("header part");
+        assert!(header.contains('_') && header.contains('-'), "{header}");
+        for header in [
+            format!("{header}="),
+            header.replace('_', "/").replace('-', "+"),
+        ] {
+            assert_eq!(
+                refuse(&v, &format!("{header}.{rest}")),
                 AuthError::Malformed
             );
         }
@@ -788,10 +945,9 @@ mod tests {
             identity(with(claims(), "sub", json!(""))),
             Err(AuthError::InvalidClaim("sub".into()))
         );
-        // jsonwebtoken itself refuses a registered claim of the wrong JSON type.
         assert_eq!(
             identity(with(claims(), "sub", json!({"id": 1}))),
-            Err(AuthError::Malformed)
+            Err(AuthError::InvalidClaim("sub".into()))
         );
 
         let by_uid = verifier(&AuthConfig {
