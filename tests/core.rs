@@ -756,6 +756,17 @@ async fn bad_tokens_all_get_the_same_401_and_a_reasoned_security_log_line() {
             ),
             &["unsupported_crit"],
         ),
+        // Validly signed, about 12 KB: over the default auth.max_token_size of 8 KiB.
+        (
+            "oversize",
+            mint_token(
+                "alice",
+                &[],
+                600,
+                json!({ "iss": ISS, "aud": AUD, "pad": "x".repeat(9_000) }),
+            ),
+            &["too_large"],
+        ),
     ];
     let mut bodies = Vec::new();
     for (case, token, _) in &cases {

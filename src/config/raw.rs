@@ -97,6 +97,7 @@ pub(super) struct RawAuth {
     pub issuer: Option<Text>,
     pub audience: Option<Text>,
     pub leeway: Option<Text>,
+    pub max_token_size: Option<Text>,
     pub user_claim: Option<Text>,
     pub roles_claim: Option<Text>,
     pub query_params: Option<TextList>,

@@ -163,6 +163,10 @@ fn auth(auth: &AuthConfig) -> Entries {
         ("issuer", auth.issuer.as_deref().map(text)),
         ("audience", auth.audience.as_deref().map(text)),
         ("leeway", Some(duration(auth.leeway))),
+        (
+            "max_token_size",
+            Some(text(&format_size(auth.max_token_size))),
+        ),
         ("user_claim", Some(text(&auth.user_claim))),
         ("roles_claim", Some(text(&auth.roles_claim))),
         ("query_params", Some(texts(&auth.query_params))),
@@ -301,6 +305,7 @@ allowed_methods = ["get"]
 [auth]
 secret = "${JWT_SECRET}"
 issuer = "https://issuer.example.com/$$tenant"
+max_token_size = "12KiB"
 websocket_protocol_prefix = "bearer."
 [auth.session]
 same_site = "Lax"
@@ -383,6 +388,7 @@ auth = "off"
             "allowed_origins = [\"https://app.example.com\", \"https://*.example.org\"]",
             "claims = { user = \"sub\" }",
             "same_site = \"Lax\"",
+            "max_token_size = \"12KiB\"",
             "# max_streams_per_user is not set",
             "max_streams_per_user = 3",
         ] {

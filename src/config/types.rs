@@ -150,6 +150,8 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway: Duration,
+    /// Longest token verified, in bytes (default 8 KiB); a longer one is refused unread.
+    pub max_token_size: usize,
     pub user_claim: String,
     pub roles_claim: String,
     pub query_params: Vec<String>,

@@ -987,6 +987,13 @@ fn auth(cx: &mut Cx<'_>, raw: &RawAuth, mode: AuthMode, routes: &[RouteConfig]) 
         leeway: cx
             .text("auth.leeway", raw.leeway.as_ref(), parse_duration)
             .unwrap_or(Duration::from_secs(30)),
+        max_token_size: cx
+            .text(
+                "auth.max_token_size",
+                raw.max_token_size.as_ref(),
+                nonzero(parse_size),
+            )
+            .unwrap_or(8 << 10),
         user_claim: name(cx, "auth.user_claim", raw.user_claim.as_ref(), "sub"),
         roles_claim: name(cx, "auth.roles_claim", raw.roles_claim.as_ref(), "roles"),
         query_params: cx
@@ -1317,6 +1324,7 @@ public_key_file = "ed.pem"
 issuer = "https://id.example.com"
 audience = "streams"
 leeway = "5s"
+max_token_size = "16KiB"
 user_claim = "uid"
 roles_claim = "groups"
 query_params = ["t"]
@@ -1403,6 +1411,7 @@ claims = { tenant = "tid" }
         assert_eq!(a.issuer.as_deref(), Some("https://id.example.com"));
         assert_eq!(a.audience.as_deref(), Some("streams"));
         assert_eq!(a.leeway.as_secs(), 5);
+        assert_eq!(a.max_token_size, 16_384);
         assert_eq!(
             (a.user_claim.as_str(), a.roles_claim.as_str()),
             ("uid", "groups")
@@ -1505,6 +1514,7 @@ claims = { tenant = "tid" }
         assert!(matches!(&a.key, Some(KeySource::Secret(s)) if s == SECRET.as_bytes()));
         assert_eq!((a.issuer.as_deref(), a.audience.as_deref()), (None, None));
         assert_eq!(a.leeway.as_secs(), 30);
+        assert_eq!(a.max_token_size, 8_192);
         assert_eq!(
             (a.user_claim.as_str(), a.roles_claim.as_str()),
             ("sub", "roles")
@@ -1609,6 +1619,8 @@ claims = { tenant = "tid" }
             &["auth.secret is also set", "exactly one"],
         ),
         ("[auth]\nsecret = \"short-secret\"", "auth.secret", Some(2), &["12 bytes", "at least 16"]),
+        ("[auth]\nsecret = \"${JWT_SECRET}\"\nmax_token_size = \"0\"", "auth.max_token_size", Some(3), &["greater than zero"]),
+        ("[auth]\nsecret = \"${JWT_SECRET}\"\nmax_token_size = \"8 kilo\"", "auth.max_token_size", Some(3), &["invalid size", "\"64KiB\""]),
         ("[auth]\nsecret_file = \"short.txt\"", "auth.secret_file", Some(2), &["4 bytes"]),
         ("[auth]\nsecret_file = \"absent.txt\"", "auth.secret_file", Some(2), &["cannot read", "absent.txt"]),
         (

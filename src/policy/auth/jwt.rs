@@ -85,6 +85,8 @@ fn claim_string(value: &Value) -> Option<String> {
 pub enum AuthError {
     #[error("token is not a well-formed jwt")]
     Malformed,
+    #[error("token is {size} bytes, more than auth.max_token_size ({max} bytes)")]
+    TooLarge { size: usize, max: usize },
     #[error("token header lists `crit` extensions, and streamguard implements none of them")]
     UnsupportedCrit,
     #[error("token signature does not verify")]
@@ -122,6 +124,7 @@ impl AuthError {
     pub fn reason(&self) -> &'static str {
         match self {
             AuthError::Malformed => "malformed",
+            AuthError::TooLarge { .. } => "too_large",
             AuthError::UnsupportedCrit => "unsupported_crit",
             AuthError::BadSignature => "bad_signature",
             AuthError::BadAlgorithm => "bad_algorithm",
@@ -234,6 +237,7 @@ pub struct Verifier {
     issuer: Option<String>,
     audience: Option<String>,
     leeway: u64,
+    max_token_size: usize,
     claims: Claims,
 }
 
@@ -265,6 +269,7 @@ impl Verifier {
             issuer: cfg.issuer.clone(),
             audience: cfg.audience.clone(),
             leeway: cfg.leeway.as_secs(),
+            max_token_size: cfg.max_token_size,
             claims: Claims {
                 user: cfg.user_claim.clone(),
                 roles: cfg.roles_claim.clone(),
@@ -272,9 +277,17 @@ impl Verifier {
         })
     }
 
-    /// Checks header, signature, algorithm, issuer, audience, `exp` and `nbf` (against
+    /// Checks size, header, signature, algorithm, issuer, audience, `exp` and `nbf` (against
     /// `now_unix`, with the configured leeway) and extracts the identity.
     pub fn verify(&self, token: &str, now_unix: u64) -> Result<Identity, AuthError> {
+        // Before any decoding: a validly signed token of any size would otherwise be decoded,
+        // verified and forwarded, to an app that may have limits of its own.
+        if token.len() > self.max_token_size {
+            return Err(AuthError::TooLarge {
+                size: token.len(),
+                max: self.max_token_size,
+            });
+        }
         let jws = Jws::split(token)?;
         let header: JoseHeader = decode_part(jws.header)?;
         if header.crit {
@@ -747,6 +760,31 @@ mod tests {
             assert_eq!(refuse(&v, &token), AuthError::UnsupportedCrit, "{header}");
         }
         assert_eq!(AuthError::UnsupportedCrit.reason(), "unsupported_crit");
+    }
+
+    #[test]
+    fn tokens_over_max_token_size_are_refused_before_decoding() {
+        let big = hs256(&with(claims(), "pad", json!("x".repeat(12_000))));
+        let at = |max_token_size: usize| {
+            verifier(&AuthConfig {
+                max_token_size,
+                ..hs_config()
+            })
+        };
+        assert!(at(big.len()).verify(&big, NOW).is_ok(), "at the cap");
+        assert_eq!(
+            refuse(&at(big.len() - 1), &big),
+            AuthError::TooLarge {
+                size: big.len(),
+                max: big.len() - 1
+            }
+        );
+        assert_eq!(refuse(&verifier(&hs_config()), &big).reason(), "too_large");
+        // Not even split: garbage over the cap is too large, not malformed.
+        assert_eq!(
+            refuse(&verifier(&hs_config()), &"#".repeat(8193)).reason(),
+            "too_large"
+        );
     }
 
     #[test]

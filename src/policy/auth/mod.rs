@@ -44,6 +44,7 @@ mod fixtures {
             issuer: Some("https://issuer.test".into()),
             audience: Some("streams".into()),
             leeway: Duration::from_secs(30),
+            max_token_size: 8 << 10,
             user_claim: "sub".into(),
             roles_claim: "roles".into(),
             query_params: vec!["access_token".into(), "token".into()],
