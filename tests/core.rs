@@ -878,6 +878,37 @@ async fn hs256_signed_with_the_rsa_public_key_is_rejected_by_an_rs256_proxy() {
     assert!(!proxy.logs().contains(signature_of(&confused)));
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_whose_token_expires_beyond_any_clock_runs_without_a_deadline() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(up.addr, CORS).await;
+    // 1e19 s after the epoch: more than `SystemTime` and `Instant` can hold, still a valid
+    // NumericDate. The stream must open and run with no close at expiry.
+    let token = mint_token("alice", &[], 600, json!({ "exp": 1e19 }));
+
+    let mut sse = SseClient::connect(
+        proxy.addr,
+        "/sse?events=3&interval_ms=50&then=close",
+        &[("Authorization", &bearer(&token))],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    for n in ["1", "2", "3"] {
+        let event = sse.read_event(IO_TIMEOUT).await.expect("event");
+        assert_eq!(event_field(&event, "id"), Some(n), "{event:?}");
+    }
+    assert!(sse.wait_closed(IO_TIMEOUT).await, "then=close ends it");
+    wait_access_lines(&proxy, 1).await;
+    let line = &access_lines(&proxy)[0];
+    assert_eq!(
+        (line["user"].as_str(), line["close"].as_str()),
+        (Some("alice"), Some("upstream_end")),
+        "{line}"
+    );
+    let logs = proxy.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Routes
 

@@ -8,7 +8,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header;
@@ -128,11 +127,10 @@ pub async fn serve(
     let expires_at = match &ctx.identity {
         Some(identity) if state.config.auth.close_on_expiry => {
             // Measured against the sub-second clock: whole-second `now` would close up to 1 s late.
-            let exp = std::time::UNIX_EPOCH + Duration::from_secs(identity.expires_at);
-            let left = exp
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            Some(Instant::now() + left)
+            // A far-future `exp` is no deadline at all: it must not overflow a clock.
+            identity
+                .expires_in(std::time::SystemTime::now())
+                .and_then(|left| Instant::now().checked_add(left))
         }
         _ => None,
     };

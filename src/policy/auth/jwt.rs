@@ -8,6 +8,7 @@
 //! used.
 
 use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -33,7 +34,20 @@ pub struct Identity {
     pub claims: Map<String, Value>,
 }
 
+/// How far ahead an expiry is acted on. No stream lives a century, and far enough out every
+/// clock and timer stops representing the deadline (`SystemTime` and `Instant` arithmetic and
+/// tokio's timer panic on overflow): a token expiring later never expires for a stream.
+const EXPIRY_HORIZON: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 impl Identity {
+    /// How long the token has left at `now`: zero once it has expired, `None` when `exp` lies
+    /// beyond [`EXPIRY_HORIZON`] and there is nothing to schedule.
+    pub fn expires_in(&self, now: SystemTime) -> Option<Duration> {
+        let exp = UNIX_EPOCH.checked_add(Duration::from_secs(self.expires_at))?;
+        let left = exp.duration_since(now).unwrap_or(Duration::ZERO);
+        (left <= EXPIRY_HORIZON).then_some(left)
+    }
+
     /// A claim as a string, if it is a string or a number (for claim bindings in routes).
     pub fn claim_str(&self, name: &str) -> Option<String> {
         self.claims.get(name).and_then(claim_string)
@@ -510,6 +524,7 @@ mod tests {
     use super::*;
     use crate::policy::auth::fixtures::{config, hs_config, NOW, SECRET};
     use jsonwebtoken::{encode, EncodingKey, Header};
+    use proptest::prelude::*;
     use serde_json::json;
 
     macro_rules! fixture {
@@ -643,6 +658,112 @@ mod tests {
         ));
     }
 
+    fn identity_expiring(expires_at: u64) -> Identity {
+        Identity {
+            user: "alice".into(),
+            roles: Vec::new(),
+            expires_at,
+            claims: Map::new(),
+        }
+    }
+
+    #[test]
+    fn expires_in_never_overflows_a_clock() {
+        let now = UNIX_EPOCH + Duration::from_secs(NOW);
+        let left = |exp: u64| identity_expiring(exp).expires_in(now);
+        assert_eq!(left(NOW + 90), Some(Duration::from_secs(90)));
+        assert_eq!(left(NOW), Some(Duration::ZERO));
+        assert_eq!(left(NOW - 5), Some(Duration::ZERO), "expired: close now");
+        assert_eq!(left(0), Some(Duration::ZERO));
+        let late = now + Duration::from_millis(250);
+        assert_eq!(
+            identity_expiring(NOW + 1).expires_in(late),
+            Some(Duration::from_millis(750)),
+            "measured against the sub-second clock"
+        );
+        assert_eq!(left(NOW + EXPIRY_HORIZON.as_secs()), Some(EXPIRY_HORIZON));
+        for far in [
+            NOW + EXPIRY_HORIZON.as_secs() + 1,
+            i64::MAX as u64,
+            10_000_000_000_000_000_000,
+            u64::MAX,
+        ] {
+            assert_eq!(left(far), None, "exp {far}: no deadline");
+        }
+    }
+
+    /// The text of a JSON value a hostile or careless issuer might put in a NumericDate claim.
+    fn time_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<f64>()
+                .prop_filter("JSON numbers are finite", |f| f.is_finite())
+                .prop_map(|f| format!("{f:e}")),
+            "-?[0-9]{1,40}(\\.[0-9]{1,12})?([eE][+-]?[0-9]{1,4})?",
+            prop::sample::select(vec![
+                "\"NaN\"",
+                "\"Infinity\"",
+                "\"-Infinity\"",
+                "\"1e19\"",
+                "\"\"",
+                "null",
+                "true",
+                "[]",
+                "{}",
+                "1e19",
+                "1.8446744073709552e19",
+                "-0",
+                "-0.0",
+                "0.5",
+                "1e-400",
+            ])
+            .prop_map(str::to_owned),
+        ]
+    }
+
+    proptest! {
+        /// No NumericDate value, however odd, panics verification or what is computed from the
+        /// verified expiry (the close-at-expiry deadline, the session cookie's Max-Age).
+        #[test]
+        fn time_claims_never_panic(
+            exp in time_value(),
+            nbf in prop::option::of(time_value()),
+            iat in prop::option::of(time_value()),
+            now in prop_oneof![Just(NOW), 0..=2 * NOW, any::<u64>()],
+            clock in (any::<u64>(), 0u32..1_000_000_000),
+        ) {
+            let optional = |name: &str, value: &Option<String>| {
+                value.as_ref().map(|v| format!(r#","{name}":{v}"#)).unwrap_or_default()
+            };
+            let payload = format!(
+                r#"{{"sub":"alice","iss":"https://issuer.test","aud":"streams","exp":{exp}{}{}}}"#,
+                optional("nbf", &nbf),
+                optional("iat", &iat),
+            );
+            let token = hs256_raw(r#"{"alg":"HS256"}"#, &payload);
+            let cfg = hs_config();
+            if let Ok(identity) = verifier(&cfg).verify(&token, now) {
+                prop_assert!(now < identity.expires_at.saturating_add(30), "accepted expired");
+                let clock = UNIX_EPOCH
+                    .checked_add(Duration::new(clock.0, clock.1))
+                    .unwrap_or(UNIX_EPOCH);
+                if let Some(left) = identity.expires_in(clock) {
+                    prop_assert!(left <= EXPIRY_HORIZON);
+                    prop_assert!(std::time::Instant::now().checked_add(left).is_some());
+                }
+                let cookie = crate::policy::auth::session_set_cookie(
+                    &cfg,
+                    &token,
+                    identity.expires_at,
+                    now,
+                );
+                let max_age = identity.expires_at.saturating_sub(now).min(3600);
+                prop_assert!(cookie.ends_with(&format!("Max-Age={max_age}")), "{}", cookie);
+            }
+        }
+    }
+
     #[test]
     fn issuer_and_audience_are_enforced() {
         let v = verifier(&hs_config());
@@ -725,12 +846,13 @@ mod tests {
     /// An HS256 token with a hand-written JOSE header (jsonwebtoken's `Header` cannot carry
     /// `crit`, nor repeat a field).
     fn hs256_with_header(header: &str, claims: &Value) -> String {
+        hs256_raw(header, &claims.to_string())
+    }
+
+    /// An HS256 token of the exact header and payload text given.
+    fn hs256_raw(header: &str, payload: &str) -> String {
         let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
-        let signed = format!(
-            "{}.{}",
-            b64(header.as_bytes()),
-            b64(claims.to_string().as_bytes())
-        );
+        let signed = format!("{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()));
         let key = EncodingKey::from_secret(SECRET);
         let signature = jsonwebtoken::crypto::sign(signed.as_bytes(), &key, Algorithm::HS256)
             .expect("test token signs");
