@@ -530,6 +530,204 @@ async fn forward_as_query_token_never_reaches_the_access_log() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Credentials the proxy did not verify
+
+/// An optional route, a public one and a public stream, all behind `/echo` (or `/sse`), which
+/// echo what the app was sent.
+const OPEN_ROUTES: &str = r#"
+[[route]]
+path = "/echo/optional"
+auth = "optional"
+
+[[route]]
+path = "/echo/off"
+auth = "off"
+
+[[route]]
+path = "/sse"
+auth = "off"
+"#;
+
+/// A token signed with another key: it verifies nowhere.
+fn forged_token() -> String {
+    sign(
+        jsonwebtoken::Algorithm::HS256,
+        &jsonwebtoken::EncodingKey::from_secret(b"not-the-proxy-secret-but-just-as-long-0123"),
+        &json!({ "sub": "mallory", "exp": unix_now() + 600 }),
+    )
+}
+
+/// The `Authorization` values the app was sent, as echoed (absent: none).
+fn echoed_authorization(seen: &Value) -> Vec<String> {
+    match &seen["headers"]["authorization"] {
+        Value::Null => Vec::new(),
+        Value::String(one) => vec![one.clone()],
+        Value::Array(many) => many.iter().map(|v| v.to_string()).collect(),
+        other => panic!("odd authorization echo: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unverified_credentials_never_reach_the_app() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(up.addr, &format!("{CORS}{OPEN_ROUTES}")).await;
+    let valid = token_for("alice", &["reader"]);
+    let forged = forged_token();
+
+    // What a lenient app would take for a bearer token is verified, and forwarded normalised.
+    for spelling in [
+        format!("Bearer\t{valid}"),
+        format!("bearer   {valid}"),
+        format!(", Bearer {valid}"),
+    ] {
+        let seen = echoed(
+            &get(
+                proxy.addr,
+                "/echo/optional/a",
+                &[("Authorization", &spelling)],
+            )
+            .await,
+        );
+        assert_eq!(
+            echoed_authorization(&seen),
+            [bearer(&valid)],
+            "{spelling:?}"
+        );
+        assert_eq!(
+            seen["headers"]["x-streamguard-user"], "alice",
+            "{spelling:?}"
+        );
+    }
+
+    // A credential present on an optional route is verified: forged or malformed, it is a 401.
+    let refused = [
+        (
+            "tab-forged",
+            vec![format!("Bearer\t{forged}")],
+            "bad_signature",
+        ),
+        (
+            "comma-forged",
+            vec![format!(", Bearer {forged}")],
+            "bad_signature",
+        ),
+        (
+            "no-space",
+            vec![format!("Bearer{valid}")],
+            "malformed_authorization",
+        ),
+        ("bare", vec!["Bearer".to_owned()], "malformed_authorization"),
+        (
+            "two-lines",
+            vec![bearer(&valid), bearer(&forged)],
+            "malformed_authorization",
+        ),
+    ];
+    for (case, values, _) in &refused {
+        let headers: Vec<(&str, &str)> = values
+            .iter()
+            .map(|v| ("Authorization", v.as_str()))
+            .collect();
+        let resp = get(proxy.addr, &format!("/echo/optional/{case}"), &headers).await;
+        assert_eq!(
+            (resp.status, resp.text().as_str()),
+            (401, UNAUTHORIZED_BODY),
+            "{case}"
+        );
+    }
+    let failures = security_events(&proxy, "auth_failed");
+    for (case, _, reason) in &refused {
+        let path = format!("/echo/optional/{case}");
+        let line = failures
+            .iter()
+            .find(|l| l["path"] == path.as_str())
+            .unwrap_or_else(|| panic!("no auth_failed line for {case}: {failures:?}"));
+        assert_eq!(line["reason"], *reason, "{case}");
+    }
+
+    // Another scheme is the app's own, but not listed: it never reaches the app either. On a
+    // public route nothing is verified, and nothing unverified is forwarded.
+    let basic = "Basic YWxpY2U6cHc=".to_owned();
+    let public = [
+        ("/echo/optional/basic", vec![basic.clone()]),
+        ("/echo/off/basic", vec![basic.clone()]),
+        ("/echo/off/forged", vec![bearer(&forged)]),
+        ("/echo/off/tab", vec![format!("Bearer\t{forged}")]),
+        ("/echo/off/no-space", vec![format!("Bearer{forged}")]),
+        ("/echo/off/two-lines", vec![bearer(&valid), bearer(&forged)]),
+    ];
+    for (path, values) in &public {
+        let headers: Vec<(&str, &str)> = values
+            .iter()
+            .map(|v| ("Authorization", v.as_str()))
+            .collect();
+        let seen = echoed(&get(proxy.addr, path, &headers).await);
+        assert_eq!(echoed_authorization(&seen), Vec::<String>::new(), "{path}");
+        assert_eq!(seen["headers"].get("x-streamguard-user"), None, "{path}");
+    }
+
+    // The stream path too: nothing unverified reaches a public stream.
+    let mut sse = SseClient::connect(
+        proxy.addr,
+        "/sse?events=1&then=close",
+        &[
+            ("Authorization", &format!("Bearer\t{forged}")),
+            ("Cookie", &format!("theme=dark; streamguard_token={forged}")),
+        ],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    assert!(sse.wait_closed(IO_TIMEOUT).await);
+    let seen = up
+        .stats
+        .last_request("/sse")
+        .expect("the stream reached the app");
+    assert_eq!(seen.header("authorization"), None, "{seen:?}");
+    assert_eq!(seen.header("cookie"), Some("theme=dark"), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listed_authorization_schemes_pass_to_the_app_unverified() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(
+        up.addr,
+        &format!("{CORS}{OPEN_ROUTES}[auth]\npass_authorization_schemes = [\"Basic\"]\n"),
+    )
+    .await;
+    let basic = "basic YWxpY2U6cHc=";
+    for path in ["/echo/optional", "/echo/off"] {
+        let seen = echoed(&get(proxy.addr, path, &[("Authorization", basic)]).await);
+        assert_eq!(echoed_authorization(&seen), [basic], "{path}");
+        // Only a listed scheme passes, and only alone.
+        let seen = echoed(&get(proxy.addr, path, &[("Authorization", "Digest a=b")]).await);
+        assert_eq!(echoed_authorization(&seen), Vec::<String>::new(), "{path}");
+        let seen = echoed(
+            &get(
+                proxy.addr,
+                path,
+                &[
+                    ("Authorization", basic),
+                    ("Authorization", "Basic Ym9iOnB3"),
+                ],
+            )
+            .await,
+        );
+        assert_eq!(echoed_authorization(&seen), Vec::<String>::new(), "{path}");
+    }
+    // A bearer token hidden behind a listed scheme is still a bearer token.
+    let resp = get(
+        proxy.addr,
+        "/echo/optional",
+        &[(
+            "Authorization",
+            &format!("Basic x, Bearer {}", forged_token()),
+        )],
+    )
+    .await;
+    assert_eq!(resp.status, 401, "{resp:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Session cookie exchange
 
 /// `name=value` and the attributes of one `Set-Cookie` value.

@@ -101,6 +101,7 @@ pub(super) struct RawAuth {
     pub user_claim: Option<Text>,
     pub roles_claim: Option<Text>,
     pub query_params: Option<TextList>,
+    pub pass_authorization_schemes: Option<TextList>,
     pub cookie: Option<Text>,
     pub forward_as: Option<Text>,
     pub forward_name: Option<Text>,

@@ -170,6 +170,10 @@ fn auth(auth: &AuthConfig) -> Entries {
         ("user_claim", Some(text(&auth.user_claim))),
         ("roles_claim", Some(text(&auth.roles_claim))),
         ("query_params", Some(texts(&auth.query_params))),
+        (
+            "pass_authorization_schemes",
+            Some(texts(&auth.pass_authorization_schemes)),
+        ),
         ("cookie", Some(text(&auth.cookie))),
         ("forward_as", Some(name(FORWARD_AS, auth.forward_as))),
         ("forward_name", Some(text(&auth.forward_name))),
@@ -306,6 +310,7 @@ allowed_methods = ["get"]
 secret = "${JWT_SECRET}"
 issuer = "https://issuer.example.com/$$tenant"
 max_token_size = "12KiB"
+pass_authorization_schemes = ["Basic"]
 websocket_protocol_prefix = "bearer."
 [auth.session]
 same_site = "Lax"
@@ -389,6 +394,7 @@ auth = "off"
             "claims = { user = \"sub\" }",
             "same_site = \"Lax\"",
             "max_token_size = \"12KiB\"",
+            "pass_authorization_schemes = [\"Basic\"]",
             "# max_streams_per_user is not set",
             "max_streams_per_user = 3",
         ] {

@@ -155,6 +155,9 @@ pub struct AuthConfig {
     pub user_claim: String,
     pub roles_claim: String,
     pub query_params: Vec<String>,
+    /// `Authorization` schemes the app verifies itself (e.g. `Basic`), passed through
+    /// unverified; any other credential the proxy did not verify is removed. Never `Bearer`.
+    pub pass_authorization_schemes: Vec<String>,
     pub cookie: String,
     pub forward_as: ForwardAs,
     pub forward_name: String,

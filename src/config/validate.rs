@@ -212,6 +212,24 @@ fn http_token(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// An `Authorization` scheme the app may receive unverified: anything but Bearer, which is what
+/// the proxy verifies.
+fn passable_scheme(s: &str) -> Result<String, String> {
+    let scheme = http_token(s)?;
+    if scheme
+        .get(..6)
+        .is_some_and(|start| start.eq_ignore_ascii_case("bearer"))
+    {
+        return Err(format!(
+            "{s:?} cannot pass unverified: bearer tokens are what streamguard verifies (a \
+             verified one reaches the app per auth.forward_as), and an app that looks for \
+             \"Bearer\" would take an unverified one for verified; list only the app's own \
+             schemes, e.g. [\"Basic\"]"
+        ));
+    }
+    Ok(scheme)
+}
+
 fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     s.trim().parse().map_err(|_| {
         format!("{s:?} is not an IP:port address; write e.g. \"0.0.0.0:8080\" or \"[::]:8080\"")
@@ -1003,6 +1021,13 @@ fn auth(cx: &mut Cx<'_>, raw: &RawAuth, mode: AuthMode, routes: &[RouteConfig]) 
                     .map(String::from)
                     .to_vec()
             }),
+        pass_authorization_schemes: cx
+            .text_list(
+                "auth.pass_authorization_schemes",
+                raw.pass_authorization_schemes.as_ref(),
+                passable_scheme,
+            )
+            .unwrap_or_default(),
         cookie: cx
             .text("auth.cookie", raw.cookie.as_ref(), http_token)
             .unwrap_or_else(|| "streamguard_token".into()),
@@ -1328,6 +1353,7 @@ max_token_size = "16KiB"
 user_claim = "uid"
 roles_claim = "groups"
 query_params = ["t"]
+pass_authorization_schemes = ["Basic", "Digest"]
 cookie = "sg"
 forward_as = "cookie"
 forward_name = "session"
@@ -1417,6 +1443,7 @@ claims = { tenant = "tid" }
             ("uid", "groups")
         );
         assert_eq!(a.query_params, ["t"]);
+        assert_eq!(a.pass_authorization_schemes, ["Basic", "Digest"]);
         assert_eq!((a.cookie.as_str(), a.forward_as), ("sg", ForwardAs::Cookie));
         assert_eq!(a.forward_name, "session");
         assert!(!a.close_on_expiry);
@@ -1520,6 +1547,7 @@ claims = { tenant = "tid" }
             ("sub", "roles")
         );
         assert_eq!(a.query_params, ["token", "access_token", "sse_token"]);
+        assert!(a.pass_authorization_schemes.is_empty());
         assert_eq!(a.cookie, "streamguard_token");
         assert_eq!(
             (a.forward_as, a.forward_name.as_str()),
@@ -1619,6 +1647,24 @@ claims = { tenant = "tid" }
             &["auth.secret is also set", "exactly one"],
         ),
         ("[auth]\nsecret = \"short-secret\"", "auth.secret", Some(2), &["12 bytes", "at least 16"]),
+        (
+            "[auth]\nsecret = \"${JWT_SECRET}\"\npass_authorization_schemes = [\"Basic\", \"bearer\"]",
+            "auth.pass_authorization_schemes[1]",
+            Some(3),
+            &["\"bearer\" cannot pass unverified", "e.g. [\"Basic\"]"],
+        ),
+        (
+            "[auth]\nsecret = \"${JWT_SECRET}\"\npass_authorization_schemes = [\"BearerToken\"]",
+            "auth.pass_authorization_schemes[0]",
+            Some(3),
+            &["cannot pass unverified"],
+        ),
+        (
+            "[auth]\nsecret = \"${JWT_SECRET}\"\npass_authorization_schemes = [\"Basic x\"]",
+            "auth.pass_authorization_schemes[0]",
+            Some(3),
+            &["not a valid HTTP token"],
+        ),
         ("[auth]\nsecret = \"${JWT_SECRET}\"\nmax_token_size = \"0\"", "auth.max_token_size", Some(3), &["greater than zero"]),
         ("[auth]\nsecret = \"${JWT_SECRET}\"\nmax_token_size = \"8 kilo\"", "auth.max_token_size", Some(3), &["invalid size", "\"64KiB\""]),
         ("[auth]\nsecret_file = \"short.txt\"", "auth.secret_file", Some(2), &["4 bytes"]),

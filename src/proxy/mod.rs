@@ -24,7 +24,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
-use crate::policy::auth::{FoundToken, Identity};
+use crate::policy::auth::{AuthError, FoundToken, Identity};
 use crate::policy::Rejection;
 use crate::telemetry::{CloseReason, Metrics, Outcome, StreamKind, ACCESS_TARGET};
 pub use state::State;
@@ -47,7 +47,8 @@ pub struct RequestCtx {
     /// The request target as logged: after query tokens were lifted, before `forward_as =
     /// "query"` puts the token back on the upstream hop.
     log_uri: String,
-    token: Option<FoundToken>,
+    /// The token the request carried; `Err` for a malformed bearer credential.
+    token: Result<Option<FoundToken>, AuthError>,
     identity: Option<Identity>,
     route: Option<usize>,
     /// The request's Origin when the CORS policy allowed it.
@@ -122,7 +123,7 @@ impl ProxyHttp for StreamGuard {
             start: Instant::now(),
             method: http::Method::GET,
             log_uri: String::new(),
-            token: None,
+            token: Ok(None),
             identity: None,
             route: None,
             cors_origin: None,

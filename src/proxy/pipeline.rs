@@ -129,21 +129,28 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
     ctx.route = matched.index;
 
     if matched.auth != AuthMode::Off {
-        if let (Some(found), Some(verifier)) = (&ctx.token, &state.verifier) {
-            match verifier.verify(&found.token, now_unix()) {
-                Ok(identity) => ctx.identity = Some(identity),
-                Err(e) => {
-                    security(session, "auth_failed", e.reason(), None);
-                    return refuse(
-                        state,
-                        session,
-                        ctx,
-                        Rejection::Unauthorized,
-                        None,
-                        e.reason(),
-                    )
-                    .await;
-                }
+        // A credential that is present is verified, on optional routes too: only a request
+        // without one goes on anonymously.
+        let verified = match (&ctx.token, &state.verifier) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(Some(found)), Some(verifier)) => {
+                verifier.verify(&found.token, now_unix()).map(Some)
+            }
+            _ => Ok(None),
+        };
+        match verified {
+            Ok(identity) => ctx.identity = identity,
+            Err(e) => {
+                security(session, "auth_failed", e.reason(), None);
+                return refuse(
+                    state,
+                    session,
+                    ctx,
+                    Rejection::Unauthorized,
+                    None,
+                    e.reason(),
+                )
+                .await;
             }
         }
     }
@@ -320,7 +327,7 @@ fn rewrite_for_upstream(state: &State, session: &mut Session, ctx: &RequestCtx) 
         req.remove_header(&name);
     }
     let verified = match (&ctx.identity, &ctx.token) {
-        (Some(identity), Some(found)) => Some((identity, found.token.as_str())),
+        (Some(identity), Ok(Some(found))) => Some((identity, found.token.as_str())),
         _ => None,
     };
     let target = req
@@ -381,15 +388,14 @@ async fn session_exchange(
     let cookie = if method == Method::DELETE {
         auth::session_clear_cookie(cfg)
     } else if method == Method::POST {
-        let bearer = ctx
-            .token
-            .as_ref()
-            .filter(|t| t.source == auth::TokenSource::Header);
-        let verified = match (bearer, &state.verifier) {
-            (Some(found), Some(verifier)) => verifier
-                .verify(&found.token, now_unix())
-                .map(|id| (found.token.clone(), id))
-                .map_err(Some),
+        let verified = match (&ctx.token, &state.verifier) {
+            (Err(e), _) => Err(Some(e.clone())),
+            (Ok(Some(found)), Some(verifier)) if found.source == auth::TokenSource::Header => {
+                verifier
+                    .verify(&found.token, now_unix())
+                    .map(|id| (found.token.clone(), id))
+                    .map_err(Some)
+            }
             _ => Err(None),
         };
         match verified {

@@ -4,12 +4,12 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use http::header::HeaderMap;
+use http::header::{self, HeaderMap};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::token::{
-    bearer_token, cookie_name, cookie_pieces, strip_query_params, strip_ws_protocol,
-    ws_protocol_entries,
+    cookie_name, cookie_pieces, credential, strip_query_params, strip_ws_protocol,
+    ws_protocol_entries, Credential,
 };
 use crate::config::types::{AuthConfig, ForwardAs};
 
@@ -68,14 +68,30 @@ pub fn forward_plan(
     }
 }
 
+/// The app gets the verified token (normalised), or one value of a scheme the operator lets
+/// through (`auth.pass_authorization_schemes`), or no `Authorization` at all: never a credential
+/// the proxy did not check. Several lines pass nothing: the field is a singleton, and apps
+/// differ on which line they read.
 fn forward_authorization(cfg: &AuthConfig, headers: &HeaderMap, token: Option<&str>) -> HeaderEdit {
-    let Some(token) = token else {
-        return HeaderEdit::Keep;
-    };
-    match cfg.forward_as {
-        ForwardAs::Header => HeaderEdit::Set(format!("Bearer {token}")),
-        _ if bearer_token(headers).is_some() => HeaderEdit::Remove,
-        _ => HeaderEdit::Keep,
+    if let (Some(token), ForwardAs::Header) = (token, cfg.forward_as) {
+        return HeaderEdit::Set(format!("Bearer {token}"));
+    }
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    match (values.next(), values.next()) {
+        (None, _) => HeaderEdit::Keep,
+        (Some(only), None) if passes(cfg, only.as_bytes()) => HeaderEdit::Keep,
+        _ => HeaderEdit::Remove,
+    }
+}
+
+/// Whether an `Authorization` value is of a scheme listed in `auth.pass_authorization_schemes`.
+fn passes(cfg: &AuthConfig, value: &[u8]) -> bool {
+    match credential(value) {
+        Credential::Scheme(scheme) => cfg
+            .pass_authorization_schemes
+            .iter()
+            .any(|pass| pass.as_bytes().eq_ignore_ascii_case(scheme)),
+        Credential::Bearer(_) | Credential::MalformedBearer => false,
     }
 }
 
@@ -199,10 +215,74 @@ mod tests {
         assert_eq!(p.cookie, HeaderEdit::Set("a=1; b=2; app_jwt=T.K.N".into()));
         assert_eq!(p.path_and_query.as_deref(), Some("/s"));
 
-        let bare = plan(&cfg, &[("authorization", "Basic dXNlcg==")], "/s");
-        assert_eq!(bare.authorization, HeaderEdit::Keep);
+        let basic = [("authorization", "Basic dXNlcg==")];
+        let bare = plan(&cfg, &basic, "/s");
+        assert_eq!(
+            bare.authorization,
+            HeaderEdit::Remove,
+            "Basic is not listed"
+        );
         assert_eq!(bare.cookie, HeaderEdit::Set("app_jwt=T.K.N".into()));
         assert_eq!(bare.path_and_query, None);
+        let passing = AuthConfig {
+            pass_authorization_schemes: vec!["basic".into()],
+            ..cfg
+        };
+        assert_eq!(plan(&passing, &basic, "/s").authorization, HeaderEdit::Keep);
+    }
+
+    #[test]
+    fn unverified_credentials_never_pass() {
+        let cfg = AuthConfig {
+            pass_authorization_schemes: vec!["Basic".into(), "Token".into()],
+            ..hs_config()
+        };
+        let unverified =
+            |pairs: &[(&str, &str)]| forward_plan(&cfg, &headers(pairs), "/s", None).authorization;
+        let cases: &[(&[(&str, &str)], HeaderEdit)] = &[
+            (&[], HeaderEdit::Keep),
+            (&[("authorization", "Bearer abc")], HeaderEdit::Remove),
+            (&[("authorization", "Bearer\tabc")], HeaderEdit::Remove),
+            (&[("authorization", "Bearerabc")], HeaderEdit::Remove),
+            (&[("authorization", ", Bearer abc")], HeaderEdit::Remove),
+            (
+                &[("authorization", "Basic x, Bearer abc")],
+                HeaderEdit::Remove,
+            ),
+            (&[("authorization", "Digest a=b")], HeaderEdit::Remove),
+            (&[("authorization", "=x")], HeaderEdit::Remove),
+            (&[("authorization", "Basic dXNlcg==")], HeaderEdit::Keep),
+            (&[("authorization", "BASIC dXNlcg==")], HeaderEdit::Keep),
+            (&[("authorization", "token abc")], HeaderEdit::Keep),
+            (
+                &[("authorization", "Basic x"), ("authorization", "Basic y")],
+                HeaderEdit::Remove,
+            ),
+            (
+                &[
+                    ("authorization", "Basic x"),
+                    ("authorization", "Bearer abc"),
+                ],
+                HeaderEdit::Remove,
+            ),
+        ];
+        for (pairs, expected) in cases {
+            assert_eq!(unverified(pairs), *expected, "{pairs:?}");
+        }
+        // Verified, the token goes on normalised, in place of whatever the client sent.
+        let verified = forward_plan(
+            &cfg,
+            &headers(&[
+                ("authorization", "Basic x"),
+                ("authorization", ", bearer\tT.K.N "),
+            ]),
+            "/s",
+            Some("T.K.N"),
+        );
+        assert_eq!(
+            verified.authorization,
+            HeaderEdit::Set("Bearer T.K.N".into())
+        );
     }
 
     #[test]

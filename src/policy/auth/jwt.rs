@@ -103,6 +103,8 @@ pub enum AuthError {
     TooLarge { size: usize, max: usize },
     #[error("token header lists `crit` extensions, and streamguard implements none of them")]
     UnsupportedCrit,
+    #[error("the Authorization header names the Bearer scheme but is not one `Bearer <token>`")]
+    MalformedAuthorization,
     #[error("token signature does not verify")]
     BadSignature,
     #[error("token algorithm is not allowed by auth.algorithms for this key")]
@@ -140,6 +142,7 @@ impl AuthError {
             AuthError::Malformed => "malformed",
             AuthError::TooLarge { .. } => "too_large",
             AuthError::UnsupportedCrit => "unsupported_crit",
+            AuthError::MalformedAuthorization => "malformed_authorization",
             AuthError::BadSignature => "bad_signature",
             AuthError::BadAlgorithm => "bad_algorithm",
             AuthError::UnknownKid => "unknown_kid",

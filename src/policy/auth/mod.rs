@@ -48,6 +48,7 @@ mod fixtures {
             user_claim: "sub".into(),
             roles_claim: "roles".into(),
             query_params: vec!["access_token".into(), "token".into()],
+            pass_authorization_schemes: Vec::new(),
             cookie: "sg_session".into(),
             forward_as: ForwardAs::Header,
             forward_name: "authorization".into(),

@@ -8,6 +8,7 @@ use http::header::{self, HeaderMap};
 use http::Uri;
 use percent_encoding::percent_decode_str;
 
+use super::jwt::AuthError;
 use crate::config::types::AuthConfig;
 
 /// Where the client put its token; the caller uses it to strip the token from that place.
@@ -40,10 +41,16 @@ impl fmt::Debug for FoundToken {
 }
 
 /// Looks for a token in the order header, cookie, WebSocket protocol, query; the first
-/// non-empty one wins.
-pub fn find_token(headers: &HeaderMap, uri: &Uri, cfg: &AuthConfig) -> Option<FoundToken> {
+/// non-empty one wins. `Err` when the `Authorization` header names the Bearer scheme but does
+/// not hold exactly one well-formed bearer token: that is refused like a bad token, since an
+/// app could read a token out of it that the proxy never verified.
+pub fn find_token(
+    headers: &HeaderMap,
+    uri: &Uri,
+    cfg: &AuthConfig,
+) -> Result<Option<FoundToken>, AuthError> {
     let found = |source| move |token: String| FoundToken { token, source };
-    bearer_token(headers)
+    Ok(bearer_token(headers)?
         .map(found(TokenSource::Header))
         .or_else(|| cookie_value(headers, &cfg.cookie).map(found(TokenSource::Cookie)))
         .or_else(|| {
@@ -53,20 +60,86 @@ pub fn find_token(headers: &HeaderMap, uri: &Uri, cfg: &AuthConfig) -> Option<Fo
         .or_else(|| {
             let query = uri.query()?;
             query_token(query, &cfg.query_params).map(found(TokenSource::Query))
-        })
+        }))
 }
 
-/// The first `Authorization` value using the `Bearer` scheme (compared case-insensitively,
-/// RFC 9110 §11.1).
-pub(super) fn bearer_token(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::AUTHORIZATION)
+/// The bearer token of the `Authorization` header, if it carries one. Several bearer values
+/// (over several lines, or a list on one) are malformed: `Authorization` is a singleton field
+/// (RFC 9110 §11.6.2), and apps differ on which one they would read.
+fn bearer_token(headers: &HeaderMap) -> Result<Option<String>, AuthError> {
+    let mut found = None;
+    for value in headers.get_all(header::AUTHORIZATION) {
+        match credential(value.as_bytes()) {
+            Credential::Bearer(token) if found.is_none() => found = Some(token.to_owned()),
+            Credential::Bearer(_) | Credential::MalformedBearer => {
+                return Err(AuthError::MalformedAuthorization)
+            }
+            Credential::Scheme(_) => {}
+        }
+    }
+    Ok(found)
+}
+
+/// One `Authorization` value as the most lenient app would read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Credential<'a> {
+    /// `Bearer <token68>` (RFC 6750 §2.1): the token the proxy verifies.
+    Bearer(&'a str),
+    /// Mentions Bearer but is not one `Bearer <token68>`: `Bearer`, `Bearer<token>`,
+    /// `Bearer a b`, `Basic x, Bearer y`, ...
+    MalformedBearer,
+    /// Any other scheme, by its name (empty when the value starts with no token).
+    Scheme(&'a [u8]),
+}
+
+/// Reads one `Authorization` value (RFC 9110 §11.4: `auth-scheme [ 1*SP ( token68 /
+/// #auth-param ) ]`, the scheme case-insensitive). Recognition is lenient on purpose (HTAB for
+/// SP, surrounding whitespace and commas, any word that starts with `bearer`), so that the proxy
+/// verifies whatever a lenient app would take for a bearer token, or refuses it.
+pub(super) fn credential(value: &[u8]) -> Credential<'_> {
+    const BEARER: &[u8] = b"bearer";
+    let is_gap = |b: &u8| matches!(b, b' ' | b'\t' | b',');
+    let starts_bearer = |word: &[u8]| {
+        word.get(..BEARER.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(BEARER))
+    };
+    let value = trim(value, is_gap);
+    if !value.split(is_gap).any(starts_bearer) {
+        let scheme_len = value.iter().take_while(|b| is_tchar(**b)).count();
+        return Credential::Scheme(&value[..scheme_len]);
+    }
+    let Some(rest) = value.get(BEARER.len()..).filter(|_| starts_bearer(value)) else {
+        return Credential::MalformedBearer;
+    };
+    let token = trim(rest, |b| matches!(b, b' ' | b'\t'));
+    let separated = token.len() < rest.len();
+    match std::str::from_utf8(token) {
+        Ok(token) if separated && is_token68(token.as_bytes()) => Credential::Bearer(token),
+        _ => Credential::MalformedBearer,
+    }
+}
+
+fn trim(bytes: &[u8], strip: impl Fn(&u8) -> bool) -> &[u8] {
+    let start = bytes.iter().position(|b| !strip(b)).unwrap_or(bytes.len());
+    let end = bytes
         .iter()
-        .find_map(|value| {
-            let (scheme, token) = value.to_str().ok()?.trim().split_once(' ')?;
-            let token = token.trim_start();
-            (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
-        })
+        .rposition(|b| !strip(b))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// RFC 9110 §11.2 `token68`: `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
+fn is_token68(token: &[u8]) -> bool {
+    let body_len = token.iter().rposition(|b| *b != b'=').map_or(0, |i| i + 1);
+    body_len > 0
+        && token[..body_len]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(b))
 }
 
 /// Every `name=value` piece of every `Cookie` header, trimmed, in request order. HTTP/2 may
@@ -176,9 +249,12 @@ mod tests {
 
     type Pairs<'a> = &'a [(&'a str, &'a str)];
 
-    fn find(pairs: Pairs<'_>, uri: &str, cfg: &AuthConfig) -> Option<(String, TokenSource)> {
+    type Found = Result<Option<(String, TokenSource)>, AuthError>;
+
+    fn find(pairs: Pairs<'_>, uri: &str, cfg: &AuthConfig) -> Found {
         let uri: Uri = uri.parse().expect("test uri");
-        find_token(&headers(pairs), &uri, cfg).map(|found| (found.token, found.source))
+        find_token(&headers(pairs), &uri, cfg)
+            .map(|found| found.map(|found| (found.token, found.source)))
     }
 
     #[test]
@@ -194,11 +270,20 @@ mod tests {
         ];
         let uri = "/s?token=Q";
         let found = |n: usize| find(&all[n..], uri, &cfg);
-        assert_eq!(found(0), Some(("H".into(), TokenSource::Header)));
-        assert_eq!(found(1), Some(("C".into(), TokenSource::Cookie)));
-        assert_eq!(found(2), Some(("W".into(), TokenSource::WebSocketProtocol)));
-        assert_eq!(found(3), Some(("Q".into(), TokenSource::Query)));
-        assert_eq!(find(&[], "/s?other=1", &cfg), None);
+        assert_eq!(found(0), Ok(Some(("H".into(), TokenSource::Header))));
+        assert_eq!(found(1), Ok(Some(("C".into(), TokenSource::Cookie))));
+        assert_eq!(
+            found(2),
+            Ok(Some(("W".into(), TokenSource::WebSocketProtocol)))
+        );
+        assert_eq!(found(3), Ok(Some(("Q".into(), TokenSource::Query))));
+        assert_eq!(find(&[], "/s?other=1", &cfg), Ok(None));
+        let malformed = [("authorization", "Bearer"), all[1], all[2]];
+        assert_eq!(
+            find(&malformed, uri, &cfg),
+            Err(AuthError::MalformedAuthorization),
+            "a malformed bearer is no reason to look further"
+        );
     }
 
     #[test]
@@ -207,7 +292,6 @@ mod tests {
         let cases: &[(Pairs<'_>, &str, Option<&str>)] = &[
             (&[("authorization", "bEaReR   abc")], "/", Some("abc")),
             (&[("authorization", "Basic dXNlcg==")], "/", None),
-            (&[("authorization", "Bearer ")], "/", None),
             (
                 &[
                     ("authorization", "Basic x"),
@@ -241,8 +325,69 @@ mod tests {
             (&[], "/s?tokens=1", None),
         ];
         for (pairs, uri, expected) in cases {
-            let got = find(pairs, uri, &cfg).map(|(token, _)| token);
-            assert_eq!(got.as_deref(), *expected, "{pairs:?} {uri}");
+            let got = find(pairs, uri, &cfg).map(|found| found.map(|(token, _)| token));
+            assert_eq!(got, Ok(expected.map(str::to_owned)), "{pairs:?} {uri}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_read_as_a_lenient_app_would() {
+        use Credential::*;
+        let cases: &[(&[u8], Credential<'_>)] = &[
+            (b"Bearer abc.def.ghi", Bearer("abc.def.ghi")),
+            (b"bearer abc", Bearer("abc")),
+            (b"BEARER  abc", Bearer("abc")),
+            (b"Bearer\tabc", Bearer("abc")),
+            (b" \tBearer \t abc \t", Bearer("abc")),
+            (b", Bearer abc", Bearer("abc")),
+            (b"Bearer abc,", Bearer("abc")),
+            (b"Bearer a+b/c==", Bearer("a+b/c==")),
+            (b"Bearer", MalformedBearer),
+            (b"Bearer ", MalformedBearer),
+            (b"Bearer\t", MalformedBearer),
+            (b"Bearerabc.def.ghi", MalformedBearer),
+            (b"Bearer,abc", MalformedBearer),
+            (b"Bearer a b", MalformedBearer),
+            (b"Bearer abc, Bearer def", MalformedBearer),
+            (b"Bearer =abc", MalformedBearer),
+            (b"Bearer ab=c", MalformedBearer),
+            (b"Bearer \"abc\"", MalformedBearer),
+            (b"Bearer abc\xff", MalformedBearer),
+            (b"Basic x, Bearer abc", MalformedBearer),
+            (b"Token abc bearer=1", MalformedBearer),
+            (b"BearerToken abc", MalformedBearer),
+            (b"Basic dXNlcg==", Scheme(b"Basic")),
+            (b", Basic dXNlcg==", Scheme(b"Basic")),
+            (b"Digest username=\"a\", realm=\"b\"", Scheme(b"Digest")),
+            (b"Token abc", Scheme(b"Token")),
+            (b"", Scheme(b"")),
+            (b" , ", Scheme(b"")),
+            (b"=abc", Scheme(b"")),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(
+                credential(value),
+                *expected,
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
+        }
+    }
+
+    #[test]
+    fn several_bearer_credentials_are_malformed() {
+        let cfg = hs_config();
+        for pairs in [
+            &[("authorization", "Bearer a"), ("authorization", "Bearer a")][..],
+            &[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+            &[("authorization", "Basic x"), ("authorization", "Bearer")],
+            &[("authorization", "Bearer a"), ("authorization", "bearer")],
+        ] {
+            assert_eq!(
+                find(pairs, "/", &cfg),
+                Err(AuthError::MalformedAuthorization),
+                "{pairs:?}"
+            );
         }
     }
 
