@@ -727,6 +727,150 @@ async fn listed_authorization_schemes_pass_to_the_app_unverified() {
     assert_eq!(resp.status, 401, "{resp:?}");
 }
 
+/// Every way of writing `?token=` that some framework reads as the token parameter: queries
+/// with `token` between `a=1` and `b=2`, and what is left of each without it.
+fn url_token_spellings(token: &str) -> Vec<(String, &'static str)> {
+    [
+        "TOKEN",
+        "token[]",
+        "token[0]",
+        "token%5B%5D",
+        "Access_Token",
+        "access.token",
+    ]
+    .iter()
+    .map(|name| (format!("a=1&{name}={token}&b=2"), "a=1&b=2"))
+    .chain([(format!("a=1;token={token};b=2"), "a=1;b=2")])
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_spelling_of_a_url_token_is_lifted_and_seen_by_no_app_and_no_log() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(
+        up.addr,
+        &format!("{CORS}{OPEN_ROUTES}[log]\nlevel = \"info,streamguard=debug\"\n"),
+    )
+    .await;
+    let valid = token_for("alice", &[]);
+    let forged = forged_token();
+    let no_referrer = |resp: &Response| resp.header("referrer-policy") == Some("no-referrer");
+
+    for (n, (query, rest)) in url_token_spellings(&valid).iter().enumerate() {
+        // Lifted and verified on a required route; the app sees it only as the header.
+        let resp = get(proxy.addr, &format!("/echo/{n}?{query}"), &[]).await;
+        assert!(no_referrer(&resp), "{query}: {resp:?}");
+        let seen = echoed(&resp);
+        assert_eq!(
+            seen["target"],
+            format!("/echo/{n}?{rest}").as_str(),
+            "{query}"
+        );
+        assert_eq!(echoed_authorization(&seen), [bearer(&valid)], "{query}");
+        assert_eq!(seen["headers"]["x-streamguard-user"], "alice", "{query}");
+
+        // Lifted on a public route too, and not forwarded at all.
+        let resp = get(proxy.addr, &format!("/echo/off/{n}?{query}"), &[]).await;
+        assert!(no_referrer(&resp), "{query}: {resp:?}");
+        let seen = echoed(&resp);
+        assert_eq!(
+            seen["target"],
+            format!("/echo/off/{n}?{rest}").as_str(),
+            "{query}"
+        );
+        assert_eq!(echoed_authorization(&seen), Vec::<String>::new(), "{query}");
+    }
+    for (n, (query, _)) in url_token_spellings(&forged).iter().enumerate() {
+        // Present on an optional route: verified, and refused.
+        let resp = get(proxy.addr, &format!("/echo/optional/{n}?{query}"), &[]).await;
+        assert_eq!(resp.status, 401, "{query}: {resp:?}");
+        assert!(no_referrer(&resp), "the proxy's own refusals too: {resp:?}");
+    }
+
+    // A stream's answer carries the policy too.
+    let (query, _) = url_token_spellings(&valid).pop().expect("spellings");
+    let mut sse = SseClient::connect(
+        proxy.addr,
+        &format!("/sse?events=1&then=close&{query}"),
+        &[],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    assert_eq!(sse.header("referrer-policy"), Some("no-referrer"));
+    assert!(sse.wait_closed(IO_TIMEOUT).await);
+    let seen = up
+        .stats
+        .last_request("/sse")
+        .expect("the stream reached the app");
+    assert_eq!(seen.target, "/sse?events=1&then=close&a=1;b=2");
+
+    // Exactly when the URL carried a token: not otherwise, refusals included.
+    for (path, auth) in [
+        ("/echo?a=1&tokens=1", Some(bearer(&valid))),
+        ("/echo/off?x=token", None),
+        ("/echo?a=1", None),
+        ("/echo/optional", Some(bearer(&forged))),
+    ] {
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let resp = get(proxy.addr, path, &headers).await;
+        assert_eq!(resp.header("referrer-policy"), None, "{path}: {resp:?}");
+    }
+
+    let expected = 2 * url_token_spellings(&valid).len() + url_token_spellings(&forged).len() + 5;
+    wait_access_lines(&proxy, expected).await;
+    let logs = proxy.logs();
+    for token in [&valid, &forged] {
+        if let Some(line) = logs.lines().find(|l| l.contains(signature_of(token))) {
+            panic!("a URL token leaked into the logs: {line}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn referers_reach_the_app_without_token_params() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(up.addr, &format!("{CORS}{OPEN_ROUTES}")).await;
+    let valid = token_for("alice", &[]);
+    let referer = format!("https://app.example/page?x=1&token={valid};TOKEN[]={valid}#frag");
+
+    let seen = echoed(
+        &get(
+            proxy.addr,
+            "/echo",
+            &[("Authorization", &bearer(&valid)), ("Referer", &referer)],
+        )
+        .await,
+    );
+    assert_eq!(seen["headers"]["referer"], "https://app.example/page?x=1");
+    let seen = echoed(
+        &get(
+            proxy.addr,
+            "/echo/off",
+            &[("Referer", "https://app.example/?a=1")],
+        )
+        .await,
+    );
+    assert_eq!(
+        seen["headers"]["referer"], "https://app.example/?a=1",
+        "no token: untouched"
+    );
+
+    let mut sse = SseClient::connect(
+        proxy.addr,
+        "/sse?events=1&then=close",
+        &[("Referer", &referer)],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    assert!(sse.wait_closed(IO_TIMEOUT).await);
+    let seen = up
+        .stats
+        .last_request("/sse")
+        .expect("the stream reached the app");
+    assert_eq!(seen.header("referer"), Some("https://app.example/page?x=1"));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Session cookie exchange
 

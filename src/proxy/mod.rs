@@ -49,6 +49,8 @@ pub struct RequestCtx {
     log_uri: String,
     /// The token the request carried; `Err` for a malformed bearer credential.
     token: Result<Option<FoundToken>, AuthError>,
+    /// The URL carried a token parameter: every answer gets `Referrer-Policy: no-referrer`.
+    token_in_url: bool,
     identity: Option<Identity>,
     route: Option<usize>,
     /// The request's Origin when the CORS policy allowed it.
@@ -124,6 +126,7 @@ impl ProxyHttp for StreamGuard {
             method: http::Method::GET,
             log_uri: String::new(),
             token: Ok(None),
+            token_in_url: false,
             identity: None,
             route: None,
             cors_origin: None,
@@ -187,7 +190,12 @@ impl ProxyHttp for StreamGuard {
             );
         }
         ctx.status = resp.status.as_u16();
-        respond::finalize_headers(resp, &self.state.cors, ctx.cors_origin.as_ref())?;
+        respond::finalize_headers(
+            resp,
+            &self.state.cors,
+            ctx.cors_origin.as_ref(),
+            ctx.token_in_url,
+        )?;
         if self.state.config.upstream.hide_error_bodies && resp.status.is_server_error() {
             respond::hide_error_head(resp)?;
             ctx.hide_body = true;

@@ -30,18 +30,18 @@ pub fn now_unix() -> u64 {
         .unwrap_or(0)
 }
 
-/// Finds the request's token and removes it from the URL (and from `Sec-WebSocket-Protocol`)
-/// before any later phase, log line or upstream can see it.
+/// Finds the request's token and removes every token parameter from the URL (and the token from
+/// `Sec-WebSocket-Protocol`) before any later phase, log line or upstream can see it.
 pub fn lift_token(state: &State, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
     let cfg = &state.config.auth;
     let req = session.req_header();
     ctx.token = auth::find_token(&req.headers, &req.uri, cfg);
 
-    let stripped = req.uri.path_and_query().and_then(|pq| {
-        pq.query()?;
-        let clean = auth::strip_query_params(pq.as_str(), &cfg.query_params);
-        (clean != pq.as_str()).then_some(clean)
-    });
+    let stripped = req
+        .uri
+        .path_and_query()
+        .and_then(|pq| auth::strip_token_params(pq.as_str(), &auth::token_params(cfg)));
+    ctx.token_in_url = stripped.is_some();
     if let Some(clean) = stripped {
         // The stripped string is a subset of a URI that already parsed.
         let uri = Uri::try_from(clean).map_err(|_| {
@@ -104,9 +104,10 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
     match state.cors.check(&req.method, &req.headers) {
         CorsDecision::NoOrigin => {}
         CorsDecision::Allowed { origin } => ctx.cors_origin = Some(origin),
-        CorsDecision::Preflight { headers } => {
+        CorsDecision::Preflight { mut headers } => {
             ctx.outcome = Outcome::Local;
             ctx.status = 204;
+            headers.extend(respond::no_referrer(ctx.token_in_url));
             respond::send(session, 204, "", &headers).await?;
             return Ok(true);
         }
@@ -221,7 +222,7 @@ pub async fn refuse(
     ctx.outcome = Outcome::Rejected;
     ctx.status = rejection.status();
     let cors = ctx.cors_origin.as_ref().map(|o| (&state.cors, o));
-    respond::reject(session, rejection, cors, retry_after).await?;
+    respond::reject(session, rejection, cors, retry_after, ctx.token_in_url).await?;
     Ok(true)
 }
 
@@ -236,7 +237,7 @@ pub async fn fail(
     ctx.outcome = Outcome::Failed;
     ctx.status = rejection.status();
     let cors = ctx.cors_origin.as_ref().map(|o| (&state.cors, o));
-    respond::reject(session, rejection, cors, None).await
+    respond::reject(session, rejection, cors, None, ctx.token_in_url).await
 }
 
 /// One security-log line. Carries the reason and the token-free path, never a token.
@@ -344,6 +345,7 @@ fn rewrite_for_upstream(state: &State, session: &mut Session, ctx: &RequestCtx) 
     apply_edit(req, header::AUTHORIZATION, plan.authorization)?;
     apply_edit(req, header::COOKIE, plan.cookie)?;
     apply_edit(req, header::SEC_WEBSOCKET_PROTOCOL, plan.websocket_protocol)?;
+    apply_edit(req, header::REFERER, plan.referer)?;
     if let Some(target) = plan.path_and_query {
         let uri = Uri::try_from(target).map_err(|_| {
             pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "rewritten target")
@@ -432,6 +434,7 @@ async fn session_exchange(
     if let Some(origin) = &ctx.cors_origin {
         extra.extend(state.cors.response_headers(origin));
     }
+    extra.extend(respond::no_referrer(ctx.token_in_url));
     respond::send(session, 204, "", &extra).await?;
     Ok(true)
 }

@@ -42,6 +42,17 @@ pub async fn send(
     Ok(())
 }
 
+/// `Referrer-Policy: no-referrer` for every answer to a request whose URL carried a token
+/// (`token_in_url`): the page the browser shows for that URL must not send it on in `Referer`.
+pub fn no_referrer(token_in_url: bool) -> Option<(http::HeaderName, HeaderValue)> {
+    token_in_url.then(|| {
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        )
+    })
+}
+
 /// Writes the fixed answer for a policy rejection, with CORS headers when the origin is allowed
 /// (so a browser app can read the 401 and refresh its token).
 pub async fn reject(
@@ -49,6 +60,7 @@ pub async fn reject(
     rejection: Rejection,
     cors: Option<(&CorsPolicy, &HeaderValue)>,
     retry_after: Option<Duration>,
+    token_in_url: bool,
 ) -> pingora::Result<()> {
     let mut extra: Vec<(http::HeaderName, HeaderValue)> = rejection
         .extra_headers()
@@ -68,17 +80,19 @@ pub async fn reject(
     if let Some((policy, origin)) = cors {
         extra.extend(policy.response_headers(origin));
     }
+    extra.extend(no_referrer(token_in_url));
     session.set_keepalive(None);
     send(session, rejection.status(), rejection.body(), &extra).await
 }
 
 /// Applies streamguard's header rules to a response on its way to the client: CORS headers
-/// the upstream set are removed (a legacy wildcard never leaks out) and the proxy's own are
-/// added for an allowed origin.
+/// the upstream set are removed (a legacy wildcard never leaks out), the proxy's own are
+/// added for an allowed origin, and so is [`no_referrer`] when the URL carried a token.
 pub fn finalize_headers(
     resp: &mut ResponseHeader,
     cors: &CorsPolicy,
     origin: Option<&HeaderValue>,
+    token_in_url: bool,
 ) -> pingora::Result<()> {
     for name in upstream_cors_header_names(&resp.headers) {
         resp.remove_header(&name);
@@ -92,6 +106,10 @@ pub fn finalize_headers(
                 resp.insert_header(name, value)?;
             }
         }
+    }
+    if let Some((name, value)) = no_referrer(token_in_url) {
+        // The app's own policy may be laxer: ours replaces it.
+        resp.insert_header(name, value)?;
     }
     Ok(())
 }

@@ -94,7 +94,12 @@ pub async fn serve(
         )
         .await;
     };
-    respond::finalize_headers(&mut head, &state.cors, ctx.cors_origin.as_ref())?;
+    respond::finalize_headers(
+        &mut head,
+        &state.cors,
+        ctx.cors_origin.as_ref(),
+        ctx.token_in_url,
+    )?;
     ctx.status = head.status.as_u16();
     ctx.outcome = Outcome::Streamed;
 

@@ -8,8 +8,8 @@ use http::header::{self, HeaderMap};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use super::token::{
-    cookie_name, cookie_pieces, credential, strip_query_params, strip_ws_protocol,
-    ws_protocol_entries, Credential,
+    cookie_name, cookie_pieces, credential, strip_query_params, strip_referer, strip_ws_protocol,
+    token_params, ws_protocol_entries, Credential,
 };
 use crate::config::types::{AuthConfig, ForwardAs};
 
@@ -47,6 +47,8 @@ pub struct ForwardPlan {
     pub authorization: HeaderEdit,
     pub cookie: HeaderEdit,
     pub websocket_protocol: HeaderEdit,
+    /// `Referer` without token parameters: the page the client came from may have carried one.
+    pub referer: HeaderEdit,
     /// The new request target, or `None` to keep it.
     pub path_and_query: Option<String>,
 }
@@ -64,6 +66,7 @@ pub fn forward_plan(
         authorization: forward_authorization(cfg, headers, token),
         cookie: forward_cookie(cfg, headers, token),
         websocket_protocol: forward_ws_protocol(cfg, headers),
+        referer: forward_referer(cfg, headers),
         path_and_query: forward_query(cfg, path_and_query, token),
     }
 }
@@ -131,12 +134,24 @@ fn forward_ws_protocol(cfg: &AuthConfig, headers: &HeaderMap) -> HeaderEdit {
     strip_ws_protocol(&joined, prefix).map_or(HeaderEdit::Remove, HeaderEdit::Set)
 }
 
-fn forward_query(cfg: &AuthConfig, path_and_query: &str, token: Option<&str>) -> Option<String> {
-    let mut names = cfg.query_params.clone();
-    if cfg.forward_as == ForwardAs::Query {
-        names.push(cfg.forward_name.clone());
+/// `Referer` is a singleton (RFC 9110 §10.1.3): several lines, or a value that is not text and
+/// so cannot be searched for a token, pass nothing.
+fn forward_referer(cfg: &AuthConfig, headers: &HeaderMap) -> HeaderEdit {
+    let mut values = headers.get_all(header::REFERER).iter();
+    match (values.next(), values.next()) {
+        (None, _) => HeaderEdit::Keep,
+        (Some(only), None) => match only.to_str() {
+            Ok(referer) => {
+                strip_referer(referer, &token_params(cfg)).map_or(HeaderEdit::Keep, HeaderEdit::Set)
+            }
+            Err(_) => HeaderEdit::Remove,
+        },
+        _ => HeaderEdit::Remove,
     }
-    let mut target = strip_query_params(path_and_query, &names);
+}
+
+fn forward_query(cfg: &AuthConfig, path_and_query: &str, token: Option<&str>) -> Option<String> {
+    let mut target = strip_query_params(path_and_query, &token_params(cfg));
     if let (ForwardAs::Query, Some(token)) = (cfg.forward_as, token) {
         target.push(if target.contains('?') { '&' } else { '?' });
         target.extend(utf8_percent_encode(&cfg.forward_name, QUERY_VALUE));

@@ -9,7 +9,7 @@ use http::Uri;
 use percent_encoding::percent_decode_str;
 
 use super::jwt::AuthError;
-use crate::config::types::AuthConfig;
+use crate::config::types::{AuthConfig, ForwardAs};
 
 /// Where the client put its token; the caller uses it to strip the token from that place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,13 +187,28 @@ fn ws_protocol_token(headers: &HeaderMap, prefix: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The first configured parameter present with a non-empty value, percent-decoded. `+` is
-/// left alone: JWTs never contain spaces, and base64 `+` must survive.
+// ---------------------------------------------------------------------------------------------
+// Token parameters in URLs
+
+/// The query parameters that carry a token: `auth.query_params`, and with `forward_as = "query"`
+/// also `forward_name`, which a client must not set for the app.
+pub fn token_params(cfg: &AuthConfig) -> Cow<'_, [String]> {
+    if cfg.forward_as == ForwardAs::Query {
+        let mut names = cfg.query_params.clone();
+        names.push(cfg.forward_name.clone());
+        Cow::Owned(names)
+    } else {
+        Cow::Borrowed(&cfg.query_params)
+    }
+}
+
+/// The first configured parameter present with a non-empty value, percent-decoded, in the
+/// order of `names`. `+` is left alone: JWTs never contain spaces, and base64 `+` must survive.
 fn query_token(query: &str, names: &[String]) -> Option<String> {
     names.iter().find_map(|name| {
-        query.split('&').find_map(|piece| {
-            let (_, value) = piece.split_once('=')?;
-            if !param_is_named(piece, std::slice::from_ref(name)) {
+        query_pieces(query).find_map(|piece| {
+            let value = piece.value()?;
+            if !is_token_param(piece.name(), std::slice::from_ref(name)) {
                 return None;
             }
             let value = percent_decode_str(value).decode_utf8().ok()?;
@@ -202,31 +217,125 @@ fn query_token(query: &str, names: &[String]) -> Option<String> {
     })
 }
 
-/// Whether a query piece's name, percent-decoded, is one of `names`, so that `%74oken`
-/// cannot sneak a `token` past the filter.
-fn param_is_named(piece: &str, names: &[String]) -> bool {
-    let raw_name = piece.split_once('=').map_or(piece, |(name, _)| name);
-    let decoded: Cow<'_, [u8]> = percent_decode_str(raw_name).into();
-    names.iter().any(|name| name.as_bytes() == &*decoded)
+/// One `name=value` piece of a query, with the separator before it (`&` or `;`; empty for
+/// the first piece).
+struct QueryPiece<'a> {
+    separator: &'a str,
+    text: &'a str,
 }
 
-/// Removes every parameter named in `names` from the query of `path_and_query`.
+impl<'a> QueryPiece<'a> {
+    fn name(&self) -> &'a str {
+        self.text
+            .split_once('=')
+            .map_or(self.text, |(name, _)| name)
+    }
+
+    fn value(&self) -> Option<&'a str> {
+        self.text.split_once('=').map(|(_, value)| value)
+    }
+}
+
+/// The pieces of a query, split on `&` and also on `;`, which some frameworks split on too.
+fn query_pieces(query: &str) -> impl Iterator<Item = QueryPiece<'_>> {
+    let mut rest = Some(query);
+    let mut separator = "";
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let piece = match text.find(['&', ';']) {
+            Some(at) => {
+                rest = Some(&text[at + 1..]);
+                QueryPiece {
+                    separator: std::mem::replace(&mut separator, &text[at..=at]),
+                    text: &text[..at],
+                }
+            }
+            None => {
+                rest = None;
+                QueryPiece { separator, text }
+            }
+        };
+        Some(piece)
+    })
+}
+
+/// Whether a query parameter's raw name is one of `names` as some framework would read it, so
+/// that no spelling of a token parameter gets past the proxy to an app that reads it as one:
+/// percent-decoded and `+` read as a space (`%74oken`, form encoding), an array suffix dropped
+/// (`token[]`, `token[0]`, `token[key]`: PHP, Rack, qs), surrounding whitespace trimmed and
+/// `.` or a space taken for `_` (PHP's mangling: `access.token` arrives as `access_token`), and
+/// letters compared case-insensitively (`TOKEN`).
+pub fn is_token_param(raw_name: &str, names: &[String]) -> bool {
+    let decoded = form_decode(raw_name);
+    let name = decoded.split(|b| *b == b'[').next().unwrap_or_default();
+    let name = trim(name, u8::is_ascii_whitespace);
+    names.iter().any(|token| {
+        let token = token.as_bytes();
+        name.len() == token.len()
+            && name
+                .iter()
+                .zip(token)
+                .all(|(n, t)| n.eq_ignore_ascii_case(t) || (*t == b'_' && matches!(n, b'.' | b' ')))
+    })
+}
+
+/// `application/x-www-form-urlencoded` decoding of a name: `+` is a space, `%XX` a byte.
+fn form_decode(raw: &str) -> Cow<'_, [u8]> {
+    if !raw.contains('+') {
+        return percent_decode_str(raw).into();
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    for (i, part) in raw.split('+').enumerate() {
+        if i > 0 {
+            out.push(b' ');
+        }
+        out.extend(percent_decode_str(part));
+    }
+    Cow::Owned(out)
+}
+
+/// Removes every token parameter ([`is_token_param`]) from the query of `path_and_query`;
+/// `None` when there is none.
 ///
-/// The other parameters keep their order and their exact bytes, empty pieces included, so
-/// the upstream sees the same request minus the token. The `?` goes when nothing is left.
-pub fn strip_query_params(path_and_query: &str, names: &[String]) -> String {
-    let Some((path, query)) = path_and_query.split_once('?') else {
-        return path_and_query.to_owned();
-    };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|piece| !param_is_named(piece, names))
-        .collect();
-    if kept.iter().all(|piece| piece.is_empty()) {
+/// Every other piece keeps its exact bytes, its order and the separator before it (the first
+/// one left loses its separator, since the query starts there), empty pieces included, so the
+/// upstream sees the same request minus the token. The `?` goes when nothing is left.
+pub fn strip_token_params(path_and_query: &str, names: &[String]) -> Option<String> {
+    let (path, query) = path_and_query.split_once('?')?;
+    let is_token = |piece: &QueryPiece<'_>| is_token_param(piece.name(), names);
+    if !query_pieces(query).any(|piece| is_token(&piece)) {
+        return None;
+    }
+    let mut kept = String::with_capacity(query.len());
+    for (i, piece) in query_pieces(query)
+        .filter(|piece| !is_token(piece))
+        .enumerate()
+    {
+        if i > 0 {
+            kept.push_str(piece.separator);
+        }
+        kept.push_str(piece.text);
+    }
+    Some(if kept.bytes().all(|b| b == b'&' || b == b';') {
         path.to_owned()
     } else {
-        format!("{path}?{}", kept.join("&"))
-    }
+        format!("{path}?{kept}")
+    })
+}
+
+/// [`strip_token_params`], or the target unchanged.
+pub fn strip_query_params(path_and_query: &str, names: &[String]) -> String {
+    strip_token_params(path_and_query, names).unwrap_or_else(|| path_and_query.to_owned())
+}
+
+/// A `Referer` value without token parameters, and without a fragment (RFC 9110 §10.1.3 allows
+/// none, and one could hold a token too); `None` when it needs no change.
+pub fn strip_referer(referer: &str, names: &[String]) -> Option<String> {
+    let (url, fragment) = match referer.split_once('#') {
+        Some((url, _)) => (url, true),
+        None => (referer, false),
+    };
+    strip_token_params(url, names).or_else(|| fragment.then(|| url.to_owned()))
 }
 
 /// Removes the token entries from a `Sec-WebSocket-Protocol` value; `None` when no
@@ -406,78 +515,210 @@ mod tests {
         list.iter().map(|n| (*n).to_owned()).collect()
     }
 
+    const TOKEN_NAMES: [&str; 2] = ["token", "access_token"];
+
     #[test]
     fn strip_query_params_table() {
-        let token = names(&["token", "access_token"]);
+        let token = names(&TOKEN_NAMES);
         let cases = [
             ("/s", "/s"),
-            ("/s?", "/s"),
+            ("/s?", "/s?"),
             ("/s?token=x", "/s"),
             ("/s?token=x&access_token=y", "/s"),
             ("/s?a=1&token=x", "/s?a=1"),
             ("/s?token=x&a=1", "/s?a=1"),
             ("/s?a=1&&token=x&b", "/s?a=1&&b"),
+            ("/s?&token=x&a", "/s?&a"),
             ("/s?token&a=%20+b", "/s?a=%20+b"),
             ("/s?%74oken=x&a=1", "/s?a=1"),
             ("/s?to%6Ben=x", "/s"),
-            ("/s?tokens=1&xtoken=2&token2", "/s?tokens=1&xtoken=2&token2"),
+            (
+                "/s?tokens=1&xtoken=2&token2&token_=3",
+                "/s?tokens=1&xtoken=2&token2&token_=3",
+            ),
             ("/s?a=token&b=x=token=y", "/s?a=token&b=x=token=y"),
-            ("/s?TOKEN=1", "/s?TOKEN=1"),
             ("/s?token=a?b&c=d", "/s?c=d"),
             ("/p/token=x?q=1", "/p/token=x?q=1"),
+            // Every spelling some framework reads as `token`.
+            ("/s?TOKEN=1&Access_Token=2&a", "/s?a"),
+            ("/s?token[]=1&a=2", "/s?a=2"),
+            ("/s?token[0]=1&token[1]=2&a", "/s?a"),
+            ("/s?token[key]=1&token[a][b]=2", "/s"),
+            ("/s?token%5B%5D=1&a", "/s?a"),
+            ("/s?token%5b0%5d=1&a", "/s?a"),
+            ("/s?token[=1&a", "/s?a"),
+            ("/s?access.token=1&access+token=2&access%20token=3", "/s"),
+            ("/s?+token=1&%20token%20=2&a", "/s?a"),
+            ("/s?to+ken=1&tok.en=2", "/s?to+ken=1&tok.en=2"),
+            // `;` separates too, and every piece keeps its own separator.
+            ("/s?a=1;token=x&b=2", "/s?a=1&b=2"),
+            ("/s?a=1&token=x;b=2", "/s?a=1;b=2"),
+            ("/s?token=x;a=1", "/s?a=1"),
+            ("/s?a=1;b=2&TOKEN=x", "/s?a=1;b=2"),
+            ("/s?;token=x", "/s"),
         ];
         for (input, expected) in cases {
             assert_eq!(strip_query_params(input, &token), expected, "{input}");
         }
-        assert_eq!(
-            strip_query_params("/s?a&&b", &token),
-            "/s?a&&b",
-            "untouched when nothing matches"
-        );
+        for untouched in ["/s?a&&b", "/s?a=1;b=2", "/s", "/s?tokens=1"] {
+            assert_eq!(strip_token_params(untouched, &token), None, "{untouched}");
+        }
     }
 
-    /// A query parameter for the property test: its raw text and whether it must go.
-    fn param() -> impl Strategy<Value = (String, bool)> {
-        let names = prop::sample::select(vec![
+    #[test]
+    fn lifting_reads_every_spelling_it_strips() {
+        let cfg = hs_config();
+        for (uri, token) in [
+            ("/s?TOKEN=a", "a"),
+            ("/s?token[]=b&x", "b"),
+            ("/s?token[0]=c", "c"),
+            ("/s?x=1;token=d", "d"),
+            ("/s?token%5B%5D=e", "e"),
+            ("/s?Access.Token=f", "f"),
+        ] {
+            assert_eq!(
+                find(&[], uri, &cfg),
+                Ok(Some((token.to_owned(), TokenSource::Query))),
+                "{uri}"
+            );
+            let stripped = strip_query_params(uri, &cfg.query_params);
+            assert_eq!(find(&[], &stripped, &cfg), Ok(None), "{uri} -> {stripped}");
+        }
+    }
+
+    #[test]
+    fn referers_lose_token_params_and_fragments() {
+        let token = names(&TOKEN_NAMES);
+        let cases = [
+            ("https://app.example/page", None),
+            ("https://app.example/page?a=1", None),
+            (
+                "https://app.example/page?token=x&a=1",
+                Some("https://app.example/page?a=1"),
+            ),
+            (
+                "https://app.example/page?a=1;TOKEN[]=x",
+                Some("https://app.example/page?a=1"),
+            ),
+            (
+                "https://app.example/p?access_token=x",
+                Some("https://app.example/p"),
+            ),
+            (
+                "https://app.example/p#access_token=x",
+                Some("https://app.example/p"),
+            ),
+            ("/relative?token=x#f", Some("/relative")),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(strip_referer(input, &token).as_deref(), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn forward_name_is_a_token_param_when_forwarded_in_the_query() {
+        let cfg = hs_config();
+        assert_eq!(*token_params(&cfg), cfg.query_params);
+        let query = AuthConfig {
+            forward_as: crate::config::types::ForwardAs::Query,
+            forward_name: "jwt".into(),
+            ..hs_config()
+        };
+        assert_eq!(*token_params(&query), ["access_token", "token", "jwt"]);
+    }
+
+    /// A query parameter name for the property test, and whether it names a token: spellings
+    /// with a known answer, and arbitrary names judged by the matcher itself.
+    fn param_name() -> impl Strategy<Value = (String, bool)> {
+        let known = prop::sample::select(vec![
             ("token", true),
             ("%74oken", true),
             ("to%6Ben", true),
+            ("TOKEN", true),
+            ("Token", true),
+            ("token[]", true),
+            ("token[0]", true),
+            ("token[key]", true),
+            ("token%5B%5D", true),
             ("access_token", true),
-            ("Token", false),
+            ("access.token", true),
+            ("ACCESS+TOKEN", true),
             ("tok", false),
             ("tokens", false),
+            ("xtoken", false),
+            ("to+ken", false),
             ("a", false),
             ("b%20c", false),
             ("", false),
-        ]);
-        let value = prop::option::of("[a-zA-Z0-9%+=?/.~-]{0,6}");
-        (names, value).prop_map(|((name, removed), value)| match value {
-            Some(value) => (format!("{name}={value}"), removed),
-            None => (name.to_owned(), removed),
+        ])
+        .prop_map(|(name, token)| (name.to_owned(), token));
+        let arbitrary = "[a-zA-Z0-9%+._ \\[\\]-]{0,10}".prop_map(|name| {
+            let token = is_token_param(&name, &names(&TOKEN_NAMES));
+            (name, token)
+        });
+        prop_oneof![known, arbitrary]
+    }
+
+    /// One query piece: the separator before it, its text, and whether it must go.
+    fn piece() -> impl Strategy<Value = (&'static str, String, bool)> {
+        let separator = prop::sample::select(vec!["&", ";"]);
+        let value = prop::option::of("[a-zA-Z0-9%+=?/.~\\[\\]-]{0,6}");
+        (separator, param_name(), value).prop_map(|(separator, (name, token), value)| {
+            let text = match value {
+                Some(value) => format!("{name}={value}"),
+                None => name,
+            };
+            (separator, text, token)
         })
     }
 
     proptest! {
         #[test]
-        fn stripping_removes_exactly_the_named_params(
+        fn stripping_removes_exactly_the_token_params(
             path in "/[a-z0-9/]{0,8}",
-            params in prop::collection::vec(param(), 0..8),
+            pieces in prop::collection::vec(piece(), 0..10),
         ) {
-            let query: Vec<&str> = params.iter().map(|(raw, _)| raw.as_str()).collect();
-            let input = format!("{path}?{}", query.join("&"));
-            let output = strip_query_params(&input, &names(&["token", "access_token"]));
+            let names = names(&TOKEN_NAMES);
+            let mut query = String::new();
+            for (i, (separator, text, _)) in pieces.iter().enumerate() {
+                if i > 0 {
+                    query.push_str(separator);
+                }
+                query.push_str(text);
+            }
+            let input = format!("{path}?{query}");
+            let output = strip_query_params(&input, &names);
 
-            let expected: Vec<&str> =
-                params.iter().filter(|(_, removed)| !removed).map(|(raw, _)| raw.as_str()).collect();
+            // What must survive: every other piece, byte for byte and in order, each after its
+            // own separator (the first one left starts the query).
+            let mut expected = String::new();
+            let kept = pieces.iter().enumerate().filter(|(_, (_, _, token))| !token);
+            for (n, (i, (separator, text, _))) in kept.enumerate() {
+                if n > 0 && i > 0 {
+                    expected.push_str(separator);
+                }
+                expected.push_str(text);
+            }
             let (out_path, out_query) = output.split_once('?').unwrap_or((&output, ""));
             prop_assert_eq!(out_path, path.as_str());
-            if expected.iter().all(|p| p.is_empty()) {
-                prop_assert!(!output.contains('?'));
+            if pieces.iter().any(|(_, _, token)| *token) {
+                if expected.bytes().all(|b| b == b'&' || b == b';') {
+                    prop_assert!(!output.contains('?'), "{}", output);
+                } else {
+                    prop_assert_eq!(out_query, expected);
+                }
             } else {
-                prop_assert_eq!(out_query, expected.join("&"));
+                prop_assert_eq!(&output, &input, "untouched without a token");
             }
-            for piece in out_query.split('&') {
-                prop_assert!(!param_is_named(piece, &names(&["token", "access_token"])), "{} kept", piece);
+            for piece in out_query.split(['&', ';']) {
+                let name = piece.split_once('=').map_or(piece, |(name, _)| name);
+                prop_assert!(!is_token_param(name, &names), "{} kept", piece);
+            }
+            // One matcher: nothing the lifting would read is left behind.
+            let uri = output.parse::<Uri>();
+            if let Ok(uri) = uri {
+                let found = find(&[], &uri.to_string(), &hs_config());
+                prop_assert!(!matches!(found, Ok(Some(_))), "{} still has a token", output);
             }
         }
     }
