@@ -20,8 +20,8 @@ pub use forward::{forward_plan, ForwardPlan, HeaderEdit};
 pub use jwt::{AuthError, AuthSetupError, Identity, Verifier};
 pub use session::{session_clear_cookie, session_set_cookie};
 pub use token::{
-    find_token, is_token_param, strip_query_params, strip_token_params, strip_ws_protocol,
-    token_params, FoundToken, TokenSource,
+    find_token, is_token_param, strip_query_params, strip_referer, strip_token_params,
+    strip_ws_protocol, token_params, FoundToken, TokenSource,
 };
 
 /// Configs and requests the tests of every submodule share.
