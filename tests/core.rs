@@ -787,6 +787,15 @@ async fn every_spelling_of_a_url_token_is_lifted_and_seen_by_no_app_and_no_log()
         assert!(no_referrer(&resp), "the proxy's own refusals too: {resp:?}");
     }
 
+    // A path parameter is no token source, but it goes too (instead of a 400 for the `;`), and
+    // the path is logged without it.
+    let resp = get(proxy.addr, &format!("/echo/off/p;token={valid}?a=1"), &[]).await;
+    assert!(no_referrer(&resp), "{resp:?}");
+    assert_eq!(echoed(&resp)["target"], "/echo/off/p?a=1");
+    let resp = get(proxy.addr, &format!("/echo/p;TOKEN[]={valid}"), &[]).await;
+    assert_eq!(resp.status, 401, "not a credential: {resp:?}");
+    assert!(no_referrer(&resp), "{resp:?}");
+
     // A stream's answer carries the policy too.
     let (query, _) = url_token_spellings(&valid).pop().expect("spellings");
     let mut sse = SseClient::connect(
@@ -817,7 +826,7 @@ async fn every_spelling_of_a_url_token_is_lifted_and_seen_by_no_app_and_no_log()
         assert_eq!(resp.header("referrer-policy"), None, "{path}: {resp:?}");
     }
 
-    let expected = 2 * url_token_spellings(&valid).len() + url_token_spellings(&forged).len() + 5;
+    let expected = 2 * url_token_spellings(&valid).len() + url_token_spellings(&forged).len() + 7;
     wait_access_lines(&proxy, expected).await;
     let logs = proxy.logs();
     for token in [&valid, &forged] {

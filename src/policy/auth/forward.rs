@@ -322,6 +322,47 @@ mod tests {
     }
 
     #[test]
+    fn referers_lose_token_params() {
+        let referer = |cfg: &AuthConfig, values: &[&[u8]]| {
+            let mut map = HeaderMap::new();
+            for value in values {
+                let value = http::HeaderValue::from_bytes(value).expect("test referer");
+                map.append(header::REFERER, value);
+            }
+            forward_plan(cfg, &map, "/s", None).referer
+        };
+        let cfg = hs_config();
+        assert_eq!(referer(&cfg, &[]), HeaderEdit::Keep);
+        assert_eq!(
+            referer(&cfg, &[b"https://a.example/p?x=1"]),
+            HeaderEdit::Keep
+        );
+        assert_eq!(
+            referer(&cfg, &[b"https://a.example/p?x=1&Token[]=t"]),
+            HeaderEdit::Set("https://a.example/p?x=1".into())
+        );
+        assert_eq!(
+            referer(&cfg, &[b"https://a.example/p", b"https://a.example/q"]),
+            HeaderEdit::Remove,
+            "a singleton given twice"
+        );
+        assert_eq!(
+            referer(&cfg, &[b"https://a.example/p?\xfftoken=t"]),
+            HeaderEdit::Remove,
+            "not text: cannot be searched"
+        );
+        let query = AuthConfig {
+            forward_as: ForwardAs::Query,
+            forward_name: "jwt".into(),
+            ..hs_config()
+        };
+        assert_eq!(
+            referer(&query, &[b"/p?jwt=t;a=1"]),
+            HeaderEdit::Set("/p?a=1".into())
+        );
+    }
+
+    #[test]
     fn header_edit_debug_hides_values() {
         let edit = HeaderEdit::Set("Bearer secret".into());
         assert!(!format!("{edit:?}").contains("secret"));

@@ -262,12 +262,16 @@ fn query_pieces(query: &str) -> impl Iterator<Item = QueryPiece<'_>> {
 /// Whether a query parameter's raw name is one of `names` as some framework would read it, so
 /// that no spelling of a token parameter gets past the proxy to an app that reads it as one:
 /// percent-decoded and `+` read as a space (`%74oken`, form encoding), an array suffix dropped
-/// (`token[]`, `token[0]`, `token[key]`: PHP, Rack, qs), surrounding whitespace trimmed and
+/// (`token[]`, `token[0]`, `token[key]`: PHP, Rack, qs) and so is anything after a NUL (where C
+/// code stops reading: `token%00x`), surrounding whitespace trimmed and
 /// `.` or a space taken for `_` (PHP's mangling: `access.token` arrives as `access_token`), and
 /// letters compared case-insensitively (`TOKEN`).
 pub fn is_token_param(raw_name: &str, names: &[String]) -> bool {
     let decoded = form_decode(raw_name);
-    let name = decoded.split(|b| *b == b'[').next().unwrap_or_default();
+    let name = decoded
+        .split(|b| *b == b'[' || *b == 0)
+        .next()
+        .unwrap_or_default();
     let name = trim(name, u8::is_ascii_whitespace);
     names.iter().any(|token| {
         let token = token.as_bytes();
@@ -294,20 +298,70 @@ fn form_decode(raw: &str) -> Cow<'_, [u8]> {
     Cow::Owned(out)
 }
 
-/// Removes every token parameter ([`is_token_param`]) from the query of `path_and_query`;
-/// `None` when there is none.
+/// Removes every token parameter ([`is_token_param`]) from `path_and_query`: from its query,
+/// and from the parameters of its path segments (`/p;token=x`, as servlet containers read a
+/// path); `None` when there is none.
 ///
 /// Every other piece keeps its exact bytes, its order and the separator before it (the first
-/// one left loses its separator, since the query starts there), empty pieces included, so the
-/// upstream sees the same request minus the token. The `?` goes when nothing is left.
+/// one left loses its separator, since the list starts there), empty pieces included, so the
+/// upstream sees the same request minus the token. The `?` goes when nothing is left of the
+/// query, a segment's `;` when nothing is left of its parameters.
 pub fn strip_token_params(path_and_query: &str, names: &[String]) -> Option<String> {
-    let (path, query) = path_and_query.split_once('?')?;
-    let is_token = |piece: &QueryPiece<'_>| is_token_param(piece.name(), names);
-    if !query_pieces(query).any(|piece| is_token(&piece)) {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    let clean_path = strip_path_params(path, names);
+    let clean_query = query.and_then(|query| strip_pieces(query, names));
+    if clean_path.is_none() && clean_query.is_none() {
         return None;
     }
-    let mut kept = String::with_capacity(query.len());
-    for (i, piece) in query_pieces(query)
+    let mut target = clean_path.unwrap_or_else(|| path.to_owned());
+    if let Some(query) = clean_query.as_deref().or(query) {
+        if clean_query.is_none() || !only_separators(query) {
+            target.push('?');
+            target.push_str(query);
+        }
+    }
+    Some(target)
+}
+
+/// The path with token parameters removed from every segment; `None` when it has none.
+fn strip_path_params(path: &str, names: &[String]) -> Option<String> {
+    if !path.contains(';') {
+        return None;
+    }
+    let mut stripped = false;
+    let segments: Vec<Cow<'_, str>> = path
+        .split('/')
+        .map(|segment| {
+            let Some((name, params)) = segment.split_once(';') else {
+                return Cow::Borrowed(segment);
+            };
+            match strip_pieces(params, names) {
+                None => Cow::Borrowed(segment),
+                Some(kept) => {
+                    stripped = true;
+                    if only_separators(&kept) {
+                        Cow::Owned(name.to_owned())
+                    } else {
+                        Cow::Owned(format!("{name};{kept}"))
+                    }
+                }
+            }
+        })
+        .collect();
+    stripped.then(|| segments.join("/"))
+}
+
+/// A parameter list without its token parameters; `None` when it has none.
+fn strip_pieces(list: &str, names: &[String]) -> Option<String> {
+    let is_token = |piece: &QueryPiece<'_>| is_token_param(piece.name(), names);
+    if !query_pieces(list).any(|piece| is_token(&piece)) {
+        return None;
+    }
+    let mut kept = String::with_capacity(list.len());
+    for (i, piece) in query_pieces(list)
         .filter(|piece| !is_token(piece))
         .enumerate()
     {
@@ -316,11 +370,12 @@ pub fn strip_token_params(path_and_query: &str, names: &[String]) -> Option<Stri
         }
         kept.push_str(piece.text);
     }
-    Some(if kept.bytes().all(|b| b == b'&' || b == b';') {
-        path.to_owned()
-    } else {
-        format!("{path}?{kept}")
-    })
+    Some(kept)
+}
+
+/// Whether nothing but separators (so no parameter) is left of a list.
+fn only_separators(list: &str) -> bool {
+    list.bytes().all(|b| b == b'&' || b == b';')
 }
 
 /// [`strip_token_params`], or the target unchanged.
@@ -549,6 +604,7 @@ mod tests {
             ("/s?token[=1&a", "/s?a"),
             ("/s?access.token=1&access+token=2&access%20token=3", "/s"),
             ("/s?+token=1&%20token%20=2&a", "/s?a"),
+            ("/s?token%00=1&token%00x=2&a", "/s?a"),
             ("/s?to+ken=1&tok.en=2", "/s?to+ken=1&tok.en=2"),
             // `;` separates too, and every piece keeps its own separator.
             ("/s?a=1;token=x&b=2", "/s?a=1&b=2"),
@@ -556,11 +612,25 @@ mod tests {
             ("/s?token=x;a=1", "/s?a=1"),
             ("/s?a=1;b=2&TOKEN=x", "/s?a=1;b=2"),
             ("/s?;token=x", "/s"),
+            // Path parameters, as a servlet container reads them.
+            ("/s;token=x", "/s"),
+            ("/s;token=x?a=1", "/s?a=1"),
+            ("/s;TOKEN[]=x;v=2/e;token=y?token=z&a", "/s;v=2/e?a"),
+            ("/s;v=2;token=x/e", "/s;v=2/e"),
+            ("/;token=x", "/"),
+            ("/s;token=x?", "/s?"),
+            ("/s;v=1?token=x", "/s;v=1"),
         ];
         for (input, expected) in cases {
             assert_eq!(strip_query_params(input, &token), expected, "{input}");
         }
-        for untouched in ["/s?a&&b", "/s?a=1;b=2", "/s", "/s?tokens=1"] {
+        for untouched in [
+            "/s?a&&b",
+            "/s?a=1;b=2",
+            "/s",
+            "/s?tokens=1",
+            "/s;v=1/t;x?a;b",
+        ] {
             assert_eq!(strip_token_params(untouched, &token), None, "{untouched}");
         }
     }
@@ -720,6 +790,50 @@ mod tests {
                 let found = find(&[], &uri.to_string(), &hs_config());
                 prop_assert!(!matches!(found, Ok(Some(_))), "{} still has a token", output);
             }
+        }
+    }
+
+    /// A path segment for the property test: its text (`name;param;...`) and what must be
+    /// left of it.
+    fn segment() -> impl Strategy<Value = (String, String)> {
+        let param = (param_name(), prop::option::of("[a-zA-Z0-9%+=.~-]{0,6}")).prop_map(
+            |((name, token), value)| match value {
+                Some(value) => (format!("{name}={value}"), token),
+                None => (name, token),
+            },
+        );
+        ("[a-z0-9.]{0,4}", prop::collection::vec(param, 0..4)).prop_map(|(name, params)| {
+            let mut text = name.clone();
+            let mut kept = name;
+            for (param, _) in &params {
+                text.push(';');
+                text.push_str(param);
+            }
+            let left: Vec<&str> = params
+                .iter()
+                .filter(|(_, token)| !token)
+                .map(|(param, _)| param.as_str())
+                .collect();
+            if params.iter().any(|(_, token)| *token) {
+                if !left.iter().all(|param| param.is_empty()) {
+                    kept.push(';');
+                    kept.push_str(&left.join(";"));
+                }
+            } else {
+                kept = text.clone();
+            }
+            (text, kept)
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn path_parameters_lose_exactly_the_token_params(
+            segments in prop::collection::vec(segment(), 1..5),
+        ) {
+            let path: String = segments.iter().map(|(text, _)| format!("/{text}")).collect();
+            let expected: String = segments.iter().map(|(_, kept)| format!("/{kept}")).collect();
+            prop_assert_eq!(strip_query_params(&path, &names(&TOKEN_NAMES)), expected);
         }
     }
 
