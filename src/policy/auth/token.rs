@@ -1,5 +1,10 @@
 //! Finding the token the client sent (header, cookie, WebSocket protocol entry, query
 //! parameter), and taking it out of the URL and the protocol list before anything logs it.
+//!
+//! Both sides read as leniently as the apps behind the proxy might: an `Authorization` value
+//! that any app could take for a bearer token is verified or refused, never passed on unread,
+//! and one matcher ([`is_token_param`]) decides, for lifting and for stripping alike, which URL
+//! parameters (query, path parameters, `Referer`) are token parameters in any spelling.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -111,8 +116,8 @@ pub(super) fn credential(value: &[u8]) -> Credential<'_> {
     let Some(rest) = value.get(BEARER.len()..).filter(|_| starts_bearer(value)) else {
         return Credential::MalformedBearer;
     };
+    let separated = rest.first().is_some_and(|b| matches!(b, b' ' | b'\t'));
     let token = trim(rest, |b| matches!(b, b' ' | b'\t'));
-    let separated = token.len() < rest.len();
     match std::str::from_utf8(token) {
         Ok(token) if separated && is_token68(token.as_bytes()) => Credential::Bearer(token),
         _ => Credential::MalformedBearer,
