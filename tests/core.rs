@@ -60,6 +60,21 @@ fn b64url(bytes: &[u8]) -> String {
     out
 }
 
+/// An HS256 token signed with [`TEST_SECRET`] under a hand-written JOSE header (jsonwebtoken's
+/// `Header` cannot carry `crit`).
+fn hs256_with_header(header: &str, claims: &Value) -> String {
+    let signed = format!(
+        "{}.{}",
+        b64url(header.as_bytes()),
+        b64url(claims.to_string().as_bytes())
+    );
+    let key = jsonwebtoken::EncodingKey::from_secret(TEST_SECRET.as_bytes());
+    let signature =
+        jsonwebtoken::crypto::sign(signed.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+            .unwrap_or_else(|e| panic!("signing a test token: {e}"));
+    format!("{signed}.{signature}")
+}
+
 /// The signature segment of a JWT: the part that must never be logged even on its own.
 fn signature_of(token: &str) -> &str {
     token.rsplit('.').next().unwrap_or(token)
@@ -515,6 +530,357 @@ async fn forward_as_query_token_never_reaches_the_access_log() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Credentials the proxy did not verify
+
+/// An optional route, a public one and a public stream, all behind `/echo` (or `/sse`), which
+/// echo what the app was sent.
+const OPEN_ROUTES: &str = r#"
+[[route]]
+path = "/echo/optional"
+auth = "optional"
+
+[[route]]
+path = "/echo/off"
+auth = "off"
+
+[[route]]
+path = "/sse"
+auth = "off"
+"#;
+
+/// A token signed with another key: it verifies nowhere.
+fn forged_token() -> String {
+    sign(
+        jsonwebtoken::Algorithm::HS256,
+        &jsonwebtoken::EncodingKey::from_secret(b"not-the-proxy-secret-but-just-as-long-0123"),
+        &json!({ "sub": "mallory", "exp": unix_now() + 600 }),
+    )
+}
+
+/// The `Authorization` values the app was sent, as echoed (absent: none).
+fn echoed_authorization(seen: &Value) -> Vec<String> {
+    match &seen["headers"]["authorization"] {
+        Value::Null => Vec::new(),
+        Value::String(one) => vec![one.clone()],
+        Value::Array(many) => many.iter().map(|v| v.to_string()).collect(),
+        other => panic!("odd authorization echo: {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unverified_credentials_never_reach_the_app() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(up.addr, &format!("{CORS}{OPEN_ROUTES}")).await;
+    let valid = token_for("alice", &["reader"]);
+    let forged = forged_token();
+
+    // What a lenient app would take for a bearer token is verified, and forwarded normalised.
+    for spelling in [
+        format!("Bearer\t{valid}"),
+        format!("bearer   {valid}"),
+        format!(", Bearer {valid}"),
+    ] {
+        let seen = echoed(
+            &get(
+                proxy.addr,
+                "/echo/optional/a",
+                &[("Authorization", &spelling)],
+            )
+            .await,
+        );
+        assert_eq!(
+            echoed_authorization(&seen),
+            [bearer(&valid)],
+            "{spelling:?}"
+        );
+        assert_eq!(
+            seen["headers"]["x-streamguard-user"], "alice",
+            "{spelling:?}"
+        );
+    }
+
+    // A credential present on an optional route is verified: forged or malformed, it is a 401.
+    let refused = [
+        (
+            "tab-forged",
+            vec![format!("Bearer\t{forged}")],
+            "bad_signature",
+        ),
+        (
+            "comma-forged",
+            vec![format!(", Bearer {forged}")],
+            "bad_signature",
+        ),
+        (
+            "no-space",
+            vec![format!("Bearer{valid}")],
+            "malformed_authorization",
+        ),
+        ("bare", vec!["Bearer".to_owned()], "malformed_authorization"),
+        (
+            "two-lines",
+            vec![bearer(&valid), bearer(&forged)],
+            "malformed_authorization",
+        ),
+    ];
+    for (case, values, _) in &refused {
+        let headers: Vec<(&str, &str)> = values
+            .iter()
+            .map(|v| ("Authorization", v.as_str()))
+            .collect();
+        let resp = get(proxy.addr, &format!("/echo/optional/{case}"), &headers).await;
+        assert_eq!(
+            (resp.status, resp.text().as_str()),
+            (401, UNAUTHORIZED_BODY),
+            "{case}"
+        );
+    }
+    let failures = security_events(&proxy, "auth_failed");
+    for (case, _, reason) in &refused {
+        let path = format!("/echo/optional/{case}");
+        let line = failures
+            .iter()
+            .find(|l| l["path"] == path.as_str())
+            .unwrap_or_else(|| panic!("no auth_failed line for {case}: {failures:?}"));
+        assert_eq!(line["reason"], *reason, "{case}");
+    }
+
+    // Another scheme is the app's own, but not listed: it never reaches the app either. On a
+    // public route nothing is verified, and nothing unverified is forwarded.
+    let basic = "Basic YWxpY2U6cHc=".to_owned();
+    let public = [
+        ("/echo/optional/basic", vec![basic.clone()]),
+        ("/echo/off/basic", vec![basic.clone()]),
+        ("/echo/off/forged", vec![bearer(&forged)]),
+        ("/echo/off/tab", vec![format!("Bearer\t{forged}")]),
+        ("/echo/off/no-space", vec![format!("Bearer{forged}")]),
+        ("/echo/off/two-lines", vec![bearer(&valid), bearer(&forged)]),
+    ];
+    for (path, values) in &public {
+        let headers: Vec<(&str, &str)> = values
+            .iter()
+            .map(|v| ("Authorization", v.as_str()))
+            .collect();
+        let seen = echoed(&get(proxy.addr, path, &headers).await);
+        assert_eq!(echoed_authorization(&seen), Vec::<String>::new(), "{path}");
+        assert_eq!(seen["headers"].get("x-streamguard-user"), None, "{path}");
+    }
+
+    // The stream path too: nothing unverified reaches a public stream.
+    let mut sse = SseClient::connect(
+        proxy.addr,
+        "/sse?events=1&then=close",
+        &[
+            ("Authorization", &format!("Bearer\t{forged}")),
+            ("Cookie", &format!("theme=dark; streamguard_token={forged}")),
+        ],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    assert!(sse.wait_closed(IO_TIMEOUT).await);
+    let seen = up
+        .stats
+        .last_request("/sse")
+        .expect("the stream reached the app");
+    assert_eq!(seen.header("authorization"), None, "{seen:?}");
+    assert_eq!(seen.header("cookie"), Some("theme=dark"), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listed_authorization_schemes_pass_to_the_app_unverified() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(
+        up.addr,
+        &format!("{CORS}{OPEN_ROUTES}[auth]\npass_authorization_schemes = [\"Basic\"]\n"),
+    )
+    .await;
+    let basic = "basic YWxpY2U6cHc=";
+    for path in ["/echo/optional", "/echo/off"] {
+        let seen = echoed(&get(proxy.addr, path, &[("Authorization", basic)]).await);
+        assert_eq!(echoed_authorization(&seen), [basic], "{path}");
+        // Only a listed scheme passes, and only alone.
+        let seen = echoed(&get(proxy.addr, path, &[("Authorization", "Digest a=b")]).await);
+        assert_eq!(echoed_authorization(&seen), Vec::<String>::new(), "{path}");
+        let seen = echoed(
+            &get(
+                proxy.addr,
+                path,
+                &[
+                    ("Authorization", basic),
+                    ("Authorization", "Basic Ym9iOnB3"),
+                ],
+            )
+            .await,
+        );
+        assert_eq!(echoed_authorization(&seen), Vec::<String>::new(), "{path}");
+    }
+    // A bearer token hidden behind a listed scheme is still a bearer token.
+    let resp = get(
+        proxy.addr,
+        "/echo/optional",
+        &[(
+            "Authorization",
+            &format!("Basic x, Bearer {}", forged_token()),
+        )],
+    )
+    .await;
+    assert_eq!(resp.status, 401, "{resp:?}");
+}
+
+/// Every way of writing `?token=` that some framework reads as the token parameter: queries
+/// with `token` between `a=1` and `b=2`, and what is left of each without it.
+fn url_token_spellings(token: &str) -> Vec<(String, &'static str)> {
+    [
+        "TOKEN",
+        "token[]",
+        "token[0]",
+        "token%5B%5D",
+        "Access_Token",
+        "access.token",
+    ]
+    .iter()
+    .map(|name| (format!("a=1&{name}={token}&b=2"), "a=1&b=2"))
+    .chain([(format!("a=1;token={token};b=2"), "a=1;b=2")])
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_spelling_of_a_url_token_is_lifted_and_seen_by_no_app_and_no_log() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(
+        up.addr,
+        &format!("{CORS}{OPEN_ROUTES}[log]\nlevel = \"info,streamguard=debug\"\n"),
+    )
+    .await;
+    let valid = token_for("alice", &[]);
+    let forged = forged_token();
+    let no_referrer = |resp: &Response| resp.header("referrer-policy") == Some("no-referrer");
+
+    for (n, (query, rest)) in url_token_spellings(&valid).iter().enumerate() {
+        // Lifted and verified on a required route; the app sees it only as the header.
+        let resp = get(proxy.addr, &format!("/echo/{n}?{query}"), &[]).await;
+        assert!(no_referrer(&resp), "{query}: {resp:?}");
+        let seen = echoed(&resp);
+        assert_eq!(
+            seen["target"],
+            format!("/echo/{n}?{rest}").as_str(),
+            "{query}"
+        );
+        assert_eq!(echoed_authorization(&seen), [bearer(&valid)], "{query}");
+        assert_eq!(seen["headers"]["x-streamguard-user"], "alice", "{query}");
+
+        // Lifted on a public route too, and not forwarded at all.
+        let resp = get(proxy.addr, &format!("/echo/off/{n}?{query}"), &[]).await;
+        assert!(no_referrer(&resp), "{query}: {resp:?}");
+        let seen = echoed(&resp);
+        assert_eq!(
+            seen["target"],
+            format!("/echo/off/{n}?{rest}").as_str(),
+            "{query}"
+        );
+        assert_eq!(echoed_authorization(&seen), Vec::<String>::new(), "{query}");
+    }
+    for (n, (query, _)) in url_token_spellings(&forged).iter().enumerate() {
+        // Present on an optional route: verified, and refused.
+        let resp = get(proxy.addr, &format!("/echo/optional/{n}?{query}"), &[]).await;
+        assert_eq!(resp.status, 401, "{query}: {resp:?}");
+        assert!(no_referrer(&resp), "the proxy's own refusals too: {resp:?}");
+    }
+
+    // A path parameter is no token source, but it goes too (instead of a 400 for the `;`), and
+    // the path is logged without it.
+    let resp = get(proxy.addr, &format!("/echo/off/p;token={valid}?a=1"), &[]).await;
+    assert!(no_referrer(&resp), "{resp:?}");
+    assert_eq!(echoed(&resp)["target"], "/echo/off/p?a=1");
+    let resp = get(proxy.addr, &format!("/echo/p;TOKEN[]={valid}"), &[]).await;
+    assert_eq!(resp.status, 401, "not a credential: {resp:?}");
+    assert!(no_referrer(&resp), "{resp:?}");
+
+    // A stream's answer carries the policy too.
+    let (query, _) = url_token_spellings(&valid).pop().expect("spellings");
+    let mut sse = SseClient::connect(
+        proxy.addr,
+        &format!("/sse?events=1&then=close&{query}"),
+        &[],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    assert_eq!(sse.header("referrer-policy"), Some("no-referrer"));
+    assert!(sse.wait_closed(IO_TIMEOUT).await);
+    let seen = up
+        .stats
+        .last_request("/sse")
+        .expect("the stream reached the app");
+    assert_eq!(seen.target, "/sse?events=1&then=close&a=1;b=2");
+
+    // Exactly when the URL carried a token: not otherwise, refusals included.
+    for (path, auth) in [
+        ("/echo?a=1&tokens=1", Some(bearer(&valid))),
+        ("/echo/off?x=token", None),
+        ("/echo?a=1", None),
+        ("/echo/optional", Some(bearer(&forged))),
+    ] {
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        let resp = get(proxy.addr, path, &headers).await;
+        assert_eq!(resp.header("referrer-policy"), None, "{path}: {resp:?}");
+    }
+
+    let expected = 2 * url_token_spellings(&valid).len() + url_token_spellings(&forged).len() + 7;
+    wait_access_lines(&proxy, expected).await;
+    let logs = proxy.logs();
+    for token in [&valid, &forged] {
+        if let Some(line) = logs.lines().find(|l| l.contains(signature_of(token))) {
+            panic!("a URL token leaked into the logs: {line}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn referers_reach_the_app_without_token_params() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(up.addr, &format!("{CORS}{OPEN_ROUTES}")).await;
+    let valid = token_for("alice", &[]);
+    let referer = format!("https://app.example/page?x=1&token={valid};TOKEN[]={valid}#frag");
+
+    let seen = echoed(
+        &get(
+            proxy.addr,
+            "/echo",
+            &[("Authorization", &bearer(&valid)), ("Referer", &referer)],
+        )
+        .await,
+    );
+    assert_eq!(seen["headers"]["referer"], "https://app.example/page?x=1");
+    let seen = echoed(
+        &get(
+            proxy.addr,
+            "/echo/off",
+            &[("Referer", "https://app.example/?a=1")],
+        )
+        .await,
+    );
+    assert_eq!(
+        seen["headers"]["referer"], "https://app.example/?a=1",
+        "no token: untouched"
+    );
+
+    let mut sse = SseClient::connect(
+        proxy.addr,
+        "/sse?events=1&then=close",
+        &[("Referer", &referer)],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    assert!(sse.wait_closed(IO_TIMEOUT).await);
+    let seen = up
+        .stats
+        .last_request("/sse")
+        .expect("the stream reached the app");
+    assert_eq!(seen.header("referer"), Some("https://app.example/page?x=1"));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Session cookie exchange
 
 /// `name=value` and the attributes of one `Set-Cookie` value.
@@ -732,6 +1098,26 @@ async fn bad_tokens_all_get_the_same_401_and_a_reasoned_security_log_line() {
             ),
             &["malformed", "bad_algorithm"],
         ),
+        // Validly signed, but asks for an extension streamguard does not implement.
+        (
+            "crit",
+            hs256_with_header(
+                r#"{"alg":"HS256","typ":"JWT","crit":["exp"],"exp":1}"#,
+                &json!({ "sub": "alice", "exp": unix_now() + 600, "iss": ISS, "aud": AUD }),
+            ),
+            &["unsupported_crit"],
+        ),
+        // Validly signed, about 12 KB: over the default auth.max_token_size of 8 KiB.
+        (
+            "oversize",
+            mint_token(
+                "alice",
+                &[],
+                600,
+                json!({ "iss": ISS, "aud": AUD, "pad": "x".repeat(9_000) }),
+            ),
+            &["too_large"],
+        ),
     ];
     let mut bodies = Vec::new();
     for (case, token, _) in &cases {
@@ -841,6 +1227,37 @@ async fn hs256_signed_with_the_rsa_public_key_is_rejected_by_an_rs256_proxy() {
         "reason {reason:?}"
     );
     assert!(!proxy.logs().contains(signature_of(&confused)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_whose_token_expires_beyond_any_clock_runs_without_a_deadline() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(up.addr, CORS).await;
+    // 1e19 s after the epoch: more than `SystemTime` and `Instant` can hold, still a valid
+    // NumericDate. The stream must open and run with no close at expiry.
+    let token = mint_token("alice", &[], 600, json!({ "exp": 1e19 }));
+
+    let mut sse = SseClient::connect(
+        proxy.addr,
+        "/sse?events=3&interval_ms=50&then=close",
+        &[("Authorization", &bearer(&token))],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    for n in ["1", "2", "3"] {
+        let event = sse.read_event(IO_TIMEOUT).await.expect("event");
+        assert_eq!(event_field(&event, "id"), Some(n), "{event:?}");
+    }
+    assert!(sse.wait_closed(IO_TIMEOUT).await, "then=close ends it");
+    wait_access_lines(&proxy, 1).await;
+    let line = &access_lines(&proxy)[0];
+    assert_eq!(
+        (line["user"].as_str(), line["close"].as_str()),
+        (Some("alice"), Some("upstream_end")),
+        "{line}"
+    );
+    let logs = proxy.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,8 +13,7 @@ use super::types::*;
 use super::units::{format_duration, format_rate, format_size};
 use super::validate::{
     AUTH_MODES, COMPRESSION, FORWARD_AS, LOG_FORMATS, ON_INVALID, ON_OVERSIZE, ON_RATE_LIMIT,
-    ON_STORE_ERROR,
-    ON_USER_LIMIT, SAME_SITE, UNDERSCORES_IN_HEADERS,
+    ON_STORE_ERROR, ON_USER_LIMIT, SAME_SITE, UNDERSCORES_IN_HEADERS,
 };
 
 /// A table's entries in print order; `None` prints as a comment (the key is unset).
@@ -186,9 +185,17 @@ fn auth(auth: &AuthConfig) -> Entries {
         ("issuer", auth.issuer.as_deref().map(text)),
         ("audience", auth.audience.as_deref().map(text)),
         ("leeway", Some(duration(auth.leeway))),
+        (
+            "max_token_size",
+            Some(text(&format_size(auth.max_token_size))),
+        ),
         ("user_claim", Some(text(&auth.user_claim))),
         ("roles_claim", Some(text(&auth.roles_claim))),
         ("query_params", Some(texts(&auth.query_params))),
+        (
+            "pass_authorization_schemes",
+            Some(texts(&auth.pass_authorization_schemes)),
+        ),
         ("cookie", Some(text(&auth.cookie))),
         ("forward_as", Some(name(FORWARD_AS, auth.forward_as))),
         ("forward_name", Some(text(&auth.forward_name))),
@@ -355,6 +362,8 @@ allowed_methods = ["get"]
 [auth]
 secret = "${JWT_SECRET}"
 issuer = "https://issuer.example.com/$$tenant"
+max_token_size = "12KiB"
+pass_authorization_schemes = ["Basic"]
 websocket_protocol_prefix = "bearer."
 [auth.session]
 same_site = "Lax"
@@ -437,6 +446,8 @@ auth = "off"
             "allowed_origins = [\"https://app.example.com\", \"https://*.example.org\"]",
             "claims = { user = \"sub\" }",
             "same_site = \"Lax\"",
+            "max_token_size = \"12KiB\"",
+            "pass_authorization_schemes = [\"Basic\"]",
             "# max_streams_per_user is not set",
             "max_streams_per_user = 3",
         ] {

@@ -175,9 +175,14 @@ pub struct AuthConfig {
     pub issuer: Option<String>,
     pub audience: Option<String>,
     pub leeway: Duration,
+    /// Longest token verified, in bytes (default 8 KiB); a longer one is refused unread.
+    pub max_token_size: usize,
     pub user_claim: String,
     pub roles_claim: String,
     pub query_params: Vec<String>,
+    /// `Authorization` schemes the app verifies itself (e.g. `Basic`), passed through
+    /// unverified; any other credential the proxy did not verify is removed. Never `Bearer`.
+    pub pass_authorization_schemes: Vec<String>,
     pub cookie: String,
     pub forward_as: ForwardAs,
     pub forward_name: String,

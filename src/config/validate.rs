@@ -249,6 +249,24 @@ fn hidden_header(s: &str) -> Result<http::HeaderName, String> {
     http::HeaderName::try_from(name).map_err(|e| format!("{s:?} is not a header name ({e})"))
 }
 
+/// An `Authorization` scheme the app may receive unverified: anything but Bearer, which is what
+/// the proxy verifies.
+fn passable_scheme(s: &str) -> Result<String, String> {
+    let scheme = http_token(s)?;
+    if scheme
+        .get(..6)
+        .is_some_and(|start| start.eq_ignore_ascii_case("bearer"))
+    {
+        return Err(format!(
+            "{s:?} cannot pass unverified: bearer tokens are what streamguard verifies (a \
+             verified one reaches the app per auth.forward_as), and an app that looks for \
+             \"Bearer\" would take an unverified one for verified; list only the app's own \
+             schemes, e.g. [\"Basic\"]"
+        ));
+    }
+    Ok(scheme)
+}
+
 fn socket_addr(s: &str) -> Result<SocketAddr, String> {
     s.trim().parse().map_err(|_| {
         format!("{s:?} is not an IP:port address; write e.g. \"0.0.0.0:8080\" or \"[::]:8080\"")
@@ -1078,6 +1096,13 @@ fn auth(cx: &mut Cx<'_>, raw: &RawAuth, mode: AuthMode, routes: &[RouteConfig]) 
         leeway: cx
             .text("auth.leeway", raw.leeway.as_ref(), parse_duration)
             .unwrap_or(Duration::from_secs(30)),
+        max_token_size: cx
+            .text(
+                "auth.max_token_size",
+                raw.max_token_size.as_ref(),
+                nonzero(parse_size),
+            )
+            .unwrap_or(8 << 10),
         user_claim: name(cx, "auth.user_claim", raw.user_claim.as_ref(), "sub"),
         roles_claim: name(cx, "auth.roles_claim", raw.roles_claim.as_ref(), "roles"),
         query_params: cx
@@ -1087,6 +1112,13 @@ fn auth(cx: &mut Cx<'_>, raw: &RawAuth, mode: AuthMode, routes: &[RouteConfig]) 
                     .map(String::from)
                     .to_vec()
             }),
+        pass_authorization_schemes: cx
+            .text_list(
+                "auth.pass_authorization_schemes",
+                raw.pass_authorization_schemes.as_ref(),
+                passable_scheme,
+            )
+            .unwrap_or_default(),
         cookie: cx
             .text("auth.cookie", raw.cookie.as_ref(), http_token)
             .unwrap_or_else(|| "streamguard_token".into()),
@@ -1570,9 +1602,11 @@ public_key_file = "ed.pem"
 issuer = "https://id.example.com"
 audience = "streams"
 leeway = "5s"
+max_token_size = "16KiB"
 user_claim = "uid"
 roles_claim = "groups"
 query_params = ["t"]
+pass_authorization_schemes = ["Basic", "Digest"]
 cookie = "sg"
 forward_as = "cookie"
 forward_name = "session"
@@ -1659,11 +1693,13 @@ claims = { tenant = "tid" }
         assert_eq!(a.issuer.as_deref(), Some("https://id.example.com"));
         assert_eq!(a.audience.as_deref(), Some("streams"));
         assert_eq!(a.leeway.as_secs(), 5);
+        assert_eq!(a.max_token_size, 16_384);
         assert_eq!(
             (a.user_claim.as_str(), a.roles_claim.as_str()),
             ("uid", "groups")
         );
         assert_eq!(a.query_params, ["t"]);
+        assert_eq!(a.pass_authorization_schemes, ["Basic", "Digest"]);
         assert_eq!((a.cookie.as_str(), a.forward_as), ("sg", ForwardAs::Cookie));
         assert_eq!(a.forward_name, "session");
         assert!(!a.close_on_expiry);
@@ -1767,11 +1803,13 @@ claims = { tenant = "tid" }
         assert!(matches!(&a.key, Some(KeySource::Secret(s)) if s == SECRET.as_bytes()));
         assert_eq!((a.issuer.as_deref(), a.audience.as_deref()), (None, None));
         assert_eq!(a.leeway.as_secs(), 30);
+        assert_eq!(a.max_token_size, 8_192);
         assert_eq!(
             (a.user_claim.as_str(), a.roles_claim.as_str()),
             ("sub", "roles")
         );
         assert_eq!(a.query_params, ["token", "access_token", "sse_token"]);
+        assert!(a.pass_authorization_schemes.is_empty());
         assert_eq!(a.cookie, "streamguard_token");
         assert_eq!(
             (a.forward_as, a.forward_name.as_str()),
@@ -1884,6 +1922,26 @@ claims = { tenant = "tid" }
             &["auth.secret is also set", "exactly one"],
         ),
         ("[auth]\nsecret = \"short-secret\"", "auth.secret", Some(2), &["12 bytes", "at least 16"]),
+        (
+            "[auth]\nsecret = \"${JWT_SECRET}\"\npass_authorization_schemes = [\"Basic\", \"bearer\"]",
+            "auth.pass_authorization_schemes[1]",
+            Some(3),
+            &["\"bearer\" cannot pass unverified", "e.g. [\"Basic\"]"],
+        ),
+        (
+            "[auth]\nsecret = \"${JWT_SECRET}\"\npass_authorization_schemes = [\"BearerToken\"]",
+            "auth.pass_authorization_schemes[0]",
+            Some(3),
+            &["cannot pass unverified"],
+        ),
+        (
+            "[auth]\nsecret = \"${JWT_SECRET}\"\npass_authorization_schemes = [\"Basic x\"]",
+            "auth.pass_authorization_schemes[0]",
+            Some(3),
+            &["not a valid HTTP token"],
+        ),
+        ("[auth]\nsecret = \"${JWT_SECRET}\"\nmax_token_size = \"0\"", "auth.max_token_size", Some(3), &["greater than zero"]),
+        ("[auth]\nsecret = \"${JWT_SECRET}\"\nmax_token_size = \"8 kilo\"", "auth.max_token_size", Some(3), &["invalid size", "\"64KiB\""]),
         ("[auth]\nsecret_file = \"short.txt\"", "auth.secret_file", Some(2), &["4 bytes"]),
         ("[auth]\nsecret_file = \"absent.txt\"", "auth.secret_file", Some(2), &["cannot read", "absent.txt"]),
         (

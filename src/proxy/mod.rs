@@ -23,7 +23,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 
-use crate::policy::auth::{FoundToken, Identity};
+use crate::policy::auth::{AuthError, FoundToken, Identity};
 use crate::policy::target::TargetError;
 use crate::policy::Rejection;
 use crate::telemetry::{CloseReason, Metrics, Outcome, StreamKind, ACCESS_TARGET};
@@ -60,7 +60,10 @@ pub struct RequestCtx {
     /// The request target as logged: after query tokens were lifted, before `forward_as =
     /// "query"` puts the token back on the upstream hop.
     log_uri: String,
-    token: Option<FoundToken>,
+    /// The token the request carried; `Err` for a malformed bearer credential.
+    token: Result<Option<FoundToken>, AuthError>,
+    /// The URL carried a token parameter: every answer gets `Referrer-Policy: no-referrer`.
+    token_in_url: bool,
     identity: Option<Identity>,
     route: Option<usize>,
     /// The request's Origin when the CORS policy allowed it.
@@ -84,6 +87,7 @@ impl RequestCtx {
             cors: &state.cors,
             origin: self.cors_origin.as_ref(),
             hide: &state.config.upstream.hide_headers,
+            token_in_url: self.token_in_url,
         }
     }
 
@@ -147,7 +151,8 @@ impl ProxyHttp for StreamGuard {
             early: None,
             peer: None,
             log_uri: String::new(),
-            token: None,
+            token: Ok(None),
+            token_in_url: false,
             identity: None,
             route: None,
             cors_origin: None,
@@ -256,7 +261,8 @@ impl ProxyHttp for StreamGuard {
             if session.response_written().is_none() {
                 let cors = ctx.cors_origin.as_ref().map(|o| (&self.state.cors, o));
                 // The client may be gone too; the status is recorded either way.
-                let _ = respond::hidden_error(session, status, retry_after, cors).await;
+                let _ = respond::hidden_error(session, status, retry_after, cors, ctx.token_in_url)
+                    .await;
             }
             return FailToProxy {
                 error_code: status,

@@ -57,18 +57,18 @@ pub fn normalize_target(session: &mut Session) -> std::result::Result<(), Early>
     target::check_host(req.version, &req.headers).map_err(Early::BadTarget)
 }
 
-/// Finds the request's token and removes it from the URL (and from `Sec-WebSocket-Protocol`)
-/// before any later phase, log line or upstream can see it.
+/// Finds the request's token and removes every token parameter from the URL (and the token from
+/// `Sec-WebSocket-Protocol`) before any later phase, log line or upstream can see it.
 pub fn lift_token(state: &State, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
     let cfg = &state.config.auth;
     let req = session.req_header();
     ctx.token = auth::find_token(&req.headers, &req.uri, cfg);
 
-    let stripped = req.uri.path_and_query().and_then(|pq| {
-        pq.query()?;
-        let clean = auth::strip_query_params(pq.as_str(), &cfg.query_params);
-        (clean != pq.as_str()).then_some(clean)
-    });
+    let stripped = req
+        .uri
+        .path_and_query()
+        .and_then(|pq| auth::strip_token_params(pq.as_str(), &auth::token_params(cfg)));
+    ctx.token_in_url = stripped.is_some();
     if let Some(clean) = stripped {
         // The stripped string is a subset of a URI that already parsed.
         let uri = Uri::try_from(clean).map_err(|_| {
@@ -164,9 +164,10 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
     match state.cors.check(&req.method, &req.headers) {
         CorsDecision::NoOrigin => {}
         CorsDecision::Allowed { origin } => ctx.cors_origin = Some(origin),
-        CorsDecision::Preflight { headers } => {
+        CorsDecision::Preflight { mut headers } => {
             ctx.outcome = Outcome::Local;
             ctx.status = 204;
+            headers.extend(respond::no_referrer(ctx.token_in_url));
             respond::send(session, 204, "", &headers).await?;
             return Ok(true);
         }
@@ -189,21 +190,28 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
     ctx.route = matched.index;
 
     if matched.auth != AuthMode::Off {
-        if let (Some(found), Some(verifier)) = (&ctx.token, &state.verifier) {
-            match verifier.verify(&found.token, now_unix()) {
-                Ok(identity) => ctx.identity = Some(identity),
-                Err(e) => {
-                    security(session, "auth_failed", e.reason(), None);
-                    return refuse(
-                        state,
-                        session,
-                        ctx,
-                        Rejection::Unauthorized,
-                        None,
-                        e.reason(),
-                    )
-                    .await;
-                }
+        // A credential that is present is verified, on optional routes too: only a request
+        // without one goes on anonymously.
+        let verified = match (&ctx.token, &state.verifier) {
+            (Err(e), _) => Err(e.clone()),
+            (Ok(Some(found)), Some(verifier)) => {
+                verifier.verify(&found.token, now_unix()).map(Some)
+            }
+            _ => Ok(None),
+        };
+        match verified {
+            Ok(identity) => ctx.identity = identity,
+            Err(e) => {
+                security(session, "auth_failed", e.reason(), None);
+                return refuse(
+                    state,
+                    session,
+                    ctx,
+                    Rejection::Unauthorized,
+                    None,
+                    e.reason(),
+                )
+                .await;
             }
         }
     }
@@ -263,7 +271,7 @@ pub async fn refuse(
     ctx.outcome = Outcome::Rejected;
     ctx.status = rejection.status();
     let cors = ctx.cors_origin.as_ref().map(|o| (&state.cors, o));
-    respond::reject(session, rejection, cors, retry_after).await?;
+    respond::reject(session, rejection, cors, retry_after, ctx.token_in_url).await?;
     Ok(true)
 }
 
@@ -278,7 +286,7 @@ pub async fn fail(
     ctx.outcome = Outcome::Failed;
     ctx.status = rejection.status();
     let cors = ctx.cors_origin.as_ref().map(|o| (&state.cors, o));
-    respond::reject(session, rejection, cors, None).await
+    respond::reject(session, rejection, cors, None, ctx.token_in_url).await
 }
 
 /// One security-log line. Carries the reason and the token-free path, never a token.
@@ -378,7 +386,7 @@ pub fn prepare_upstream(
     websocket: bool,
 ) -> Result<()> {
     let verified = match (&ctx.identity, &ctx.token) {
-        (Some(identity), Some(found)) => Some((identity, found.token.as_str())),
+        (Some(identity), Ok(Some(found))) => Some((identity, found.token.as_str())),
         _ => None,
     };
     let target = req
@@ -395,6 +403,7 @@ pub fn prepare_upstream(
     apply_edit(req, header::AUTHORIZATION, plan.authorization)?;
     apply_edit(req, header::COOKIE, plan.cookie)?;
     apply_edit(req, header::SEC_WEBSOCKET_PROTOCOL, plan.websocket_protocol)?;
+    apply_edit(req, header::REFERER, plan.referer)?;
     if let Some(target) = plan.path_and_query {
         let uri = Uri::try_from(target).map_err(|_| {
             pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "rewritten target")
@@ -461,15 +470,14 @@ async fn session_exchange(
     let cookie = if method == Method::DELETE {
         auth::session_clear_cookie(cfg)
     } else if method == Method::POST {
-        let bearer = ctx
-            .token
-            .as_ref()
-            .filter(|t| t.source == auth::TokenSource::Header);
-        let verified = match (bearer, &state.verifier) {
-            (Some(found), Some(verifier)) => verifier
-                .verify(&found.token, now_unix())
-                .map(|id| (found.token.clone(), id))
-                .map_err(Some),
+        let verified = match (&ctx.token, &state.verifier) {
+            (Err(e), _) => Err(Some(e.clone())),
+            (Ok(Some(found)), Some(verifier)) if found.source == auth::TokenSource::Header => {
+                verifier
+                    .verify(&found.token, now_unix())
+                    .map(|id| (found.token.clone(), id))
+                    .map_err(Some)
+            }
             _ => Err(None),
         };
         match verified {
@@ -506,6 +514,7 @@ async fn session_exchange(
     if let Some(origin) = &ctx.cors_origin {
         extra.extend(state.cors.response_headers(origin));
     }
+    extra.extend(respond::no_referrer(ctx.token_in_url));
     respond::send(session, 204, "", &extra).await?;
     Ok(true)
 }

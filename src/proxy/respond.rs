@@ -52,6 +52,17 @@ pub async fn send(
     Ok(())
 }
 
+/// `Referrer-Policy: no-referrer` for every answer to a request whose URL carried a token
+/// (`token_in_url`): the page the browser shows for that URL must not send it on in `Referer`.
+pub fn no_referrer(token_in_url: bool) -> Option<(http::HeaderName, HeaderValue)> {
+    token_in_url.then(|| {
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        )
+    })
+}
+
 /// Writes the fixed answer for a policy rejection, with CORS headers when the origin is allowed
 /// (so a browser app can read the 401 and refresh its token).
 pub async fn reject(
@@ -59,6 +70,7 @@ pub async fn reject(
     rejection: Rejection,
     cors: Option<(&CorsPolicy, &HeaderValue)>,
     retry_after: Option<Duration>,
+    token_in_url: bool,
 ) -> pingora::Result<()> {
     let mut extra: Vec<(http::HeaderName, HeaderValue)> = rejection
         .extra_headers()
@@ -78,6 +90,7 @@ pub async fn reject(
     if let Some((policy, origin)) = cors {
         extra.extend(policy.response_headers(origin));
     }
+    extra.extend(no_referrer(token_in_url));
     session.set_keepalive(None);
     send(session, rejection.status(), rejection.body(), &extra).await
 }
@@ -89,12 +102,15 @@ pub struct HeaderRules<'a> {
     pub origin: Option<&'a HeaderValue>,
     /// `upstream.hide_headers`.
     pub hide: &'a [HeaderName],
+    /// The request's URL carried a token: the answer gets [`no_referrer`].
+    pub token_in_url: bool,
 }
 
 /// Applies streamguard's header rules to a response from the app on its way to the client: the
 /// app's CORS headers are removed (a legacy wildcard never leaks out) and the proxy's own added
 /// for an allowed origin; `upstream.hide_headers` are removed; the reason phrase is the standard
-/// one (an app's can carry anything, a stack trace included); `Vary` gains `Origin`.
+/// one (an app's can carry anything, a stack trace included); `Vary` gains `Origin`; and
+/// [`no_referrer`] is set when the URL carried a token.
 pub fn finalize_headers(resp: &mut ResponseHeader, rules: &HeaderRules<'_>) -> pingora::Result<()> {
     for name in upstream_cors_header_names(&resp.headers) {
         resp.remove_header(&name);
@@ -107,6 +123,10 @@ pub fn finalize_headers(resp: &mut ResponseHeader, rules: &HeaderRules<'_>) -> p
         for (name, value) in rules.cors.response_headers(origin) {
             resp.insert_header(name, value)?;
         }
+    }
+    if let Some((name, value)) = no_referrer(rules.token_in_url) {
+        // The app's own policy may be laxer: ours replaces it.
+        resp.insert_header(name, value)?;
     }
     vary_on_origin(resp)
 }
@@ -134,11 +154,13 @@ pub async fn hidden_error(
     status: u16,
     retry_after: Option<HeaderValue>,
     cors: Option<(&CorsPolicy, &HeaderValue)>,
+    token_in_url: bool,
 ) -> pingora::Result<()> {
     let mut extra: Vec<(HeaderName, HeaderValue)> = Vec::new();
     if let Some(after) = retry_after {
         extra.push((header::RETRY_AFTER, after));
     }
+    extra.extend(no_referrer(token_in_url));
     if let Some((policy, origin)) = cors {
         extra.extend(policy.response_headers(origin));
     }

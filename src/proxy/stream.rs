@@ -8,7 +8,6 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header;
@@ -140,7 +139,8 @@ pub async fn serve(
         let retry_after = head.headers.get(header::RETRY_AFTER).cloned();
         let cors = ctx.cors_origin.as_ref().map(|o| (&state.cors, o));
         // The client may be gone; the status is recorded either way.
-        let _ = respond::hidden_error(session, ctx.status, retry_after, cors).await;
+        let _ =
+            respond::hidden_error(session, ctx.status, retry_after, cors, ctx.token_in_url).await;
         return Ok(true);
     }
     respond::finalize_headers(&mut head, &ctx.header_rules(state))?;
@@ -183,11 +183,10 @@ pub async fn serve(
     let expires_at = match &ctx.identity {
         Some(identity) if state.config.auth.close_on_expiry => {
             // Measured against the sub-second clock: whole-second `now` would close up to 1 s late.
-            let exp = std::time::UNIX_EPOCH + Duration::from_secs(identity.expires_at);
-            let left = exp
-                .duration_since(std::time::SystemTime::now())
-                .unwrap_or_default();
-            Some(Instant::now() + left)
+            // A far-future `exp` is no deadline at all: it must not overflow a clock.
+            identity
+                .expires_in(std::time::SystemTime::now())
+                .and_then(|left| Instant::now().checked_add(left))
         }
         _ => None,
     };
