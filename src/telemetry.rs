@@ -203,6 +203,10 @@ pub struct Metrics {
     pub ws_pings: IntCounter,
     pub evictions: IntCounter,
     pub limiter_keys: IntGauge,
+    /// Client connections holding a slot of the connection gate, streams included.
+    pub connections_active: IntGauge,
+    /// Connections the gate turned away, by `ConnectionRefusal::label`.
+    pub connection_refusals: IntCounterVec,
 }
 
 impl Metrics {
@@ -330,6 +334,24 @@ impl Metrics {
                 "Users and addresses the limiter currently tracks.",
             )?,
         )?;
+        let connections_active = registered(
+            &registry,
+            IntGauge::new(
+                "streamguard_connections_active",
+                "Client connections open now, streams included.",
+            )?,
+        )?;
+        let connection_refusals = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "streamguard_connection_refusals_total",
+                    "Client connections refused by listen.max_connections (global) or \
+                     listen.max_connections_per_ip (per_ip).",
+                ),
+                &["reason"],
+            )?,
+        )?;
         let build_info = registered(
             &registry,
             IntGaugeVec::new(
@@ -355,6 +377,8 @@ impl Metrics {
             ws_pings,
             evictions,
             limiter_keys,
+            connections_active,
+            connection_refusals,
         })
     }
 
