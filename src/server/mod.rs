@@ -1,6 +1,8 @@
 //! Assembles the Pingora server: the proxy service, the admin service and the supervisor that
 //! sweeps limiter state and runs the graceful drain.
 
+pub mod head;
+
 use std::sync::Arc;
 use std::time::Duration;
 
