@@ -18,6 +18,7 @@ use pingora::proxy::Session;
 use pingora::Result;
 use tokio::time::Instant;
 
+use super::connection::OpenConnection;
 use super::pipeline::{fail, refuse};
 use super::respond;
 use super::{AccessRecord, RequestCtx, State};
@@ -144,6 +145,7 @@ pub async fn serve(
     };
     let access = ctx.hand_off();
     let stream = Stream {
+        connection: ctx.connection.take(),
         state: state.clone(),
         client: ClientConn::new(io, framing, early),
         up,
@@ -187,6 +189,8 @@ async fn detach(session: &mut Session) -> Option<(pingora::protocols::Stream, Op
 
 /// A stream handed off from the request that opened it to a task of its own.
 struct Stream {
+    /// Keeps the client connection counted (and its gate slot taken) while the stream lives.
+    connection: Option<Arc<OpenConnection>>,
     state: Arc<State>,
     client: ClientConn,
     up: UpstreamConn,
@@ -203,6 +207,7 @@ impl Stream {
     // would keep `self` and the moved-out fields side by side in its state.
     fn run(self) -> impl std::future::Future<Output = ()> {
         let Stream {
+            connection,
             state,
             mut client,
             mut up,
@@ -214,6 +219,8 @@ impl Stream {
             access,
         } = self;
         async move {
+            // Moved in, so the slot goes when the stream ends, not when `run` returns.
+            let _connection = connection;
             let metrics = &state.metrics;
             let _active = ActiveStream::new(metrics.kind(kind));
             let started = Instant::now();
