@@ -219,8 +219,6 @@ impl Stream {
             access,
         } = self;
         async move {
-            // Moved in, so the slot goes when the stream ends, not when `run` returns.
-            let _connection = connection;
             let metrics = &state.metrics;
             let _active = ActiveStream::new(metrics.kind(kind));
             let started = Instant::now();
@@ -294,6 +292,9 @@ impl Stream {
                 "stream closed"
             );
             access.log(metrics, status, Some((kind, reason)));
+            // Used here, so the task holds the slot until the stream ends, not until `run`
+            // returns: the connection counts as long as its socket is open.
+            drop(connection);
         }
     }
 }
