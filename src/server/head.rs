@@ -47,15 +47,23 @@ pub enum Progress {
 /// request itself is ever quoted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HeadRefusal {
-    #[error("the request head is larger than listen.max_request_head")]
+    #[error(
+        "the request head is larger than listen.max_request_head; raise it if legitimate \
+         clients send heads this large"
+    )]
     TooLarge,
-    #[error("the request head is not valid HTTP/1.x ({0})")]
+    #[error("the request head is not valid HTTP/1.x ({0}); the client must send one that is")]
     Malformed(&'static str),
-    #[error("the request target is not one the proxy forwards ({0})")]
+    #[error(
+        "the request target is not one the proxy forwards ({0}); use /path or http(s)://host/path"
+    )]
     Target(&'static str),
-    #[error("{0} requests are not forwarded")]
+    #[error("{0} requests are not forwarded; no app behind the proxy needs them")]
     Method(&'static str),
-    #[error("the request body's framing is ambiguous ({0})")]
+    #[error(
+        "the request body's framing is ambiguous ({0}); send one Content-Length or \
+         Transfer-Encoding: chunked, not both"
+    )]
     Framing(&'static str),
 }
 
