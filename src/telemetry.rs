@@ -216,6 +216,10 @@ pub struct Metrics {
     /// Live status pages watching the admin listener's status stream.
     pub status_watchers: IntGauge,
     pub store: StoreMetrics,
+    /// Client connections holding a slot of the connection gate, streams included.
+    pub connections_active: IntGauge,
+    /// Connections the gate turned away, by `ConnectionRefusal::label`.
+    pub connection_refusals: IntCounterVec,
 }
 
 /// The shared limit store's operations, for `streamguard_store_*`.
@@ -455,6 +459,24 @@ impl Metrics {
         for op in StoreOp::ALL {
             store.errors.with_label_values(&[op.label()]);
         }
+        let connections_active = registered(
+            &registry,
+            IntGauge::new(
+                "streamguard_connections_active",
+                "Client connections open now, streams included.",
+            )?,
+        )?;
+        let connection_refusals = registered(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "streamguard_connection_refusals_total",
+                    "Client connections refused by listen.max_connections (global) or \
+                     listen.max_connections_per_ip (per_ip).",
+                ),
+                &["reason"],
+            )?,
+        )?;
         let build_info = registered(
             &registry,
             IntGaugeVec::new(
@@ -483,6 +505,8 @@ impl Metrics {
             route_streams,
             status_watchers,
             store,
+            connections_active,
+            connection_refusals,
         })
     }
 

@@ -50,6 +50,11 @@ pub(super) struct RawListen {
     pub tls_cert_file: Option<Text>,
     pub tls_key_file: Option<Text>,
     pub underscores_in_headers: Option<Text>,
+    pub max_request_head: Option<Text>,
+    pub request_head_timeout: Option<Text>,
+    pub keepalive_timeout: Option<Text>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub max_connections_per_ip: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

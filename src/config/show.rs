@@ -109,6 +109,23 @@ fn listen(listen: &ListenConfig) -> Entries {
             "underscores_in_headers",
             Some(name(UNDERSCORES_IN_HEADERS, listen.underscores_in_headers)),
         ),
+        (
+            "max_request_head",
+            Some(text(&format_size(listen.max_request_head))),
+        ),
+        (
+            "request_head_timeout",
+            Some(duration(listen.request_head_timeout)),
+        ),
+        (
+            "keepalive_timeout",
+            Some(duration(listen.keepalive_timeout)),
+        ),
+        ("max_connections", Some(integer(listen.max_connections))),
+        (
+            "max_connections_per_ip",
+            listen.max_connections_per_ip.map(integer),
+        ),
     ]
 }
 
@@ -351,6 +368,8 @@ mod tests {
     const FULL: &str = r#"
 [listen]
 address = "127.0.0.1:8443"
+max_request_head = "48KiB"
+max_connections_per_ip = 20
 [upstream]
 address = "127.0.0.1:3000"
 hide_error_bodies = false
@@ -449,6 +468,10 @@ auth = "off"
             "max_token_size = \"12KiB\"",
             "pass_authorization_schemes = [\"Basic\"]",
             "# max_streams_per_user is not set",
+            "max_request_head = \"48KiB\"",
+            "request_head_timeout = \"10s\"",
+            "keepalive_timeout = \"1m\"",
+            "max_connections_per_ip = 20",
             "max_streams_per_user = 3",
         ] {
             assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");

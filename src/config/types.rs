@@ -47,6 +47,21 @@ pub struct ListenConfig {
     pub tls: Option<TlsFiles>,
     /// What happens to a client header whose name has `_` (`underscores_in_headers`).
     pub underscores_in_headers: UnderscoreHeaders,
+    /// The largest request head (request line and header fields) a client may send; larger
+    /// heads get 431 (default `32KiB`). It is also all the memory an unfinished head can hold.
+    pub max_request_head: usize,
+    /// How long a client has to deliver a whole request head, counted from the connection
+    /// (first request) or from the head's first byte (later requests); then 408 (default `10s`).
+    pub request_head_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request before it is closed
+    /// (default `60s`).
+    pub keepalive_timeout: Duration,
+    /// Client connections open at once, streams included; over it 503 (default: derived from
+    /// the open-file limit by [`connections_for_open_files`]).
+    pub max_connections: u32,
+    /// Client connections open at once from one address (IPv6: one /64); over it 429 (default
+    /// unset: behind a load balancer every client shares its address).
+    pub max_connections_per_ip: Option<u32>,
 }
 
 /// `listen.underscores_in_headers`: CGI and WSGI servers fold `_` and `-` into the same variable
@@ -60,6 +75,29 @@ pub enum UnderscoreHeaders {
     Refuse,
     /// Pass them on (names that fold onto a proxy-owned header are still dropped).
     Pass,
+}
+
+/// `listen.max_request_head` when the key is absent.
+pub const DEFAULT_MAX_REQUEST_HEAD: usize = 32 * 1024;
+/// `listen.request_head_timeout` when the key is absent.
+pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// `listen.keepalive_timeout` when the key is absent.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Files the process keeps open besides client connections and their upstreams: listeners,
+/// the admin port, the runtime's event fds, log files, Pingora's pool of idle upstream
+/// connections (128 by default) and refused connections being closed.
+const RESERVED_FILES: u64 = 256;
+
+/// The default `listen.max_connections` for a process allowed `open_files` descriptors. A
+/// proxied stream holds two (the client's socket and its upstream's), so the cap is half of
+/// what is left after a reserve: the proxy refuses with a 503 before `accept` would fail with
+/// EMFILE, which stalls Pingora's accept loop for a second per failure and refuses no one
+/// cleanly. The reserve shrinks with a tiny limit so the cap never drops to zero.
+pub fn connections_for_open_files(open_files: u64) -> u32 {
+    let reserve = RESERVED_FILES.min(open_files / 2);
+    let cap = (open_files.saturating_sub(reserve) / 2).max(1);
+    u32::try_from(cap).unwrap_or(u32::MAX)
 }
 
 #[derive(Debug, Clone)]

@@ -813,10 +813,87 @@ fn listen(cx: &mut Cx<'_>, raw: &RawListen) -> ListenConfig {
             choice(UNDERSCORES_IN_HEADERS),
         )
         .unwrap_or(UnderscoreHeaders::Drop);
+    let no_limit = "; remove the key for no per-address limit";
     ListenConfig {
         address,
         tls,
         underscores_in_headers,
+        max_request_head: cx
+            .text(
+                "listen.max_request_head",
+                raw.max_request_head.as_ref(),
+                request_head_size,
+            )
+            .unwrap_or(DEFAULT_MAX_REQUEST_HEAD),
+        request_head_timeout: cx
+            .text(
+                "listen.request_head_timeout",
+                raw.request_head_timeout.as_ref(),
+                nonzero(parse_duration),
+            )
+            .unwrap_or(DEFAULT_REQUEST_HEAD_TIMEOUT),
+        keepalive_timeout: cx
+            .text(
+                "listen.keepalive_timeout",
+                raw.keepalive_timeout.as_ref(),
+                nonzero(parse_duration),
+            )
+            .unwrap_or(DEFAULT_KEEPALIVE_TIMEOUT),
+        max_connections: cx
+            .value(
+                "listen.max_connections",
+                raw.max_connections.as_ref(),
+                at_least(1, ""),
+            )
+            .unwrap_or_else(|| connections_for_open_files(open_files_limit())),
+        max_connections_per_ip: cx.value(
+            "listen.max_connections_per_ip",
+            raw.max_connections_per_ip.as_ref(),
+            at_least(1, no_limit),
+        ),
+    }
+}
+
+/// Bounds of `listen.max_request_head`: below 1 KiB a bearer token and a few cookies no longer
+/// fit; above 256 KiB the cap stops bounding what a crowd of unfinished heads can hold.
+const MIN_REQUEST_HEAD: usize = 1024;
+const MAX_REQUEST_HEAD: usize = 256 * 1024;
+
+fn request_head_size(s: &str) -> Result<usize, String> {
+    let size = parse_size(s).map_err(|e| e.to_string())?;
+    if size < MIN_REQUEST_HEAD {
+        Err(format!(
+            "{s:?} is below the minimum of \"1KiB\": a request with a bearer token and a few \
+             cookies would not fit; the default is \"32KiB\""
+        ))
+    } else if size > MAX_REQUEST_HEAD {
+        Err(format!(
+            "{s:?} is above the maximum of \"256KiB\": every unfinished head may hold this \
+             much memory; the default is \"32KiB\""
+        ))
+    } else {
+        Ok(size)
+    }
+}
+
+/// Open-file soft limit assumed where `/proc/self/limits` cannot be read: the usual default,
+/// so the derived connection cap errs low rather than high.
+const FALLBACK_OPEN_FILES: u64 = 1024;
+
+/// This process's soft limit on open files: the one `accept` runs into.
+fn open_files_limit() -> u64 {
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| soft_open_files(&text))
+        .unwrap_or(FALLBACK_OPEN_FILES)
+}
+
+/// The soft "Max open files" value of a `/proc/<pid>/limits` text.
+fn soft_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    match line["Max open files".len()..].split_whitespace().next()? {
+        "unlimited" => Some(u64::MAX),
+        soft => soft.parse().ok(),
     }
 }
 
@@ -1577,6 +1654,11 @@ mod tests {
 address = "[::]:8443"
 tls_cert_file = "cert.pem"
 tls_key_file = "cert.pem"
+max_request_head = "16KiB"
+request_head_timeout = "5s"
+keepalive_timeout = "2m"
+max_connections = 5000
+max_connections_per_ip = 50
 [admin]
 address = "127.0.0.1:9000"
 [upstream]
@@ -1657,6 +1739,13 @@ claims = { tenant = "tid" }
 "#;
         let c = valid(text);
         assert_eq!(c.listen.address, "[::]:8443".parse().expect("addr"));
+        assert_eq!(c.listen.max_request_head, 16 * 1024);
+        assert_eq!(c.listen.request_head_timeout, Duration::from_secs(5));
+        assert_eq!(c.listen.keepalive_timeout, Duration::from_secs(120));
+        assert_eq!(
+            (c.listen.max_connections, c.listen.max_connections_per_ip),
+            (5000, Some(50))
+        );
         let tls = c.listen.tls.expect("tls");
         assert_eq!(tls.cert_file, fixtures().join("cert.pem"));
         assert_eq!(c.admin.address.port(), 9000);
@@ -1780,6 +1869,14 @@ claims = { tenant = "tid" }
         let c = valid(&with_base(""));
         assert_eq!(c.listen.address, "0.0.0.0:8080".parse().expect("addr"));
         assert!(c.listen.tls.is_none());
+        assert_eq!(c.listen.max_request_head, 32 * 1024);
+        assert_eq!(c.listen.request_head_timeout.as_secs(), 10);
+        assert_eq!(c.listen.keepalive_timeout.as_secs(), 60);
+        assert_eq!(
+            c.listen.max_connections,
+            connections_for_open_files(open_files_limit())
+        );
+        assert_eq!(c.listen.max_connections_per_ip, None);
         assert_eq!(c.admin.address, "127.0.0.1:9901".parse().expect("addr"));
         assert_eq!(c.upstream.connect_timeout.as_secs(), 2);
         assert_eq!(c.upstream.write_timeout.as_secs(), 30);
@@ -1971,6 +2068,12 @@ claims = { tenant = "tid" }
         ("[listen]\naddress = \"localhost:80\"", "listen.address", Some(2), &["not an IP:port", "\"0.0.0.0:8080\""]),
         ("[listen]\ntls_cert_file = \"cert.pem\"", "listen.tls_key_file", Some(2), &["set listen.tls_key_file too"]),
         ("[listen]\ntls_cert_file = \"nope.pem\"\ntls_key_file = \"cert.pem\"", "listen.tls_cert_file", Some(2), &["cannot read"]),
+        ("[listen]\nmax_request_head = \"512\"", "listen.max_request_head", Some(2), &["below the minimum of \"1KiB\""]),
+        ("[listen]\nmax_request_head = \"1MiB\"", "listen.max_request_head", Some(2), &["above the maximum of \"256KiB\""]),
+        ("[listen]\nrequest_head_timeout = \"0s\"", "listen.request_head_timeout", Some(2), &["no \"off\" setting"]),
+        ("[listen]\nkeepalive_timeout = \"forever\"", "listen.keepalive_timeout", Some(2), &["invalid duration"]),
+        ("[listen]\nmax_connections = 0", "listen.max_connections", Some(2), &["below the minimum of 1"]),
+        ("[listen]\nmax_connections_per_ip = 0", "listen.max_connections_per_ip", Some(2), &["remove the key for no per-address limit"]),
         ("[limits]\ntrusted_proxies = [\"10.0.0.1/8\"]", "limits.trusted_proxies[0]", Some(2), &["\"10.0.0.0/8\""]),
         ("[limits]\ntrusted_proxies = [\"0.0.0.0/0\"]", "limits.trusted_proxies[0]", Some(2), &["forge X-Forwarded-For"]),
         ("[limits]\ntrusted_proxies = [\"10.0.0.0/33\"]", "limits.trusted_proxies[0]", Some(2), &["0..=32"]),
@@ -2054,6 +2157,22 @@ claims = { tenant = "tid" }
     }
 
     #[test]
+    fn the_connection_cap_leaves_two_files_per_stream_and_a_reserve() {
+        let cases = [
+            (20_000, 9_872),
+            (1_024, 384),
+            (65_536, 32_640),
+            (256, 64),
+            (3, 1),
+            (0, 1),
+            (u64::MAX, u32::MAX),
+        ];
+        for (open_files, cap) in cases {
+            assert_eq!(connections_for_open_files(open_files), cap, "{open_files}");
+        }
+    }
+
+    #[test]
     fn redis_urls_are_redacted_only_where_they_hold_a_password() {
         assert_eq!(
             redact_url("redis://u:pw@h:1/0"),
@@ -2062,6 +2181,18 @@ claims = { tenant = "tid" }
         assert_eq!(redact_url("rediss://:pw@h"), "rediss://:<redacted>@h");
         assert_eq!(redact_url("redis://u@h/0"), "redis://u@h/0");
         assert_eq!(redact_url("unix:///run/r.sock"), "unix:///run/r.sock");
+    }
+
+    #[test]
+    fn the_soft_open_file_limit_is_read_from_proc_limits() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             95480                95480                processes \n\
+                      Max open files            20000                524288               files     \n";
+        assert_eq!(soft_open_files(limits), Some(20_000));
+        let unlimited = limits.replace("20000  ", "unlimited");
+        assert_eq!(soft_open_files(&unlimited), Some(u64::MAX));
+        assert_eq!(soft_open_files("Max processes 5 5 processes\n"), None);
+        assert_eq!(soft_open_files("Max open files  lots  lots  files\n"), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! leaves the proxy glue to translate a decision into a response.
 
 pub mod auth;
+pub mod connections;
 pub mod cors;
 pub mod headers;
 pub mod limits;
@@ -52,6 +53,17 @@ pub enum Rejection {
     UnannouncedStream,
     /// The shared limit store cannot answer and `limits.store.on_error = "closed"`.
     StoreUnavailable,
+    /// A request head larger than `listen.max_request_head`.
+    HeadTooLarge,
+    /// A request head not complete within `listen.request_head_timeout`.
+    HeadTimeout,
+    /// `CONNECT`, `TRACE` or `TRACK`: a tunnel the proxy would not inspect, or an echo of the
+    /// request (credentials included) that no app behind it needs.
+    MethodNotProxied,
+    /// The proxy already holds `listen.max_connections` client connections.
+    ProxyConnections,
+    /// The client's address already holds `listen.max_connections_per_ip` connections.
+    AddressConnections,
 }
 
 impl Rejection {
@@ -63,12 +75,19 @@ impl Rejection {
             | Rejection::UnannouncedStream => 400,
             Rejection::Unauthorized => 401,
             Rejection::CorsForbidden | Rejection::PreflightForbidden | Rejection::Forbidden => 403,
-            Rejection::MethodNotAllowed => 405,
-            Rejection::UserStreams | Rejection::ConnectRate | Rejection::RequestRate => 429,
+            Rejection::MethodNotAllowed | Rejection::MethodNotProxied => 405,
+            Rejection::HeadTimeout => 408,
+            Rejection::UserStreams
+            | Rejection::ConnectRate
+            | Rejection::RequestRate
+            | Rejection::AddressConnections => 429,
+            Rejection::HeadTooLarge => 431,
             Rejection::UpstreamDown | Rejection::UpstreamError => 502,
             Rejection::UpstreamTimeout => 504,
             // The whole proxy is full, or cannot count: about the server, not the client.
-            Rejection::GlobalStreams | Rejection::StoreUnavailable => 503,
+            Rejection::GlobalStreams
+            | Rejection::ProxyConnections
+            | Rejection::StoreUnavailable => 503,
         }
     }
 
@@ -82,11 +101,17 @@ impl Rejection {
             Rejection::Forbidden => r#"{"error":"forbidden"}"#,
             Rejection::BadRequest => r#"{"error":"bad request"}"#,
             Rejection::UserStreams | Rejection::GlobalStreams => r#"{"error":"too many streams"}"#,
-            Rejection::ConnectRate => r#"{"error":"too many connections"}"#,
+            Rejection::ConnectRate
+            | Rejection::ProxyConnections
+            | Rejection::AddressConnections => r#"{"error":"too many connections"}"#,
             Rejection::RequestRate => r#"{"error":"too many requests"}"#,
             Rejection::UpstreamDown | Rejection::UpstreamError => r#"{"error":"bad gateway"}"#,
             Rejection::UpstreamTimeout => r#"{"error":"gateway timeout"}"#,
-            Rejection::MethodNotAllowed => r#"{"error":"method not allowed"}"#,
+            Rejection::MethodNotAllowed | Rejection::MethodNotProxied => {
+                r#"{"error":"method not allowed"}"#
+            }
+            Rejection::HeadTooLarge => r#"{"error":"request head too large"}"#,
+            Rejection::HeadTimeout => r#"{"error":"request head timeout"}"#,
             Rejection::UpgradeNotWebSocket => r#"{"error":"unsupported upgrade"}"#,
             Rejection::UpgradeWithBody => r#"{"error":"websocket upgrades carry no body"}"#,
             Rejection::UnannouncedStream => {
@@ -110,7 +135,11 @@ impl Rejection {
             Rejection::UpstreamDown => "upstream_down",
             Rejection::UpstreamError => "upstream_error",
             Rejection::UpstreamTimeout => "upstream_timeout",
-            Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::MethodNotAllowed | Rejection::MethodNotProxied => "method_not_allowed",
+            Rejection::HeadTooLarge => "head_too_large",
+            Rejection::HeadTimeout => "head_timeout",
+            Rejection::ProxyConnections => "global_connections",
+            Rejection::AddressConnections => "ip_connections",
             Rejection::UpgradeNotWebSocket => "bad_upgrade",
             Rejection::UpgradeWithBody => "upgrade_body",
             Rejection::UnannouncedStream => "unannounced_stream",
@@ -124,7 +153,21 @@ impl Rejection {
         match self {
             // RFC 6750 §3: a 401 for a bearer-protected resource names the scheme.
             Rejection::Unauthorized => &[("www-authenticate", "Bearer")],
+            // RFC 9110 §15.5.6: a 405 lists what the resource does allow; the proxy forwards
+            // every method but these.
+            Rejection::MethodNotProxied => {
+                &[("allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")]
+            }
             _ => &[],
+        }
+    }
+}
+
+impl From<connections::ConnectionRefusal> for Rejection {
+    fn from(refusal: connections::ConnectionRefusal) -> Self {
+        match refusal {
+            connections::ConnectionRefusal::Full => Rejection::ProxyConnections,
+            connections::ConnectionRefusal::AddressFull => Rejection::AddressConnections,
         }
     }
 }
@@ -145,7 +188,7 @@ impl From<limits::LimitRejection> for Rejection {
 mod tests {
     use super::Rejection;
 
-    const ALL: [Rejection; 17] = [
+    const ALL: [Rejection; 22] = [
         Rejection::CorsForbidden,
         Rejection::PreflightForbidden,
         Rejection::Unauthorized,
@@ -163,6 +206,11 @@ mod tests {
         Rejection::UpgradeWithBody,
         Rejection::UnannouncedStream,
         Rejection::StoreUnavailable,
+        Rejection::HeadTooLarge,
+        Rejection::HeadTimeout,
+        Rejection::MethodNotProxied,
+        Rejection::ProxyConnections,
+        Rejection::AddressConnections,
     ];
 
     #[test]
@@ -212,6 +260,11 @@ mod tests {
             (Rejection::UpstreamDown, 502),
             (Rejection::UpstreamTimeout, 504),
             (Rejection::MethodNotAllowed, 405),
+            (Rejection::MethodNotProxied, 405),
+            (Rejection::HeadTimeout, 408),
+            (Rejection::HeadTooLarge, 431),
+            (Rejection::AddressConnections, 429),
+            (Rejection::ProxyConnections, 503),
         ];
         for (rejection, status) in expected {
             assert_eq!(rejection.status(), status, "{rejection:?}");

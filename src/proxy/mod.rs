@@ -7,9 +7,11 @@
 //! stream the request did not announce); `logging` writes the access line and the counters once
 //! (a handed-off stream's task writes its own when it ends).
 
+pub mod connection;
 mod pipeline;
 pub use pipeline::now_unix;
 mod respond;
+pub use respond::raw_refusal;
 pub mod state;
 mod stream;
 
@@ -27,6 +29,7 @@ use crate::policy::auth::{AuthError, FoundToken, Identity};
 use crate::policy::target::TargetError;
 use crate::policy::Rejection;
 use crate::telemetry::{CloseReason, Metrics, Outcome, StreamKind, ACCESS_TARGET};
+use connection::OpenConnection;
 pub use state::State;
 
 /// streamguard's proxy: a thin shell over `State`.
@@ -78,6 +81,9 @@ pub struct RequestCtx {
     status: u16,
     /// The connection went to a stream task, which writes the access line when it ends.
     handed_off: bool,
+    /// The client connection's gate slot, from the connection loop (`on_connection_reuse`); a
+    /// stream task takes it along, so the slot lives as long as the socket.
+    connection: Option<Arc<OpenConnection>>,
 }
 
 impl RequestCtx {
@@ -162,7 +168,22 @@ impl ProxyHttp for StreamGuard {
             unannounced_stream: false,
             status: 0,
             handed_off: false,
+            connection: None,
         }
+    }
+
+    /// The connection loop hands every request its connection's slot this way (Pingora
+    /// delivers it before `early_request_filter`, on the first request too).
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        connection: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        ctx.connection = connection
+            .downcast::<Arc<OpenConnection>>()
+            .ok()
+            .map(|c| *c);
     }
 
     /// No response compression: event streams must not be buffered by an encoder, and the

@@ -83,9 +83,10 @@ pub async fn reject(
         })
         .collect();
     if let Some(after) = retry_after {
-        // Round up: a client retrying after the floor would be refused again.
-        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-        extra.push((header::RETRY_AFTER, HeaderValue::from(secs.max(1))));
+        extra.push((
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_secs(after)),
+        ));
     }
     if let Some((policy, origin)) = cors {
         extra.extend(policy.response_headers(origin));
@@ -93,6 +94,38 @@ pub async fn reject(
     extra.extend(no_referrer(token_in_url));
     session.set_keepalive(None);
     send(session, rejection.status(), rejection.body(), &extra).await
+}
+
+/// `Retry-After` in whole seconds, rounded up: a client retrying after the floor would be
+/// refused again.
+fn retry_after_secs(after: Duration) -> u64 {
+    (after.as_secs() + u64::from(after.subsec_nanos() > 0)).max(1)
+}
+
+/// A refusal as the bytes of a whole response, for a connection that never became an HTTP
+/// session (a full connection gate, a request head too large, too slow or malformed): the same
+/// fixed body as every other refusal, and `Connection: close`, since the connection ends here.
+pub fn raw_refusal(rejection: Rejection, retry_after: Option<Duration>) -> Vec<u8> {
+    use std::fmt::Write;
+    let status = http::StatusCode::from_u16(rejection.status())
+        .map_or("", |s| s.canonical_reason().unwrap_or(""));
+    let body = rejection.body();
+    let mut head = format!(
+        "HTTP/1.1 {} {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         cache-control: no-store\r\nvary: Origin\r\nconnection: close\r\n",
+        rejection.status(),
+        body.len()
+    );
+    // Writing into a String cannot fail.
+    for (name, value) in rejection.extra_headers() {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    if let Some(after) = retry_after {
+        let _ = write!(head, "retry-after: {}\r\n", retry_after_secs(after));
+    }
+    head.push_str("\r\n");
+    head.push_str(body);
+    head.into_bytes()
 }
 
 /// What decides the headers of an answer from the app.
@@ -175,4 +208,61 @@ pub fn event_stream_headers(resp: &mut ResponseHeader) -> pingora::Result<()> {
     resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
     resp.insert_header("x-accel-buffering", "no")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The raw answer parses as one whole response: status, fixed body, framing, and only the
+    /// headers the rejection calls for.
+    #[test]
+    fn a_raw_refusal_is_one_complete_response() {
+        let cases = [
+            (Rejection::HeadTooLarge, None, None),
+            (
+                Rejection::ProxyConnections,
+                Some(Duration::from_millis(2_100)),
+                Some("3"),
+            ),
+            (
+                Rejection::AddressConnections,
+                Some(Duration::from_millis(10)),
+                Some("1"),
+            ),
+            (Rejection::MethodNotProxied, None, None),
+        ];
+        for (rejection, retry_after, expected_retry) in cases {
+            let raw = raw_refusal(rejection, retry_after);
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut resp = httparse::Response::new(&mut headers);
+            let Ok(httparse::Status::Complete(len)) = resp.parse(&raw) else {
+                panic!(
+                    "{rejection:?}: not a response: {}",
+                    String::from_utf8_lossy(&raw)
+                );
+            };
+            assert_eq!(resp.code, Some(rejection.status()), "{rejection:?}");
+            assert_eq!(&raw[len..], rejection.body().as_bytes(), "{rejection:?}");
+            let header = |name: &str| {
+                resp.headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case(name))
+                    .map(|h| String::from_utf8_lossy(h.value).into_owned())
+            };
+            let length = rejection.body().len().to_string();
+            assert_eq!(header("content-length").as_deref(), Some(length.as_str()));
+            assert_eq!(header("content-type").as_deref(), Some("application/json"));
+            assert_eq!(header("connection").as_deref(), Some("close"));
+            assert_eq!(
+                header("retry-after").as_deref(),
+                expected_retry,
+                "{rejection:?}"
+            );
+            assert_eq!(
+                header("allow").is_some(),
+                rejection == Rejection::MethodNotProxied
+            );
+        }
+    }
 }

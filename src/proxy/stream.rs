@@ -17,6 +17,7 @@ use pingora::proxy::Session;
 use pingora::Result;
 use tokio::time::Instant;
 
+use super::connection::OpenConnection;
 use super::pipeline::{fail, refuse};
 use super::respond;
 use super::{AccessRecord, RequestCtx, State};
@@ -198,6 +199,7 @@ pub async fn serve(
     };
     let access = ctx.hand_off();
     let stream = Stream {
+        connection: ctx.connection.take(),
         state: state.clone(),
         client: ClientConn::new(io, framing, early),
         up,
@@ -241,6 +243,8 @@ async fn detach(session: &mut Session) -> Option<(pingora::protocols::Stream, Op
 
 /// A stream handed off from the request that opened it to a task of its own.
 struct Stream {
+    /// Keeps the client connection counted (and its gate slot taken) while the stream lives.
+    connection: Option<Arc<OpenConnection>>,
     state: Arc<State>,
     client: ClientConn,
     up: UpstreamConn,
@@ -257,6 +261,7 @@ impl Stream {
     // would keep `self` and the moved-out fields side by side in its state.
     fn run(self) -> impl std::future::Future<Output = ()> {
         let Stream {
+            connection,
             state,
             mut client,
             mut up,
@@ -346,6 +351,9 @@ impl Stream {
                 "stream closed"
             );
             access.log(metrics, status, Some((kind, reason)));
+            // Used here, so the task holds the slot until the stream ends, not until `run`
+            // returns: the connection counts as long as its socket is open.
+            drop(connection);
         }
     }
 }

@@ -186,10 +186,13 @@ impl Limiter {
     fn cap_rejection(&self, reason: LimitRejection) -> Admission {
         Admission::Rejected {
             reason,
-            retry_after: Duration::from_millis(
-                CAP_RETRY_MIN_MS + self.next_jitter() % (CAP_RETRY_SPREAD_MS + 1),
-            ),
+            retry_after: self.cap_retry_after(),
         }
+    }
+
+    /// When to come back to a full cap (streams or connections): a random 1..=5 s.
+    pub fn cap_retry_after(&self) -> Duration {
+        Duration::from_millis(CAP_RETRY_MIN_MS + self.next_jitter() % (CAP_RETRY_SPREAD_MS + 1))
     }
 
     /// SplitMix64: one atomic add and a few multiplies, well mixed enough for spreading retries.

@@ -1,5 +1,9 @@
-//! Assembles the Pingora server: the proxy service, the admin service and the supervisor that
-//! sweeps limiter state and runs the graceful drain.
+//! Assembles the Pingora server: the proxy service (Pingora's HTTP proxy behind streamguard's
+//! own connection loop, `accept`), the admin service and the supervisor that sweeps limiter
+//! state and runs the graceful drain.
+
+mod accept;
+pub mod head;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -79,10 +83,10 @@ pub fn build(config: Config) -> Result<Server, RunError> {
     let drain_timeout = config.server.drain_timeout;
     let state = Arc::new(State::new(config, metrics.clone(), drain_rx.clone())?);
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        StreamGuard::new(state.clone()),
-        "streamguard proxy",
+    let http = pingora::proxy::http_proxy(&server.configuration, StreamGuard::new(state.clone()));
+    let mut proxy = Service::new(
+        "streamguard proxy".to_string(),
+        accept::Front::new(Arc::new(http), state.clone()),
     );
     let mut endpoint = ListenerConfig::tcp(listen.address.to_string()).l4_buffer(CLIENT_BUFFERS);
     if let Some(tls) = &listen.tls {

@@ -1,0 +1,331 @@
+//! The client connection, from accept to close: streamguard's own `ServerApp` in front of
+//! Pingora's HTTP proxy.
+//!
+//! Pingora's HTTP/1 loop gives a connection as long as it likes: a request head may grow to
+//! 1 MiB, a head dribbled a byte at a time is read for as long as each byte comes within the
+//! read timeout, a kept-alive connection waits for its next request forever, and nothing caps
+//! how many connections there are. None of that is configurable, so this loop takes over the
+//! part before the proxy:
+//!
+//! 1. the connection takes a slot in the connection gate (globally and per client address),
+//!    or gets a fixed 503/429 and is closed;
+//! 2. each request head is read here ([`super::head`]), into a buffer capped at
+//!    `listen.max_request_head`, under a total deadline that no byte restarts
+//!    (`listen.request_head_timeout`), after waiting at most `listen.keepalive_timeout` for
+//!    the first byte of a kept-alive connection's next request;
+//! 3. the complete, checked head is handed to a fresh Pingora session as bytes already read,
+//!    which Pingora parses without touching the socket, and the proxy runs as before; a
+//!    connection Pingora hands back for reuse comes round again.
+//!
+//! The gate slot travels with the connection ([`OpenConnection`]): every request gets a clone
+//! through the session's connection context, and a stream that outlives its request keeps it,
+//! so the slot is freed when the socket closes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::proxy::HttpProxy;
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{timeout, timeout_at, Instant};
+
+use super::head::{HeadReader, Progress};
+use crate::policy::connections::{ConnectionGate, ConnectionRefusal};
+use crate::policy::Rejection;
+use crate::proxy::connection::OpenConnection;
+use crate::proxy::{raw_refusal, State, StreamGuard};
+use crate::telemetry::{Outcome, SECURITY_TARGET};
+
+/// A head buffer starts at Pingora's own initial size and doubles up to the cap.
+const INITIAL_HEAD_BUFFER: usize = 4096;
+/// How long a fixed answer may take to go out before the connection is dropped unanswered.
+const ANSWER_WITHIN: Duration = Duration::from_secs(1);
+/// After a fixed answer, what the client already sent is read and dropped for up to this long
+/// (or this many bytes), so that closing does not reset the connection before the client has
+/// read the answer (a close with unread bytes sends a RST, which can discard it).
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
+/// Refused connections lingering at once. Past it they close at once: a flood of refusals must
+/// not hold the file descriptors the gate keeps in reserve.
+const MAX_LINGERING: usize = 64;
+
+/// The proxy's `ServerApp`: the gate and the head reader in front of Pingora's HTTP proxy.
+pub struct Front {
+    proxy: Arc<HttpProxy<StreamGuard>>,
+    state: Arc<State>,
+    gate: ConnectionGate,
+    lingering: AtomicUsize,
+}
+
+/// What reading the next request head came to.
+enum NextHead {
+    /// A complete, acceptable head (and whatever followed it) in the buffer.
+    Ready(BytesMut),
+    /// Nothing to answer: the client closed or went quiet before a byte, or the proxy is
+    /// shutting down.
+    Gone,
+    /// Answer with this and close; the buffer is reused to drain the connection.
+    Refused(Rejection, &'static str, BytesMut),
+}
+
+impl Front {
+    pub fn new(proxy: Arc<HttpProxy<StreamGuard>>, state: Arc<State>) -> Front {
+        let listen = &state.config.listen;
+        let gate = ConnectionGate::new(listen.max_connections, listen.max_connections_per_ip);
+        Front {
+            proxy,
+            state,
+            gate,
+            lingering: AtomicUsize::new(0),
+        }
+    }
+
+    /// Serves HTTP/1.x requests until the connection closes, is refused or goes idle.
+    async fn serve_http1(
+        &self,
+        mut io: Stream,
+        connection: Arc<OpenConnection>,
+        shutdown: &ShutdownWatch,
+    ) {
+        let listen = &self.state.config.listen;
+        // The first head is due within request_head_timeout of the connection, whenever its
+        // first byte comes: a client that connects has that long to say who it is.
+        let due = Instant::now() + listen.request_head_timeout;
+        let (mut first_byte_by, mut head_due) = (due, Some(due));
+        loop {
+            let buf = match self
+                .next_head(&mut io, first_byte_by, head_due, shutdown)
+                .await
+            {
+                NextHead::Ready(buf) => buf,
+                NextHead::Gone => return,
+                NextHead::Refused(rejection, reason, buf) => {
+                    return self.refuse_head(io, rejection, reason, buf).await;
+                }
+            };
+            let mut session = ServerSession::new_http1(io);
+            session.set_pipelined_prefix(buf);
+            session.set_connection_user_context(Some(Box::new(Arc::clone(&connection))));
+            let Some(reused) = self.proxy.process_new_http(session, shutdown).await else {
+                return;
+            };
+            // Pipelining stays off (Pingora's default): a connection comes back only when
+            // nothing was read past its request, so the settings carry no bytes, and the
+            // keep-alive timing is the loop's own.
+            let (stream, _settings) = reused.consume();
+            io = stream;
+            first_byte_by = Instant::now() + listen.keepalive_timeout;
+            head_due = None;
+        }
+    }
+
+    /// Reads one request head: the first byte by `first_byte_by`, the whole head by `head_due`
+    /// (`None`: `request_head_timeout` after the first byte).
+    async fn next_head(
+        &self,
+        io: &mut Stream,
+        first_byte_by: Instant,
+        head_due: Option<Instant>,
+        shutdown: &ShutdownWatch,
+    ) -> NextHead {
+        let listen = &self.state.config.listen;
+        let max = listen.max_request_head;
+        let mut buf = BytesMut::with_capacity(INITIAL_HEAD_BUFFER.min(max));
+        let mut shutdown = shutdown.clone();
+        let first = tokio::select! {
+            read = timeout_at(first_byte_by, io.read_buf(&mut buf)) => read,
+            // An idle connection is not worth keeping through a drain.
+            _ = shutdown.wait_for(|down| *down) => return NextHead::Gone,
+        };
+        if !matches!(first, Ok(Ok(n)) if n > 0) {
+            return NextHead::Gone;
+        }
+        let due = head_due.unwrap_or_else(|| Instant::now() + listen.request_head_timeout);
+        let mut reader = HeadReader::new(max);
+        loop {
+            match reader.advance(&buf) {
+                Progress::Complete(_) => return NextHead::Ready(buf),
+                Progress::Refused(why) => {
+                    return NextHead::Refused(why.rejection(), why.reason(), buf);
+                }
+                Progress::NeedMore => {}
+            }
+            if !make_room(&mut buf, max) {
+                return NextHead::Refused(Rejection::HeadTooLarge, "too_large", buf);
+            }
+            match timeout_at(due, io.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed or broken halfway through a head: nobody left to answer.
+                Ok(_) => return NextHead::Gone,
+                Err(_) => return NextHead::Refused(Rejection::HeadTimeout, "timeout", buf),
+            }
+        }
+    }
+
+    /// Answers a refused head: counted like every refusal, logged as a security event with
+    /// fixed words only (no header value, no target: they may carry a token).
+    async fn refuse_head(
+        &self,
+        io: Stream,
+        rejection: Rejection,
+        reason: &'static str,
+        buf: BytesMut,
+    ) {
+        let metrics = &self.state.metrics;
+        metrics
+            .rejections
+            .with_label_values(&[rejection.metric_label()])
+            .inc();
+        metrics
+            .requests
+            .with_label_values(&[Outcome::Rejected.label()])
+            .inc();
+        tracing::warn!(
+            target: SECURITY_TARGET,
+            security = true,
+            event = "request_head_refused",
+            reason,
+            status = rejection.status(),
+            client = %peer(&io).map(|p| p.to_string()).unwrap_or_default(),
+            "security event"
+        );
+        self.answer_and_close(io, &raw_refusal(rejection, None), buf)
+            .await;
+    }
+
+    /// Turns a connection away at the gate.
+    async fn refuse_connection(&self, io: Stream, refusal: ConnectionRefusal) {
+        self.state
+            .metrics
+            .connection_refusals
+            .with_label_values(&[refusal.label()])
+            .inc();
+        // Not a warning: under a connection flood it would be one line per connection; the
+        // refusal counter shows it.
+        tracing::debug!(reason = refusal.label(), "connection refused");
+        let retry_after = self.state.limiter.cap_retry_after();
+        let answer = raw_refusal(Rejection::from(refusal), Some(retry_after));
+        self.answer_and_close(io, &answer, BytesMut::new()).await;
+    }
+
+    /// Writes a fixed answer and closes so that the client can read it: the write side is shut
+    /// first, then what the client already sent is drained for a moment (bounded in time,
+    /// bytes, and how many connections do it at once).
+    async fn answer_and_close(&self, mut io: Stream, answer: &[u8], mut buf: BytesMut) {
+        let sent = timeout(ANSWER_WITHIN, async {
+            io.write_all(answer).await?;
+            io.flush().await?;
+            AsyncWriteExt::shutdown(&mut io).await
+        })
+        .await;
+        if !matches!(sent, Ok(Ok(()))) {
+            return;
+        }
+        if self.lingering.fetch_add(1, Ordering::AcqRel) < MAX_LINGERING {
+            if buf.capacity() < INITIAL_HEAD_BUFFER {
+                buf = BytesMut::with_capacity(INITIAL_HEAD_BUFFER);
+            }
+            let until = Instant::now() + LINGER;
+            let mut drained = 0;
+            while drained < LINGER_BYTES {
+                buf.clear();
+                match timeout_at(until, io.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => drained += n,
+                    _ => break,
+                }
+            }
+        }
+        self.lingering.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[async_trait]
+impl ServerApp for Front {
+    async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        // The peer address costs a system call (cached for the session), so it is asked for
+        // only when a per-address cap needs it.
+        let address = self
+            .state
+            .config
+            .listen
+            .max_connections_per_ip
+            .and_then(|_| peer(&io))
+            .map(|p| p.ip());
+        let slot = match self.gate.admit(address) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                self.refuse_connection(io, refusal).await;
+                return None;
+            }
+        };
+        let connection = OpenConnection::new(slot, &self.state.metrics.connections_active);
+        if matches!(io.selected_alpn_proto(), None | Some(ALPN::H1)) {
+            self.serve_http1(io, connection, shutdown).await;
+            return None;
+        }
+        // Anything else negotiated by ALPN (HTTP/2, once a listener offers it) goes to
+        // Pingora's own handling, which reads its own heads; the slot is held meanwhile.
+        let _connection = connection;
+        ServerApp::process_new(&self.proxy, io, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+/// The client's address, when the connection is TCP.
+fn peer(io: &Stream) -> Option<SocketAddr> {
+    let digest = io.get_socket_digest()?;
+    let addr = digest.peer_addr()?.as_inet().copied();
+    addr
+}
+
+/// Makes room for the next read without ever giving the buffer more than `max` bytes:
+/// `BytesMut::reserve` may round a request up past the cap, so growth is a new allocation of
+/// exactly the next size (doubling, up to `max`). `false` when the buffer is full at `max`.
+fn make_room(buf: &mut BytesMut, max: usize) -> bool {
+    if buf.len() < buf.capacity() {
+        return true;
+    }
+    let grown = buf
+        .capacity()
+        .saturating_mul(2)
+        .max(INITIAL_HEAD_BUFFER)
+        .min(max);
+    if grown <= buf.len() {
+        return false;
+    }
+    let mut bigger = BytesMut::with_capacity(grown);
+    bigger.extend_from_slice(buf);
+    *buf = bigger;
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_head_buffer_doubles_up_to_the_cap_and_no_further() {
+        for max in [1024, 4096, 10_000, 32 * 1024] {
+            let mut buf = BytesMut::with_capacity(INITIAL_HEAD_BUFFER.min(max));
+            let mut capacities = Vec::new();
+            while make_room(&mut buf, max) {
+                assert!(buf.capacity() <= max, "{max}: {}", buf.capacity());
+                capacities.push(buf.capacity());
+                let spare = buf.capacity() - buf.len();
+                buf.extend_from_slice(&vec![b'a'; spare]);
+            }
+            assert_eq!(buf.len(), max, "{max}: filled to the cap exactly");
+            assert!(capacities.windows(2).all(|w| w[0] <= w[1]));
+        }
+    }
+}
