@@ -1,5 +1,5 @@
-//! The request-target: one parsed value that the route check, token lifting, the access log and
-//! the request sent upstream all derive from.
+//! The request-target and `Host`: one parsed value that the route check, token lifting, the
+//! access log and the request sent upstream all derive from.
 //!
 //! A target that is not a plain path is where a proxy and an app most easily disagree. Pingora
 //! keeps a target it cannot turn into a URI verbatim for the wire while its URI falls back to `/`,
@@ -8,12 +8,13 @@
 //! defines for a request to an origin server are accepted: origin-form (`/path?query`),
 //! absolute-form (`http://host/path`, turned into origin-form with its authority as `Host`), and
 //! `*` with `OPTIONS`. Everything else, authority-form included, is refused, and an accepted
-//! target must come back out of the URI byte for byte, so nothing but the parsed value can
-//! reach the app.
+//! target must come back out of the URI byte for byte, so nothing but the parsed value can reach
+//! the app. The same rules judge the head before Pingora parses it (`server::head`) and turn it
+//! into the URI the proxy routes on (`proxy::pipeline`).
 
-use http::header::{self, HeaderMap};
 use http::uri::{Authority, PathAndQuery};
 use http::{Method, Version};
+use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
 
 /// A request-target the proxy accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,66 +31,100 @@ pub enum Target {
     Asterisk,
 }
 
-/// Why a request-target or `Host` was refused (400).
+/// Why a request-target or `Host` was refused (400). Each has a fixed label for the security
+/// log ([`TargetError::reason`]); nothing of the request is ever quoted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
-    #[error("the request-target is neither a path, an absolute http(s) URL nor `*` with OPTIONS")]
-    Form,
-    #[error(
-        "the request-target has bytes a URI cannot hold as sent (a fragment, a space, non-ASCII)"
-    )]
-    Bytes,
-    #[error("the absolute-form authority is empty, malformed or carries user information")]
+    #[error("the target is neither /path, http(s)://authority/path nor * with OPTIONS")]
+    NotOriginForm,
+    #[error("`*` is a target for OPTIONS only")]
+    Asterisk,
+    #[error("an absolute-form target must be http or https")]
+    Scheme,
+    #[error("the target has bytes outside ASCII; conforming clients percent-encode them")]
+    NonAscii,
+    #[error("the target has a fragment, which clients never send and apps read differently")]
+    Fragment,
+    #[error("the target has bytes a URI cannot hold as sent")]
+    Invalid,
+    #[error("the absolute-form authority carries user information")]
+    Userinfo,
+    #[error("the absolute-form authority is empty or malformed")]
     Authority,
-    #[error("an HTTP/1.1 request needs exactly one Host header (RFC 9112 §3.2)")]
-    HostCount,
+    #[error("Host differs from the absolute-form target's authority")]
+    HostMismatch,
+    #[error("an HTTP/1.1 request needs a Host header (RFC 9112 §3.2)")]
+    HostMissing,
+    #[error("a request may carry one Host header only (RFC 9112 §3.2)")]
+    HostDuplicate,
+    #[error("the Host header carries user information")]
+    HostUserinfo,
     #[error("the Host header is not a valid authority")]
-    HostValue,
+    HostInvalid,
 }
 
 impl TargetError {
     /// A stable label for the security log.
     pub fn reason(self) -> &'static str {
         match self {
-            TargetError::Form => "target_form",
-            TargetError::Bytes => "target_bytes",
-            TargetError::Authority => "target_authority",
-            TargetError::HostCount => "host_count",
-            TargetError::HostValue => "host_value",
+            TargetError::NotOriginForm => "not_origin_form",
+            TargetError::Asterisk => "asterisk",
+            TargetError::Scheme => "scheme",
+            TargetError::NonAscii => "non_ascii",
+            TargetError::Fragment => "fragment",
+            TargetError::Invalid => "invalid",
+            TargetError::Userinfo => "userinfo",
+            TargetError::Authority => "authority",
+            TargetError::HostMismatch => "host_mismatch",
+            TargetError::HostMissing => "missing_host",
+            TargetError::HostDuplicate => "duplicate_host",
+            TargetError::HostUserinfo => "host_userinfo",
+            TargetError::HostInvalid => "host_invalid",
         }
     }
 }
 
 /// Classifies the request-target exactly as it arrived on the wire.
 pub fn parse(method: &Method, raw: &[u8]) -> Result<Target, TargetError> {
-    if raw == b"*" {
-        return if method == Method::OPTIONS {
-            Ok(Target::Asterisk)
-        } else {
-            Err(TargetError::Form)
-        };
+    if !raw.is_ascii() {
+        return Err(TargetError::NonAscii);
     }
-    if raw.first() == Some(&b'/') {
-        return Ok(Target::Path {
+    if raw.contains(&b'#') {
+        return Err(TargetError::Fragment);
+    }
+    match raw {
+        [b'/', ..] => Ok(Target::Path {
             path_and_query: origin_form(raw)?,
             authority: None,
-        });
+        }),
+        b"*" if method == Method::OPTIONS => Ok(Target::Asterisk),
+        b"*" => Err(TargetError::Asterisk),
+        _ => absolute_form(raw),
     }
-    let rest = strip_scheme(raw).ok_or(TargetError::Form)?;
-    let end = rest
-        .iter()
-        .position(|b| matches!(b, b'/' | b'?'))
-        .unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
+}
+
+/// `http(s)://authority[/path][?query]`, split where Pingora's own classifier splits it, so the
+/// authority checked here is the one Pingora would reconcile with `Host`.
+fn absolute_form(raw: &[u8]) -> Result<Target, TargetError> {
+    let RawTargetAuthority::Absolute {
+        scheme,
+        authority,
+        path_and_query: rest,
+    } = raw_target_authority(raw)
+    else {
+        return Err(TargetError::NotOriginForm);
+    };
+    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
+        return Err(TargetError::Scheme);
+    }
+    if authority.contains(&b'@') {
+        return Err(TargetError::Userinfo);
+    }
     let authority = host_authority(authority).ok_or(TargetError::Authority)?;
     // `http://host` and `http://host?q` have no path; origin-form needs at least `/`.
-    let path_and_query = if path.first() == Some(&b'/') {
-        origin_form(path)?
-    } else {
-        let mut rooted = Vec::with_capacity(path.len() + 1);
-        rooted.push(b'/');
-        rooted.extend_from_slice(path);
-        origin_form(&rooted)?
+    let path_and_query = match rest {
+        [b'/', ..] => origin_form(rest)?,
+        _ => origin_form(&[b"/", rest].concat())?,
     };
     Ok(Target::Path {
         path_and_query,
@@ -97,20 +132,31 @@ pub fn parse(method: &Method, raw: &[u8]) -> Result<Target, TargetError> {
     })
 }
 
-/// Checks `Host` once the target's authority (if any) has replaced it: an HTTP/1.1 request has
-/// exactly one, an HTTP/1.0 request at most one, and every one is a valid authority without
-/// user information. HTTP/2 carries `:authority` instead and is not checked here.
-pub fn check_host(version: Version, headers: &HeaderMap) -> Result<(), TargetError> {
+/// Checks the `Host` values of a request whose target parsed as `target`: an HTTP/1.1 request has
+/// exactly one, an HTTP/1.0 request at most one, each a valid authority without user
+/// information, and an absolute-form target's authority must match it (two names for one request
+/// could each be read by a different hop). HTTP/2 carries `:authority` instead.
+pub fn check_host(version: Version, hosts: &[&[u8]], target: &Target) -> Result<(), TargetError> {
     if version == Version::HTTP_2 {
         return Ok(());
     }
-    let mut hosts = headers.get_all(header::HOST).iter();
-    let first = hosts.next();
-    if hosts.next().is_some() || (first.is_none() && version == Version::HTTP_11) {
-        return Err(TargetError::HostCount);
+    let host = match hosts {
+        [] if version == Version::HTTP_11 => return Err(TargetError::HostMissing),
+        [] => return Ok(()),
+        [one] => *one,
+        _ => return Err(TargetError::HostDuplicate),
+    };
+    if host.contains(&b'@') {
+        return Err(TargetError::HostUserinfo);
     }
-    match first {
-        Some(host) if host_authority(host.as_bytes()).is_none() => Err(TargetError::HostValue),
+    if host_authority(host).is_none() {
+        return Err(TargetError::HostInvalid);
+    }
+    match target {
+        Target::Path {
+            authority: Some(authority),
+            ..
+        } if authority.as_str().as_bytes() != host => Err(TargetError::HostMismatch),
         _ => Ok(()),
     }
 }
@@ -121,22 +167,15 @@ pub fn is_consistent(raw: &[u8], path_and_query: Option<&PathAndQuery>) -> bool 
     path_and_query.is_some_and(|pq| pq.as_str().as_bytes() == raw)
 }
 
-fn strip_scheme(raw: &[u8]) -> Option<&[u8]> {
-    ["https://", "http://"].iter().find_map(|scheme| {
-        let n = scheme.len();
-        (raw.len() >= n && raw[..n].eq_ignore_ascii_case(scheme.as_bytes())).then(|| &raw[n..])
-    })
-}
-
 /// An origin-form target that round-trips through [`PathAndQuery`] unchanged.
 fn origin_form(raw: &[u8]) -> Result<PathAndQuery, TargetError> {
-    // Visible ASCII only: `http` would accept some other bytes, and drops a fragment.
-    if !raw.iter().all(|b| (0x21..0x7f).contains(b)) || raw.contains(&b'#') {
-        return Err(TargetError::Bytes);
+    // Visible ASCII only: `http` would accept a few other bytes.
+    if !raw.iter().all(|b| (0x21..0x7f).contains(b)) {
+        return Err(TargetError::Invalid);
     }
-    let parsed = PathAndQuery::try_from(raw).map_err(|_| TargetError::Bytes)?;
+    let parsed = PathAndQuery::try_from(raw).map_err(|_| TargetError::Invalid)?;
     if parsed.as_str().as_bytes() != raw {
-        return Err(TargetError::Bytes);
+        return Err(TargetError::Invalid);
     }
     Ok(parsed)
 }
@@ -177,6 +216,7 @@ mod tests {
             "/a/%2e%2e/b",
             "/a?x=/y?z",
             "/?",
+            "/a{b}|c^d\"e",
         ] {
             assert_eq!(path(raw), Ok((raw.to_owned(), None)), "{raw}");
         }
@@ -202,20 +242,24 @@ mod tests {
 
     #[test]
     fn other_forms_are_refused() {
+        use TargetError::*;
         let cases = [
-            ("api/v1/events/admin", TargetError::Form),
-            ("api", TargetError::Form),
-            ("", TargetError::Form),
-            ("*", TargetError::Form),
-            ("app.example:443", TargetError::Form),
-            ("ftp://app.example/x", TargetError::Form),
-            ("http://user:pw@app.example/x", TargetError::Authority),
-            ("http:///x", TargetError::Authority),
-            ("http://app.example/a#frag", TargetError::Bytes),
-            ("/a#frag", TargetError::Bytes),
-            ("/a b", TargetError::Bytes),
-            ("/caf\u{e9}", TargetError::Bytes),
-            ("/a\u{7f}", TargetError::Bytes),
+            ("api/v1/events/admin", NotOriginForm),
+            ("api", NotOriginForm),
+            ("", NotOriginForm),
+            ("*", Asterisk),
+            ("app.example:443", NotOriginForm),
+            ("http:/a/x", NotOriginForm),
+            ("http://a\\b/x", NotOriginForm),
+            ("ftp://app.example/x", Scheme),
+            ("ws://a/x", Scheme),
+            ("http://user:pw@app.example/x", Userinfo),
+            ("http://app.example/a#frag", Fragment),
+            ("/a#frag", Fragment),
+            ("/a b", Invalid),
+            ("/a<b", Invalid),
+            ("/caf\u{e9}", NonAscii),
+            ("/a\u{7f}", Invalid),
         ];
         for (raw, expected) in cases {
             assert_eq!(path(raw).map(|_| ()), Err(expected), "{raw:?}");
@@ -225,49 +269,38 @@ mod tests {
     #[test]
     fn asterisk_only_with_options() {
         assert_eq!(parse(&Method::OPTIONS, b"*"), Ok(Target::Asterisk));
-        assert_eq!(parse(&Method::POST, b"*"), Err(TargetError::Form));
-    }
-
-    fn hosts(values: &[&str]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for v in values {
-            map.append(header::HOST, http::HeaderValue::from_str(v).expect("value"));
-        }
-        map
+        assert_eq!(parse(&Method::POST, b"*"), Err(TargetError::Asterisk));
     }
 
     #[test]
     fn host_rules() {
-        let ok = Ok(());
-        let cases = [
-            (Version::HTTP_11, &["app.example"][..], ok),
-            (Version::HTTP_11, &["app.example:8080"][..], ok),
-            (Version::HTTP_11, &[][..], Err(TargetError::HostCount)),
-            (Version::HTTP_10, &[][..], ok),
+        use TargetError::*;
+        let origin = parse(&Method::GET, b"/").expect("origin-form");
+        let absolute = parse(&Method::GET, b"http://a.example/x").expect("absolute-form");
+        let cases: [(Version, &[&[u8]], &Target, Result<(), TargetError>); 12] = [
+            (Version::HTTP_11, &[b"app.example"], &origin, Ok(())),
+            (Version::HTTP_11, &[b"app.example:8080"], &origin, Ok(())),
+            (Version::HTTP_11, &[], &origin, Err(HostMissing)),
+            (Version::HTTP_10, &[], &origin, Ok(())),
+            (Version::HTTP_11, &[b"a", b"b"], &origin, Err(HostDuplicate)),
+            (Version::HTTP_10, &[b"a", b"a"], &origin, Err(HostDuplicate)),
+            (Version::HTTP_11, &[b"u@a"], &origin, Err(HostUserinfo)),
+            (Version::HTTP_11, &[b"a/b"], &origin, Err(HostInvalid)),
+            (Version::HTTP_11, &[b""], &origin, Err(HostInvalid)),
+            (Version::HTTP_11, &[b"a.example"], &absolute, Ok(())),
             (
                 Version::HTTP_11,
-                &["a", "b"][..],
-                Err(TargetError::HostCount),
+                &[b"b.example"],
+                &absolute,
+                Err(HostMismatch),
             ),
-            (
-                Version::HTTP_10,
-                &["a", "a"][..],
-                Err(TargetError::HostCount),
-            ),
-            (
-                Version::HTTP_11,
-                &["u@app"][..],
-                Err(TargetError::HostValue),
-            ),
-            (Version::HTTP_11, &["a/b"][..], Err(TargetError::HostValue)),
-            (Version::HTTP_11, &[""][..], Err(TargetError::HostValue)),
-            (Version::HTTP_2, &[][..], ok),
+            (Version::HTTP_2, &[], &origin, Ok(())),
         ];
-        for (version, values, expected) in cases {
+        for (version, hosts, target, expected) in cases {
             assert_eq!(
-                check_host(version, &hosts(values)),
+                check_host(version, hosts, target),
                 expected,
-                "{version:?} {values:?}"
+                "{version:?} {hosts:?} {target:?}"
             );
         }
     }
@@ -293,7 +326,7 @@ mod tests {
                 Ok(Target::Path { path_and_query, authority: None }) => {
                     prop_assert_eq!(path_and_query.as_str(), raw.as_str());
                 }
-                other => prop_assert!(raw.contains('#') || other.is_err(), "{:?}", other),
+                other => prop_assert!(other.is_err(), "{:?}", other),
             }
         }
     }

@@ -31,9 +31,10 @@ pub fn now_unix() -> u64 {
 }
 
 /// Turns the request-target into the one value everything after derives from (see
-/// `policy::target`): absolute-form becomes origin-form with its authority as `Host`, the URI is
-/// set from the parsed path so the bytes written upstream are the bytes routed on, and `Host`
-/// is checked. `Err` is the answer the request gets instead (a refusal, or `OPTIONS *`).
+/// `policy::target`): absolute-form becomes origin-form with its authority as `Host`, and the URI
+/// is set from the parsed path so the bytes written upstream are the bytes routed on. (`Host`
+/// itself was judged with the head, `server::head`.) `Err` is the answer the request gets
+/// instead (a refusal, or `OPTIONS *`).
 pub fn normalize_target(session: &mut Session) -> std::result::Result<(), Early> {
     let req = session.req_header();
     let parsed = target::parse(&req.method, req.raw_path()).map_err(Early::BadTarget)?;
@@ -54,7 +55,7 @@ pub fn normalize_target(session: &mut Session) -> std::result::Result<(), Early>
     if !target::is_consistent(req.raw_path(), req.uri.path_and_query()) {
         req.set_uri(Uri::from(path_and_query));
     }
-    target::check_host(req.version, &req.headers).map_err(Early::BadTarget)
+    Ok(())
 }
 
 /// Finds the request's token and removes every token parameter from the URL (and the token from

@@ -19,9 +19,9 @@
 //! of its own (an empty body, `Server: Pingora`) and pass others on, like a target without a
 //! leading slash, which Pingora routes as `/` while its raw bytes go to the app.
 
-use http::uri::{Authority, PathAndQuery};
-use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
+use http::{Method, Version};
 
+use crate::policy::target;
 use crate::policy::Rejection;
 
 /// Header lines a head may carry (hyper's default); more is answered as too large.
@@ -178,83 +178,25 @@ fn admit(req: &httparse::Request<'_, '_>) -> Result<(), HeadRefusal> {
     if method.eq_ignore_ascii_case("TRACE") || method.eq_ignore_ascii_case("TRACK") {
         return Err(HeadRefusal::Method("trace"));
     }
-    let host = single_host(req.headers)?;
-    target(method, req.path.unwrap_or_default().as_bytes(), host)?;
-    framing(req.headers, req.version.unwrap_or(1))
-}
-
-/// The one `Host` value, if any. Two could each be read by a different hop; `@` would make a
-/// URL parser take what precedes it as credentials and route on the rest.
-fn single_host<'h>(headers: &[httparse::Header<'h>]) -> Result<Option<&'h [u8]>, HeadRefusal> {
-    let mut hosts = headers
+    // httparse accepted the method as a token, which `Method` takes as it is.
+    let method =
+        Method::from_bytes(method.as_bytes()).map_err(|_| HeadRefusal::Malformed("token"))?;
+    let parsed = target::parse(&method, req.path.unwrap_or_default().as_bytes())
+        .map_err(|e| HeadRefusal::Target(e.reason()))?;
+    let hosts: Vec<&[u8]> = req
+        .headers
         .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("host"));
-    let host = hosts.next().map(|h| h.value);
-    if hosts.next().is_some() {
-        return Err(HeadRefusal::Malformed("duplicate_host"));
-    }
-    if host.is_some_and(|h| h.contains(&b'@')) {
-        return Err(HeadRefusal::Malformed("host_userinfo"));
-    }
-    Ok(host)
-}
-
-/// Only targets whose path the routes see exactly as the app will.
-fn target(method: &str, target: &[u8], host: Option<&[u8]>) -> Result<(), HeadRefusal> {
-    let refuse = |why| Err(HeadRefusal::Target(why));
-    // Conforming clients percent-encode anything else; an app that drops or folds raw bytes
-    // could read a path the routes never matched.
-    if !target.is_ascii() {
-        return refuse("non_ascii");
-    }
-    // A fragment is never sent by a conforming client, and apps disagree on what it means.
-    if target.contains(&b'#') {
-        return refuse("fragment");
-    }
-    match target {
-        [b'/', ..] => path_and_query(target),
-        b"*" if method == "OPTIONS" => Ok(()),
-        b"*" => refuse("asterisk"),
-        _ => absolute(target, host),
-    }
-}
-
-/// `http(s)://authority[/path][?query]`, with the authority Pingora would reconcile with `Host`.
-fn absolute(target: &[u8], host: Option<&[u8]>) -> Result<(), HeadRefusal> {
-    let refuse = |why| Err(HeadRefusal::Target(why));
-    let RawTargetAuthority::Absolute {
-        scheme,
-        authority,
-        path_and_query: rest,
-    } = raw_target_authority(target)
-    else {
-        return refuse("not_origin_form");
+        .filter(|h| h.name.eq_ignore_ascii_case("host"))
+        .map(|h| h.value)
+        .collect();
+    let version = req.version.unwrap_or(1);
+    let http_version = if version == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
     };
-    if !(scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https")) {
-        return refuse("scheme");
-    }
-    if authority.contains(&b'@') {
-        return refuse("userinfo");
-    }
-    if Authority::try_from(authority).is_err() {
-        return refuse("authority");
-    }
-    if host.is_some_and(|host| host != authority) {
-        return refuse("host_mismatch");
-    }
-    match rest {
-        [] => Ok(()),
-        [b'/', ..] => path_and_query(rest),
-        // `http://host?q`: Pingora anchors the query at `/`.
-        _ => path_and_query(&[b"/", rest].concat()),
-    }
-}
-
-/// What Pingora's request header accepts as a path and query.
-fn path_and_query(bytes: &[u8]) -> Result<(), HeadRefusal> {
-    PathAndQuery::try_from(bytes)
-        .map(drop)
-        .map_err(|_| HeadRefusal::Target("invalid"))
+    framing(req.headers, version)?;
+    target::check_host(http_version, &hosts, &parsed).map_err(|e| HeadRefusal::Target(e.reason()))
 }
 
 /// One way to tell where the body ends, which every hop reads alike (RFC 9112 §6): a single
@@ -353,7 +295,10 @@ mod tests {
             ],
             &["OPTIONS * HTTP/1.1", "Host: a"],
             &["GET http://a.example/x?y HTTP/1.1", "Host: a.example"],
-            &["GET https://a.example:8443 HTTP/1.1"],
+            &[
+                "GET https://a.example:8443 HTTP/1.1",
+                "Host: a.example:8443",
+            ],
             &["GET http://a.example?q=1 HTTP/1.1", "Host: a.example"],
             &["POST /x HTTP/1.1", "Host: a", "Content-Length: 5"],
             &[
@@ -374,9 +319,9 @@ mod tests {
             let input = head(lines);
             assert_eq!(whole(&input), Progress::Complete(input.len()), "{lines:?}");
         }
-        let with_body = b"POST /x HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET";
+        let with_body = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabcGET";
         assert_eq!(whole(with_body), Progress::Complete(with_body.len() - 6));
-        let leading = b"\r\n\nGET / HTTP/1.1\r\n\r\n";
+        let leading = b"\r\n\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
         assert_eq!(whole(leading), Progress::Complete(leading.len()));
     }
 
@@ -411,9 +356,9 @@ mod tests {
             (&["track / HTTP/1.1"], Method("trace")),
             (
                 &["GET / HTTP/1.1", "Host: a", "Host: b"],
-                Malformed("duplicate_host"),
+                Target("duplicate_host"),
             ),
-            (&["GET / HTTP/1.1", "Host: u@a"], Malformed("host_userinfo")),
+            (&["GET / HTTP/1.1", "Host: u@a"], Target("host_userinfo")),
             (&["GET / HTTP/1.1", "Bad Name: x"], Malformed("header_name")),
             (&["GET / HTTP/2.0"], Malformed("version")),
             (&["G(T / HTTP/1.1"], Malformed("token")),
@@ -518,11 +463,16 @@ mod tests {
             Progress::Refused(HeadRefusal::TooLarge)
         );
         // Exactly at the cap is still fine.
-        let mut exact = b"GET / HTTP/1.1\r\nX-Pad: ".to_vec();
+        let mut exact = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: ".to_vec();
         exact.resize(MAX - 4, b'a');
         exact.extend_from_slice(b"\r\n\r\n");
         assert_eq!(whole(&exact), Progress::Complete(MAX));
-        let headers: Vec<String> = (0..=MAX_HEADERS).map(|i| format!("X-{i}: v")).collect();
+        let headers: Vec<String> = (0..=MAX_HEADERS)
+            .map(|i| match i {
+                0 => "Host: a".to_owned(),
+                _ => format!("X-{i}: v"),
+            })
+            .collect();
         let mut lines = vec!["GET / HTTP/1.1"];
         lines.extend(headers.iter().map(String::as_str));
         assert_eq!(
