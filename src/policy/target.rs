@@ -277,7 +277,8 @@ mod tests {
         use TargetError::*;
         let origin = parse(&Method::GET, b"/").expect("origin-form");
         let absolute = parse(&Method::GET, b"http://a.example/x").expect("absolute-form");
-        let cases: [(Version, &[&[u8]], &Target, Result<(), TargetError>); 12] = [
+        type Case<'a> = (Version, &'a [&'a [u8]], &'a Target, Result<(), TargetError>);
+        let cases: [Case<'_>; 12] = [
             (Version::HTTP_11, &[b"app.example"], &origin, Ok(())),
             (Version::HTTP_11, &[b"app.example:8080"], &origin, Ok(())),
             (Version::HTTP_11, &[], &origin, Err(HostMissing)),
