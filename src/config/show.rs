@@ -12,8 +12,8 @@ use toml::Value;
 use super::types::*;
 use super::units::{format_duration, format_rate, format_size};
 use super::validate::{
-    AUTH_MODES, FORWARD_AS, LOG_FORMATS, ON_INVALID, ON_OVERSIZE, ON_RATE_LIMIT, ON_USER_LIMIT,
-    SAME_SITE, UNDERSCORES_IN_HEADERS,
+    AUTH_MODES, FORWARD_AS, LOG_FORMATS, ON_INVALID, ON_OVERSIZE, ON_RATE_LIMIT, ON_SLOW_CLIENT,
+    ON_USER_LIMIT, SAME_SITE, UNDERSCORES_IN_HEADERS,
 };
 
 /// A table's entries in print order; `None` prints as a comment (the key is unset).
@@ -36,7 +36,7 @@ pub fn show(config: &Config) -> String {
         ("auth", auth(&config.auth)),
         ("auth.session", session(&config.auth.session)),
         ("log", log(&config.log)),
-        ("sse", sse(&config.sse)),
+        ("sse", sse(&config.sse, Scope::Process)),
         ("websocket", websocket(&config.websocket)),
     ];
     for (header, entries) in sections {
@@ -45,7 +45,7 @@ pub fn show(config: &Config) -> String {
     table(&mut out, "[limits]", limits(&config.limits));
     for route in &config.routes {
         table(&mut out, "[[route]]", route_entries(route));
-        table(&mut out, "[route.sse]", sse(&route.sse));
+        table(&mut out, "[route.sse]", sse(&route.sse, Scope::Route));
         table(&mut out, "[route.websocket]", websocket(&route.websocket));
         table(&mut out, "[route.limits]", limits(&route.limits));
     }
@@ -214,8 +214,15 @@ fn log(log: &LogConfig) -> Entries {
     ]
 }
 
-fn sse(sse: &SseConfig) -> Entries {
-    vec![
+/// Where a table is printed: process-wide keys (`sse.slow_buffer_total`) only at the top.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Process,
+    Route,
+}
+
+fn sse(sse: &SseConfig, scope: Scope) -> Entries {
+    let mut entries = vec![
         ("heartbeat", Some(duration(sse.heartbeat))),
         ("heartbeat_comment", Some(text(&sse.heartbeat_comment))),
         ("stale_after", Some(duration(sse.stale_after))),
@@ -229,7 +236,19 @@ fn sse(sse: &SseConfig) -> Entries {
         ("on_invalid", Some(name(ON_INVALID, sse.on_invalid))),
         ("write_timeout", Some(duration(sse.write_timeout))),
         ("require_accept", Some(Value::Boolean(sse.require_accept))),
-    ]
+        ("client_buffer", Some(text(&format_size(sse.client_buffer)))),
+    ];
+    if scope == Scope::Process {
+        entries.push((
+            "slow_buffer_total",
+            Some(text(&format_size(sse.slow_buffer_total))),
+        ));
+    }
+    entries.push((
+        "on_slow_client",
+        Some(name(ON_SLOW_CLIENT, sse.on_slow_client)),
+    ));
+    entries
 }
 
 fn websocket(ws: &WebSocketConfig) -> Entries {
@@ -338,7 +357,7 @@ trusted_proxies = ["10.0.0.0/8", "::1"]
 path = "/events/{user}"
 roles = ["reader"]
 claims = { user = "sub" }
-sse = { heartbeat = "5s" }
+sse = { heartbeat = "5s", on_slow_client = "skip" }
 limits = { max_streams_per_user = 3 }
 [[route]]
 path = "/public"
@@ -403,8 +422,16 @@ auth = "off"
             "same_site = \"Lax\"",
             "# max_streams_per_user is not set",
             "max_streams_per_user = 3",
+            "client_buffer = \"256KiB\"",
+            "on_slow_client = \"skip\"",
         ] {
             assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
         }
+        // Process-wide: printed once, under [sse], never as a route's own (that would not parse).
+        assert_eq!(
+            shown.matches("slow_buffer_total = \"64MiB\"").count(),
+            1,
+            "{shown}"
+        );
     }
 }

@@ -9,6 +9,7 @@ use crate::policy::auth::Verifier;
 use crate::policy::cors::CorsPolicy;
 use crate::policy::limits::{Limiter, MemoryStore};
 use crate::policy::routes::RouteTable;
+use crate::relay::sse::slow::SlowBudget;
 use crate::relay::upstream::StreamConnector;
 use crate::telemetry::Metrics;
 
@@ -31,6 +32,9 @@ pub struct State {
     pub limiter: Limiter,
     pub metrics: Arc<Metrics>,
     pub streams: StreamConnector,
+    /// The memory all SSE streams together may hold for clients that are behind
+    /// (`sse.slow_buffer_total`): one budget for the process, so it lives here.
+    pub slow_budget: SlowBudget,
     /// Turns true when SIGTERM starts the drain.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -52,6 +56,7 @@ impl State {
             routes: RouteTable::new(&config.routes, config.auth.mode),
             limiter: Limiter::new(Arc::new(MemoryStore::new()), rand::random()),
             streams: StreamConnector::new(&config.upstream),
+            slow_budget: SlowBudget::new(config.sse.slow_buffer_total, &metrics),
             verifier,
             metrics,
             shutdown,
