@@ -545,3 +545,51 @@ async fn two_thousand_stalled_clients_stay_within_the_budget_and_fast_clients_fl
     );
     drop(stalled);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_trickles_cannot_keep_a_closed_stream_and_its_upstream_open() {
+    let up = Upstream::start().await;
+    let proxy = launch(config(
+        &up,
+        "client_buffer = \"4MiB\"\nwrite_timeout = \"3s\"",
+    ))
+    .await;
+    let started = Instant::now();
+    let mut trickler = stalled_client(&proxy, "stalled").await;
+    // 32 KiB every 100 ms, slower than the app: its stream is closed (its 4 MiB buffer full)
+    // within a couple of seconds. It never stalls for the 3 s write timeout, but would need
+    // more than 10 s to take all the whole events queued for it.
+    let trickling = tokio::spawn(async move {
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            if trickler
+                .read_at_most(32 << 10, Duration::from_millis(100))
+                .await
+                .is_none()
+                && trickler.is_ended()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let closed = wait_metrics(
+        &proxy,
+        Duration::from_secs(12),
+        "a slow_client close (the trickling client keeps its ended stream open)",
+        |t| slow_closes(t) == 1.0,
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(8),
+        "a stream closed for a slow client ends within write_timeout, not when a client that \
+         trickles has taken it all: {took:?}"
+    );
+    assert_eq!(gauge(&closed, "streamguard_slow_buffer_bytes"), 0.0);
+    assert!(
+        wait_until(Duration::from_secs(1), || up.stats.open_streams() == 0).await,
+        "the closed stream's upstream connection must be released"
+    );
+    trickling.abort();
+}

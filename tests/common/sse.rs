@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::http::{
@@ -172,6 +172,30 @@ impl SseClient {
                     Ok(()) => Pull::Data,
                     Err(e) => panic!("stream framing broken: {e}"),
                 }
+            }
+        }
+    }
+
+    /// Reads at most `max` bytes off the socket (a client that trickles), within `timeout`;
+    /// `None` on timeout or at the end of the stream.
+    pub async fn read_at_most(&mut self, max: usize, timeout: Duration) -> Option<usize> {
+        if self.ended {
+            return None;
+        }
+        let mut piece = vec![0u8; max];
+        match tokio::time::timeout(timeout, self.stream.read(&mut piece)).await {
+            Err(_) => None,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                self.ended = true;
+                None
+            }
+            Ok(Ok(n)) => {
+                self.raw.extend_from_slice(&piece[..n]);
+                self.pending_at = Instant::now();
+                if let Err(e) = self.decode() {
+                    panic!("stream framing broken: {e}");
+                }
+                Some(n)
             }
         }
     }

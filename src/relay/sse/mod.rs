@@ -475,9 +475,9 @@ impl Pump<'_, '_> {
     }
 
     /// Ends the body cleanly after what is queued, so the browser sees a normal end and
-    /// reconnects. A client that is behind gets until it stalls for `write_timeout` to take it;
-    /// meanwhile the upstream is still read, and what it sends dropped, so a stream that is
-    /// ending never holds the app back either.
+    /// reconnects. A client that is behind gets `write_timeout` to take it, and less if it
+    /// stalls for that long from its last progress; meanwhile the upstream is still read, and
+    /// what it sends dropped, so a stream that is ending never holds the app back either.
     async fn finish(&mut self) {
         // Nothing may follow the end: a client that missed events hears about it first.
         self.out.queue_notice();
@@ -491,14 +491,16 @@ impl Pump<'_, '_> {
 
     async fn finish_behind(&mut self) {
         let Some(timeout) = Some(self.cfg.write_timeout).filter(|t| !t.is_zero()) else {
-            // No write timeout: the stream is over, and nothing bounds the wait.
+            // Without a write timeout nothing would bound the wait: the stream ends now, and
+            // the client sees its connection close (and reconnects).
             return;
         };
-        let stall = tokio::time::sleep_until(
-            self.out
-                .stall_deadline(timeout)
-                .unwrap_or_else(Instant::now),
-        );
+        // A client that keeps taking a little must not keep an ended stream, and its upstream
+        // connection, open for as long as it takes it to read a whole buffer: the whole wait
+        // is bounded too.
+        let cap = Instant::now() + timeout;
+        let deadline = |out: &Writer<'_>| out.stall_deadline(timeout).map_or(cap, |at| at.min(cap));
+        let stall = tokio::time::sleep_until(deadline(&self.out));
         tokio::pin!(stall);
         let mut reading = true;
         loop {
@@ -510,9 +512,7 @@ impl Pump<'_, '_> {
                         if self.out.account(sent).await.is_err() || !self.out.is_behind() {
                             return;
                         }
-                        if let Some(at) = self.out.stall_deadline(timeout) {
-                            stall.as_mut().reset(at);
-                        }
+                        stall.as_mut().reset(deadline(&self.out));
                     }
                     ClientEvent::Read(Ok(Some(_))) => {}
                     ClientEvent::Read(_) => return,
