@@ -580,7 +580,7 @@ impl<'a> Writer<'a> {
                 self.last_write = now;
                 if let Some(mut backlog) = self.backlog.take() {
                     if let Some(notice) = backlog.take_notice() {
-                        // Caught up: the notice goes before anything else, and is small.
+                        // Caught up: the notice goes before anything else.
                         drop(backlog);
                         self.queue(&notice);
                         let sent = self.client.send().await;

@@ -106,7 +106,7 @@ pub(super) struct Backlog<'a> {
     skipped: u64,
     /// The value of the last `id` field among the skipped events, as the app sent it: what the
     /// client's `lastEventId` would be had it received them.
-    last_id: Option<Box<[u8]>>,
+    last_id: Option<Vec<u8>>,
 }
 
 impl<'a> Backlog<'a> {
@@ -147,7 +147,10 @@ impl<'a> Backlog<'a> {
             self.budget.skipped.inc();
         }
         if let Some(id) = &info.id {
-            self.last_id = Some(id.as_ref().into());
+            // Under a flood this runs for every event: the buffer is reused.
+            let last = self.last_id.get_or_insert_with(Vec::new);
+            last.clear();
+            last.extend_from_slice(id);
         }
         Admit::Skip
     }
