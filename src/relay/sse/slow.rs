@@ -7,9 +7,9 @@
 //! app. That queue is bounded twice, by `sse.client_buffer` per stream and by
 //! `sse.slow_buffer_total` for all streams together, so ten thousand stalled phones cannot
 //! exhaust memory; when either is full, `sse.on_slow_client` closes the stream or skips whole
-//! events (see [`Backlog`]).
+//! events (see `Backlog`).
 //!
-//! Nothing here exists while a client keeps up: a stream gets its [`Backlog`] (boxed) the moment
+//! Nothing here exists while a client keeps up: a stream gets its `Backlog` (boxed) the moment
 //! a write leaves bytes behind, and drops it when the client has caught up. The budget is one
 //! atomic counter, touched only by streams that are behind; the event path of a client that
 //! keeps up never sees it.
