@@ -2,8 +2,9 @@
 # streamguard's benchmark: direct, streamguard (protections on and off), nginx and HAProxy in
 # front of the same bench upstream, in interleaved rounds (shuffled order per round).
 #
-#   bash bench/run.sh            # full: 5 rounds (about 25 minutes on 2 cores)
-#   bash bench/run.sh --quick    # smoke: 1 round, small N (about 3 minutes)
+#   bash bench/run.sh            # full: 5 rounds (about 48 minutes on 2 cores, S2 slow 15 of them)
+#   bash bench/run.sh --quick    # smoke: 1 round, small N (about 5 minutes)
+#   bash bench/run.sh --quick --slow-clients-only   # only S2 with stalled clients (S2 slow)
 #   options: --rounds N  --targets direct,streamguard-on,...  --skip-build  --no-install
 #
 # Writes bench/results/<date>.md and .json (quick runs: <date>-quick.*); raw per-run JSON,
@@ -26,14 +27,16 @@ ROUNDS=
 TARGETS="direct,streamguard-on,streamguard-off,nginx,haproxy"
 BUILD=1
 INSTALL=1
+SCENARIOS=all
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) MODE=quick ;;
+    --slow-clients-only) SCENARIOS=slow ;;
     --rounds) ROUNDS=$2; shift ;;
     --targets) TARGETS=$2; shift ;;
     --skip-build) BUILD=0 ;;
     --no-install) INSTALL=0 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
   shift
@@ -53,6 +56,7 @@ if [ "$MODE" = quick ]; then
   WS_N=200; WS_RATES=10:2   # S4
   S5_WINDOW=2; S5_WARM=0.5; S5_CONC=32
   LADDER_WINDOW=1.5; WARM=0.5; SETTLE=1
+  SLOW_N=200; SLOW_WINDOW=5 # S2 slow: streams, measured seconds
 else
   : "${ROUNDS:=5}"
   S1_STEPS=1000,5000,9500
@@ -68,7 +72,15 @@ else
   WS_N=1000; WS_RATES=10:2
   S5_WINDOW=2; S5_WARM=0.5; S5_CONC=64
   LADDER_WINDOW=1.5; WARM=0.5; SETTLE=1
+  SLOW_N=1000; SLOW_WINDOW=10
 fi
+# S2 slow: S2's 10 events/s with 4 KiB events (so a stalled stream's buffers fill in seconds),
+# with 10 % of the streams stalled (clients that stop reading, over a phone-like link) and
+# without. The warm-up lets every buffer between the app and a stalled client fill (the
+# proxy's own, and the app's send buffer, 64 KiB by --sndbuf), so the window sees the steady
+# state. streamguard runs its protected config with on_slow_client = "skip" and a 64 KiB
+# client_buffer.
+SLOW_RATE=10; SLOW_SIZE=4096; SLOW_SHARE=0.1; SLOW_WARM=12; SLOW_SNDBUF=65536
 if [ "$ROUNDS" -lt 5 ] && [ "$MODE" = full ]; then
   echo "note: fewer than 5 rounds; medians will be weak" >&2
 fi
@@ -88,6 +100,7 @@ RAW=$WORK/raw
 LOGS=$WORK/logs
 mkdir -p "$RAW" "$LOGS" "$WORK/nginx/tmp"
 SUFFIX=$([ "$MODE" = quick ] && echo "-quick" || true)
+[ "$SCENARIOS" = slow ] && SUFFIX="$SUFFIX-slow"
 RESULT_MD=$OUTDIR/$DATE$SUFFIX.md
 RESULT_JSON=$OUTDIR/$DATE$SUFFIX.json
 
@@ -247,7 +260,7 @@ level = "error"
 EOF
 }
 
-sg_protected() { # $1 = algorithm line + key line
+sg_protected() { # $1 = algorithm line + key line; $2 = extra [sse] lines
   sg_common
   cat <<EOF
 
@@ -263,6 +276,7 @@ close_on_expiry = true
 [sse]
 heartbeat = "15s"
 stale_after = "0s"
+${2:-}
 
 [websocket]
 ping_interval = "20s"
@@ -281,6 +295,9 @@ sg_protected "algorithms = [\"HS256\"]
 secret_file = \"$WORK/jwt-hs.secret\"" >"$WORK/sg-on.toml"
 sg_protected "algorithms = [\"RS256\"]
 public_key_file = \"$WORK/jwt-rs.pub\"" >"$WORK/sg-rs.toml"
+sg_protected "algorithms = [\"HS256\"]
+secret_file = \"$WORK/jwt-hs.secret\"" "on_slow_client = \"skip\"
+client_buffer = \"64KiB\"" >"$WORK/sg-slow.toml"
 {
   sg_common
   cat <<EOF
@@ -296,7 +313,7 @@ stale_after = "0s"
 ping_interval = "0s"
 EOF
 } >"$WORK/sg-off.toml"
-for c in sg-on sg-rs sg-off; do
+for c in sg-on sg-rs sg-off sg-slow; do
   "$SG" check -c "$WORK/$c.toml" >"$LOGS/check-$c.log" 2>&1 || {
     echo "streamguard rejected $WORK/$c.toml:" >&2; cat "$LOGS/check-$c.log" >&2; exit 1; }
 done
@@ -499,6 +516,43 @@ run_target() {
   stop "$up_job"
 }
 
+# S2 slow: one target, without and with stalled streams, on an upstream with a modest send
+# buffer. Reports `s2slow.none.*` and `s2slow.stalled.*`: fast streams' p99, CPU per delivered
+# event, and the upstream's longest write wait in the window (`upstream_stall_us`).
+run_slow_target() {
+  local target=$1 round=$2
+  local url watch auth=() cfg=
+  case "$target" in
+    direct|streamguard-on|nginx|haproxy) ;;
+    *) return 0 ;;
+  esac
+  start "r$round-upstream-slow-$target" $GEN_CPU $PROXY_TIMEOUT "$UPSTREAM" --listen 127.0.0.1:$UP_PORT \
+    --sndbuf $SLOW_SNDBUF --deadline $PROXY_TIMEOUT
+  local up_job=$LAST_PID
+  wait_port $UP_PORT || { log "upstream did not start"; stop "$up_job"; return 1; }
+  if [ "$target" = direct ]; then
+    url=http://127.0.0.1:$UP_PORT; watch=0
+  else
+    [ "$target" = streamguard-on ] && cfg=$WORK/sg-slow.toml
+    start_proxy "$target" "$cfg" "$round" || { stop "$up_job"; return 1; }
+    url=http://127.0.0.1:$PROXY_PORT; watch=$PROXY_PID
+  fi
+  [ "$target" = streamguard-on ] && auth=(--origin "$ORIGIN" --jwt-alg HS256 --jwt-key "$HS_SECRET" --users 1000)
+  local common=(--label "$target" --round "$round" --watch-pid "$watch" --control 127.0.0.1:$UP_PORT
+    --connect-rate $CONNECT_RATE --settle $SETTLE --event-size $SLOW_SIZE --upstream-stall
+    --memory-metrics false)
+  log "round $round: $target: S2 slow, no stalled streams"
+  loadgen 120 sse --url "$url/sse" "${common[@]}" "${auth[@]}" --steps $SLOW_N --warm 2 \
+    --rates $SLOW_RATE:$SLOW_WINDOW --name s2slow.none --rates-name s2slow.none \
+    --out "$RAW/r$round-$target-s2slow-none.json"
+  log "round $round: $target: S2 slow, $SLOW_SHARE of the streams stalled"
+  loadgen 120 sse --url "$url/sse" "${common[@]}" "${auth[@]}" --steps $SLOW_N --warm $SLOW_WARM \
+    --stalled $SLOW_SHARE --rates $SLOW_RATE:$SLOW_WINDOW --name s2slow.stalled \
+    --rates-name s2slow.stalled --out "$RAW/r$round-$target-s2slow-stalled.json"
+  [ "$target" != direct ] && stop "$PROXY_JOB"
+  stop "$up_job"
+}
+
 # ---- rounds ----------------------------------------------------------------------------------
 IFS=, read -r -a TARGET_LIST <<<"$TARGETS"
 ORDERS=()
@@ -508,7 +562,10 @@ for round in $(seq 1 "$ROUNDS"); do
   mapfile -t order < <(printf '%s\n' "${TARGET_LIST[@]}" | shuf)
   ORDERS+=("round $round: ${order[*]}")
   for target in "${order[@]}"; do
-    run_target "$target" "$round" || log "round $round: $target failed; see $LOGS"
+    if [ "$SCENARIOS" = all ]; then
+      run_target "$target" "$round" || log "round $round: $target failed; see $LOGS"
+    fi
+    run_slow_target "$target" "$round" || log "round $round: $target (S2 slow) failed; see $LOGS"
   done
 done
 ELAPSED=$(( $(date +%s) - T0 ))

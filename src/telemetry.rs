@@ -206,6 +206,9 @@ pub struct Metrics {
     pub sse_events: IntCounter,
     pub heartbeats: IntCounter,
     pub dropped_events: IntCounterVec,
+    /// `dropped_events{reason="slow_client"}`, resolved once: under a flood it counts every
+    /// event a slow client misses.
+    pub dropped_slow_client: IntCounter,
     pub ws_messages_to_upstream: IntCounter,
     pub ws_messages_to_client: IntCounter,
     pub ws_pings: IntCounter,
@@ -220,6 +223,10 @@ pub struct Metrics {
     pub connections_active: IntGauge,
     /// Connections the gate turned away, by `ConnectionRefusal::label`.
     pub connection_refusals: IntCounterVec,
+    /// SSE streams whose client is behind: output is waiting in a per-stream buffer.
+    pub slow_clients: IntGauge,
+    /// Bytes waiting in those buffers, all streams together (`sse.slow_buffer_total` caps it).
+    pub slow_buffer_bytes: IntGauge,
 }
 
 /// The shared limit store's operations, for `streamguard_store_*`.
@@ -477,6 +484,20 @@ impl Metrics {
                 &["reason"],
             )?,
         )?;
+        let slow_clients = registered(
+            &registry,
+            IntGauge::new(
+                "streamguard_slow_clients",
+                "SSE streams whose client is behind, with output waiting in a buffer.",
+            )?,
+        )?;
+        let slow_buffer_bytes = registered(
+            &registry,
+            IntGauge::new(
+                "streamguard_slow_buffer_bytes",
+                "Bytes buffered for SSE clients that are behind (capped by sse.slow_buffer_total).",
+            )?,
+        )?;
         let build_info = registered(
             &registry,
             IntGaugeVec::new(
@@ -491,6 +512,7 @@ impl Metrics {
         Ok(Metrics {
             ws_messages_to_upstream: ws_messages.with_label_values(&[Direction::Upstream.label()]),
             ws_messages_to_client: ws_messages.with_label_values(&[Direction::Downstream.label()]),
+            dropped_slow_client: dropped_events.with_label_values(&["slow_client"]),
             registry,
             requests,
             rejections,
@@ -507,6 +529,8 @@ impl Metrics {
             store,
             connections_active,
             connection_refusals,
+            slow_clients,
+            slow_buffer_bytes,
         })
     }
 

@@ -1109,13 +1109,19 @@ async fn read_slowly_until_end(sse: &mut SseClient, timeout: Duration) -> Vec<u8
 /// Upstream `size=65536` events with no pause: more than the client below reads.
 const FLOOD: &str = "/sse?events=100000000&size=65536";
 
+/// A client slower than the upstream fills its buffer at once: with the default
+/// `on_slow_client = "close"` that ends the stream, so the tests of supervision under a backlog
+/// skip events instead, and the stream lives on with its buffer full.
+const KEEP_SLOW_CLIENTS: &str = "on_slow_client = \"skip\"";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn token_expiry_ends_a_stream_whose_upstream_outpaces_the_client() {
     let up = Upstream::start().await;
     let proxy = launch(
         ProxyConfig::new(up.addr)
             .section("auth", "mode = \"required\"\nclose_on_expiry = true")
-            .section("sse", "heartbeat = \"0s\"\nstale_after = \"0s\""),
+            .section("sse", "heartbeat = \"0s\"\nstale_after = \"0s\"")
+            .section("sse", KEEP_SLOW_CLIENTS),
     )
     .await;
     let token = mint_token("alice", &[], 2, serde_json::Value::Null);
@@ -1143,6 +1149,7 @@ async fn sigterm_drains_a_stream_whose_upstream_outpaces_the_client() {
     let up = Upstream::start().await;
     let mut proxy = launch(
         config(&up, "heartbeat = \"0s\"\nretry = \"3s\"")
+            .section("sse", KEEP_SLOW_CLIENTS)
             .section("server", "drain_timeout = \"5s\""),
     )
     .await;

@@ -36,6 +36,24 @@ pub async fn connect_from(src: Option<Ipv4Addr>, dst: SocketAddr) -> io::Result<
     socket.connect(dst).await
 }
 
+/// Like [`connect_from`], over a link like a phone's: a 4 KiB receive buffer and a 536-byte
+/// MSS. A client that then stops reading fills the kernel's buffers in front of the proxy with
+/// about 100 KiB, as on a real network; over loopback (64 KiB segments) the kernel would give
+/// the proxy's socket megabytes of send buffer, and a stall would take minutes to matter.
+pub async fn connect_slow_link(src: Option<Ipv4Addr>, dst: SocketAddr) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    socket.set_recv_buffer_size(4096)?;
+    socket.set_tcp_mss(536)?;
+    if let Some(ip) = src {
+        set_bind_address_no_port(&socket)?;
+        socket.bind(&SocketAddr::V4(SocketAddrV4::new(ip, 0)).into())?;
+    }
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(socket));
+    socket.connect(dst).await
+}
+
 /// IP_BIND_ADDRESS_NO_PORT (Linux >= 4.2): socket2 0.6 has no setter for it, so this is the
 /// crate's one direct setsockopt.
 #[allow(unsafe_code)]

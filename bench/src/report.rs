@@ -219,7 +219,17 @@ const SCENARIOS: &[(&str, &str)] = &[
     ("s4", "S4 WebSocket: echo round trip, CPU per echoed message, RSS per idle socket"),
     ("s5", "S5 connection setup: new one-event streams per second (JWT HS256/RS256, none)"),
     ("s6", "S6 heartbeats: proxy CPU on idle streams (heartbeat every 15 s)"),
+    (
+        "s2slow",
+        "S2 slow clients: 10 ev/s of 4 KiB events, `stalled` = 10 % of the streams stop reading, \
+         `none` = the same without; p99 of the reading streams, proxy CPU per delivered event, \
+         the upstream's longest wait on a write (`upstream_stall_us`)",
+    ),
 ];
+
+/// The most the app may wait on a write with stalled clients behind streamguard (`skip`): "a
+/// few milliseconds".
+const SLOW_STALL_LIMIT_US: f64 = 5_000.0;
 
 /// One check from the issue's targets, judged on medians.
 struct Check {
@@ -294,6 +304,22 @@ fn checks(table: &Table) -> Vec<Check> {
         "haproxy",
         false,
     );
+    if let Some(m) = largest_step(table, "s2slow.stalled.upstream_stall_us@", "") {
+        let v = med(table, &m, on);
+        out.push(Check {
+            what: format!(
+                "S2 slow: with 10 % of the streams stalled the app never waits more than a few ms \
+                 on a write (`{m}`, streamguard-on with skip; reference nginx)"
+            ),
+            ours: v,
+            reference: med(table, &m, "nginx"),
+            verdict: match v {
+                Some(v) if v < SLOW_STALL_LIMIT_US => "met",
+                Some(_) => "NOT met",
+                None => "no data",
+            },
+        });
+    }
     if let Some(m) = largest_step(table, "s6.cpu_pct_core@", "") {
         let v = med(table, &m, on);
         out.push(Check {

@@ -150,6 +150,10 @@ pub(super) struct RawSse {
     pub on_invalid: Option<Text>,
     pub write_timeout: Option<Text>,
     pub require_accept: Option<Spanned<bool>>,
+    pub client_buffer: Option<Text>,
+    /// Process-wide: only `[sse]` may set it (a route override is an error).
+    pub slow_buffer_total: Option<Text>,
+    pub on_slow_client: Option<Text>,
 }
 
 /// `[websocket]`, and also a route's `websocket = {..}` override.

@@ -13,7 +13,7 @@ use super::types::*;
 use super::units::{format_duration, format_rate, format_size};
 use super::validate::{
     AUTH_MODES, COMPRESSION, FORWARD_AS, LOG_FORMATS, ON_INVALID, ON_OVERSIZE, ON_RATE_LIMIT,
-    ON_STORE_ERROR, ON_USER_LIMIT, SAME_SITE, UNDERSCORES_IN_HEADERS,
+    ON_SLOW_CLIENT, ON_STORE_ERROR, ON_USER_LIMIT, SAME_SITE, UNDERSCORES_IN_HEADERS,
 };
 
 /// A table's entries in print order; `None` prints as a comment (the key is unset).
@@ -39,7 +39,7 @@ pub fn show(config: &Config) -> String {
         ("auth", auth(&config.auth)),
         ("auth.session", session(&config.auth.session)),
         ("log", log(&config.log)),
-        ("sse", sse(&config.sse)),
+        ("sse", sse(&config.sse, Scope::Process)),
         ("websocket", websocket(&config.websocket)),
     ];
     for (header, entries) in sections {
@@ -49,7 +49,7 @@ pub fn show(config: &Config) -> String {
     table(&mut out, "[limits.store]", store(&config.store));
     for route in &config.routes {
         table(&mut out, "[[route]]", route_entries(route));
-        table(&mut out, "[route.sse]", sse(&route.sse));
+        table(&mut out, "[route.sse]", sse(&route.sse, Scope::Route));
         table(&mut out, "[route.websocket]", websocket(&route.websocket));
         table(&mut out, "[route.limits]", limits(&route.limits));
     }
@@ -243,8 +243,15 @@ fn log(log: &LogConfig) -> Entries {
     ]
 }
 
-fn sse(sse: &SseConfig) -> Entries {
-    vec![
+/// Where a table is printed: process-wide keys (`sse.slow_buffer_total`) only at the top.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Process,
+    Route,
+}
+
+fn sse(sse: &SseConfig, scope: Scope) -> Entries {
+    let mut entries = vec![
         ("heartbeat", Some(duration(sse.heartbeat))),
         ("heartbeat_comment", Some(text(&sse.heartbeat_comment))),
         ("stale_after", Some(duration(sse.stale_after))),
@@ -258,7 +265,19 @@ fn sse(sse: &SseConfig) -> Entries {
         ("on_invalid", Some(name(ON_INVALID, sse.on_invalid))),
         ("write_timeout", Some(duration(sse.write_timeout))),
         ("require_accept", Some(Value::Boolean(sse.require_accept))),
-    ]
+        ("client_buffer", Some(text(&format_size(sse.client_buffer)))),
+    ];
+    if scope == Scope::Process {
+        entries.push((
+            "slow_buffer_total",
+            Some(text(&format_size(sse.slow_buffer_total))),
+        ));
+    }
+    entries.push((
+        "on_slow_client",
+        Some(name(ON_SLOW_CLIENT, sse.on_slow_client)),
+    ));
+    entries
 }
 
 fn websocket(ws: &WebSocketConfig) -> Entries {
@@ -402,7 +421,7 @@ trusted_proxies = ["10.0.0.0/8", "::1"]
 path = "/events/{user}"
 roles = ["reader"]
 claims = { user = "sub" }
-sse = { heartbeat = "5s" }
+sse = { heartbeat = "5s", on_slow_client = "skip" }
 limits = { max_streams_per_user = 3 }
 [[route]]
 path = "/public"
@@ -473,8 +492,16 @@ auth = "off"
             "keepalive_timeout = \"1m\"",
             "max_connections_per_ip = 20",
             "max_streams_per_user = 3",
+            "client_buffer = \"256KiB\"",
+            "on_slow_client = \"skip\"",
         ] {
             assert!(shown.contains(needle), "missing {needle:?} in:\n{shown}");
         }
+        // Process-wide: printed once, under [sse], never as a route's own (that would not parse).
+        assert_eq!(
+            shown.matches("slow_buffer_total = \"64MiB\"").count(),
+            1,
+            "{shown}"
+        );
     }
 }

@@ -264,6 +264,18 @@ pub enum OnInvalid {
     Close,
 }
 
+/// What happens to an SSE client that is so far behind that its buffer (`client_buffer`) or the
+/// process-wide budget (`slow_buffer_total`) is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSlowClient {
+    /// End the stream with the retry hint: `EventSource` reconnects with `Last-Event-ID` and
+    /// the app replays what it can.
+    Close,
+    /// Drop whole events until the client has caught up, then tell it with a
+    /// `streamguard.skipped` event (how many, and the last skipped `id`).
+    Skip,
+}
+
 /// `[sse]`, or a route's `sse = {..}` merged over it. A zero duration means "off".
 #[derive(Debug, Clone, PartialEq)]
 pub struct SseConfig {
@@ -281,6 +293,14 @@ pub struct SseConfig {
     /// (`Accept: text/event-stream`): it would run through the plain proxy path, past
     /// every stream protection.
     pub require_accept: bool,
+    /// Most bytes one stream keeps for a client that is behind (default 256 KiB). Nothing is
+    /// allocated while the client keeps up.
+    pub client_buffer: usize,
+    /// Most bytes all streams together keep for clients that are behind (default 64 MiB).
+    /// Process-wide: the value in force is `[sse]`'s, which routes inherit and cannot change.
+    pub slow_buffer_total: usize,
+    /// What a full buffer or budget does to the stream (default `close`).
+    pub on_slow_client: OnSlowClient,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -464,6 +484,9 @@ impl Default for SseConfig {
             on_invalid: OnInvalid::Pass,
             write_timeout: Duration::from_secs(30),
             require_accept: true,
+            client_buffer: 256 << 10,
+            slow_buffer_total: 64 << 20,
+            on_slow_client: OnSlowClient::Close,
         }
     }
 }

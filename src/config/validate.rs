@@ -53,6 +53,8 @@ pub(super) const ON_INVALID: &[(&str, OnInvalid)] = &[
     ("drop", OnInvalid::Drop),
     ("close", OnInvalid::Close),
 ];
+pub(super) const ON_SLOW_CLIENT: &[(&str, OnSlowClient)] =
+    &[("close", OnSlowClient::Close), ("skip", OnSlowClient::Skip)];
 pub(super) const ON_RATE_LIMIT: &[(&str, OnRateLimit)] =
     &[("close", OnRateLimit::Close), ("drop", OnRateLimit::Drop)];
 pub(super) const UNDERSCORES_IN_HEADERS: &[(&str, UnderscoreHeaders)] = &[
@@ -646,6 +648,27 @@ fn sse(cx: &mut Cx<'_>, prefix: &str, raw: &RawSse, base: &SseConfig) -> SseConf
             )
             .unwrap_or(base.write_timeout),
         require_accept: flag(raw.require_accept.as_ref(), base.require_accept),
+        client_buffer: cx
+            .text(
+                &k("client_buffer"),
+                raw.client_buffer.as_ref(),
+                nonzero(parse_size),
+            )
+            .unwrap_or(base.client_buffer),
+        slow_buffer_total: cx
+            .text(
+                &k("slow_buffer_total"),
+                raw.slow_buffer_total.as_ref(),
+                nonzero(parse_size),
+            )
+            .unwrap_or(base.slow_buffer_total),
+        on_slow_client: cx
+            .text(
+                &k("on_slow_client"),
+                raw.on_slow_client.as_ref(),
+                choice(ON_SLOW_CLIENT),
+            )
+            .unwrap_or(base.on_slow_client),
     }
 }
 
@@ -1274,6 +1297,15 @@ fn route(
         route_path(p).map(|segments| (p.to_owned(), segments))
     });
     let claims = claims(cx, &k("claims"), r.claims.as_ref(), parsed.as_ref());
+    if let Some(total) = &r.sse.slow_buffer_total {
+        let line = cx.line(total);
+        cx.error(
+            k("sse.slow_buffer_total"),
+            Some(line),
+            "one budget is shared by every stream of the process, so a route cannot have its \
+             own; set it in [sse] and remove it here",
+        );
+    }
     let (path, segments) = parsed.unwrap_or_default();
     RouteConfig {
         path,
@@ -1713,6 +1745,9 @@ on_oversize = "close"
 on_invalid = "drop"
 write_timeout = "5s"
 require_accept = false
+client_buffer = "32KiB"
+slow_buffer_total = "8MiB"
+on_slow_client = "skip"
 [websocket]
 ping_interval = "30s"
 pong_timeout = "5s"
@@ -1809,6 +1844,9 @@ claims = { tenant = "tid" }
             on_invalid: OnInvalid::Drop,
             write_timeout: Duration::from_secs(5),
             require_accept: false,
+            client_buffer: 32 << 10,
+            slow_buffer_total: 8 << 20,
+            on_slow_client: OnSlowClient::Skip,
         };
         assert_eq!(c.sse, sse);
         let websocket = WebSocketConfig {
@@ -1933,6 +1971,11 @@ claims = { tenant = "tid" }
             (OnOversize::Drop, OnInvalid::Pass)
         );
         assert_eq!(c.sse.write_timeout.as_secs(), 30);
+        assert_eq!(
+            (c.sse.client_buffer, c.sse.slow_buffer_total),
+            (262_144, 67_108_864)
+        );
+        assert_eq!(c.sse.on_slow_client, OnSlowClient::Close);
         assert_eq!(c.websocket, WebSocketConfig::default());
         assert_eq!(c.websocket.ping_interval.as_secs(), 20);
         assert_eq!(c.websocket.pong_timeout.as_secs(), 10);
@@ -2082,6 +2125,15 @@ claims = { tenant = "tid" }
         ("[sse]\nheartbeat_comment = \":ping\"", "sse.heartbeat_comment", Some(2), &["the ':' is added"]),
         ("[sse]\nheartbeat_comment = \"a\\nb\"", "sse.heartbeat_comment", Some(2), &["line break"]),
         ("[sse]\nretry_jitter = 1.5", "sse.retry_jitter", Some(2), &["outside 0.0..=1.0"]),
+        ("[sse]\non_slow_client = \"drop\"", "sse.on_slow_client", Some(2), &["\"close\", \"skip\""]),
+        ("[sse]\nclient_buffer = \"0\"", "sse.client_buffer", Some(2), &["greater than zero"]),
+        ("[sse]\nslow_buffer_total = \"lots\"", "sse.slow_buffer_total", Some(2), &["whole number"]),
+        (
+            "[[route]]\npath = \"/a\"\nsse = { slow_buffer_total = \"1MiB\" }",
+            "route[0].sse.slow_buffer_total",
+            Some(3),
+            &["shared by every stream", "set it in [sse]"],
+        ),
         ("[[route]]\nroles = []", "route[0].path", Some(1), &["missing"]),
         ("[[route]]\npath = \"events\"", "route[0].path", Some(2), &["must start with \"/\""]),
         ("[[route]]\npath = \"/a//b\"", "route[0].path", Some(2), &["empty segment"]),
@@ -2301,6 +2353,7 @@ claims = { tenant = "tid" }
 [sse]
 heartbeat = "10s"
 stale_after = "1m"
+slow_buffer_total = "16MiB"
 [websocket]
 messages_per_user = "100/minute"
 [limits]
@@ -2311,7 +2364,7 @@ mode = "optional"
 secret = "${JWT_SECRET}"
 [[route]]
 path = "/live"
-sse = { heartbeat = "5s", on_invalid = "close" }
+sse = { heartbeat = "5s", on_invalid = "close", client_buffer = "1MiB", on_slow_client = "skip" }
 websocket = { idle_timeout = "5m" }
 limits = { max_streams_per_user = 2, trusted_proxies = [] }
 [[route]]
@@ -2331,6 +2384,15 @@ path = "/plain"
             live.sse.write_timeout,
             Duration::from_secs(30),
             "inherits the default"
+        );
+        assert_eq!(
+            (live.sse.client_buffer, live.sse.on_slow_client),
+            (1 << 20, OnSlowClient::Skip)
+        );
+        assert_eq!(
+            live.sse.slow_buffer_total,
+            16 << 20,
+            "the process-wide budget is the global one"
         );
         assert_eq!(live.websocket.idle_timeout, Duration::from_secs(300));
         assert_eq!(live.websocket.messages_per_user.map(|r| r.count), Some(100));

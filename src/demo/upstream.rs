@@ -36,6 +36,13 @@
 //!   `crlf=1`, `retry_ms`, `status=N` (JSON error instead of a stream), `framing=close`
 //!   (close-delimited instead of chunked). Blocks in order: `retry:`, `event: body` (POST
 //!   body), `event: resume` (`Last-Event-ID`), then `id: n` / `data: n <ns since start> [pad]`.
+//! - `GET /broadcast?interval_ms=M&size=S&name=X`: joins the upstream's one broadcast, which
+//!   writes every event to every connection in turn and waits for each write, as the legacy apps
+//!   in the seeds do: one connection that takes nothing holds back the events of all. Events are
+//!   `id: n` / `data: n <ns since start> [pad to S bytes]`, every M ms (10; 0 is as fast as it
+//!   can); the first connection's M and S set the broadcast for the life of the upstream. How
+//!   long each write took is recorded per connection name ([`UpstreamStats::broadcast_writes`],
+//!   default names `conn-<k>`).
 //! - `GET /status/<code>`: that status with a body that must not leak through the proxy.
 //! - `GET /legacy-cors`: a wildcard `Access-Control-Allow-*` the proxy must strip.
 //! - `GET /slow?ms=N`, `GET /big?bytes=N`.
@@ -51,7 +58,9 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::WebSocketStream;
@@ -73,6 +82,7 @@ const DEMO_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_ACCEPT_FAILURES: u32 = 100;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 const SECRET_ERROR_BODY: &str = r#"{"internal":"stack trace: secret detail"}"#;
+const BROADCAST_INTERVAL: Duration = Duration::from_millis(10);
 
 /// One request as the upstream received it; header names are lower-cased, order kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,6 +137,21 @@ pub struct UpstreamStats {
     open_ws: AtomicUsize,
     closed_by_client: AtomicU64,
     raw_ws_log: Mutex<Vec<String>>,
+    /// Where new `/broadcast` connections join the running broadcast loop.
+    broadcast: Mutex<Option<mpsc::UnboundedSender<Subscriber>>>,
+    broadcast_writes: Mutex<HashMap<String, BroadcastWrites>>,
+    /// The broadcast's write in progress: to which connection, since when.
+    broadcast_writing: Mutex<Option<(String, Instant)>>,
+}
+
+/// How the broadcast loop's writes to one connection went (`/broadcast`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BroadcastWrites {
+    /// Events written to the connection.
+    pub events: u64,
+    /// The longest of those writes: the longest the app was held back by this connection
+    /// (and, the loop being one, every other connection with it).
+    pub longest: Duration,
 }
 
 impl Default for UpstreamStats {
@@ -147,7 +172,53 @@ impl UpstreamStats {
             open_ws: AtomicUsize::new(0),
             closed_by_client: AtomicU64::new(0),
             raw_ws_log: Mutex::new(Vec::new()),
+            broadcast: Mutex::new(None),
+            broadcast_writes: Mutex::new(HashMap::new()),
+            broadcast_writing: Mutex::new(None),
         }
+    }
+
+    /// The broadcast loop's writes to the connection named `name` (`/broadcast?name=`); a write
+    /// still waiting counts with the time it has waited so far.
+    pub fn broadcast_writes(&self, name: &str) -> Option<BroadcastWrites> {
+        let mut writes = lock(&self.broadcast_writes).get(name).copied();
+        if let Some((writing, since)) = &*lock(&self.broadcast_writing) {
+            if writing == name {
+                let w = writes.get_or_insert_with(BroadcastWrites::default);
+                w.longest = w.longest.max(since.elapsed());
+            }
+        }
+        writes
+    }
+
+    /// The longest write of the broadcast loop to any connection so far, the one in progress
+    /// included.
+    pub fn broadcast_longest_write(&self) -> Duration {
+        let done = lock(&self.broadcast_writes)
+            .values()
+            .map(|w| w.longest)
+            .max()
+            .unwrap_or_default();
+        let waiting = lock(&self.broadcast_writing)
+            .as_ref()
+            .map(|(_, since)| since.elapsed())
+            .unwrap_or_default();
+        done.max(waiting)
+    }
+
+    fn broadcast_write_starts(&self, name: &str) -> Instant {
+        let now = Instant::now();
+        *lock(&self.broadcast_writing) = Some((name.to_owned(), now));
+        now
+    }
+
+    fn broadcast_write_ends(&self, name: &str, started: Instant) {
+        let took = started.elapsed();
+        *lock(&self.broadcast_writing) = None;
+        let mut writes = lock(&self.broadcast_writes);
+        let entry = writes.entry(name.to_owned()).or_default();
+        entry.events += 1;
+        entry.longest = entry.longest.max(took);
     }
 
     /// Requests whose first path segment matches `path`'s (`hits("/echo")` counts `/echo/a?b`).
@@ -456,6 +527,9 @@ impl Conn {
             if head.method == "GET" && head.lists("upgrade", "websocket") {
                 return self.upgrade(head).await;
             }
+            if head.method == "GET" && head.path() == "/broadcast" {
+                return self.broadcast(head).await;
+            }
             let body = match self.read_body(&head).await {
                 Ok(body) => body,
                 Err(e) => return self.reject(e).await,
@@ -745,6 +819,36 @@ impl Conn {
                 Ok(())
             }
         }
+    }
+
+    /// Hands the connection to the broadcast loop (starting it for the first one), then
+    /// watches for the peer to leave.
+    async fn broadcast(mut self, head: RecordedRequest) -> io::Result<()> {
+        let plan = match SsePlan::broadcast(&head) {
+            Ok(plan) => plan,
+            Err(e) => return self.reject(e).await,
+        };
+        let name = head
+            .query("name")
+            .map_or_else(|| format!("conn-{}", self.stats.total()), str::to_owned);
+        let Conn {
+            mut stream, stats, ..
+        } = self;
+        stream
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+                  Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+            )
+            .await?;
+        let _open = OpenGuard::new(&stats.open_sse);
+        let (mut rd, wr) = stream.into_split();
+        let body = BodyWriter { wr, chunked: true };
+        join_broadcast(&stats, Subscriber { name, body }, plan);
+        tokio::select! {
+            () = peer_gone(&mut rd) => stats.client_left(),
+            () = tokio::time::sleep(QUIET_LIMIT) => {}
+        }
+        Ok(())
     }
 
     async fn upgrade(mut self, head: RecordedRequest) -> io::Result<()> {
@@ -1157,6 +1261,73 @@ async fn peer_gone<R: AsyncRead + Unpin>(rd: &mut R) {
     }
 }
 
+/// One connection of the broadcast.
+struct Subscriber {
+    /// Its writes are recorded under this name.
+    name: String,
+    body: BodyWriter<OwnedWriteHalf>,
+}
+
+/// Sends `sub` to the running broadcast loop, or starts one with `plan` (and `sub`).
+fn join_broadcast(stats: &Arc<UpstreamStats>, sub: Subscriber, plan: SsePlan) {
+    let mut running = lock(&stats.broadcast);
+    let sub = match running.as_ref() {
+        Some(joins) => match joins.send(sub) {
+            Ok(()) => return,
+            // The loop is gone (its runtime ended): start another.
+            Err(mpsc::error::SendError(sub)) => sub,
+        },
+        None => sub,
+    };
+    let (joins, waiting) = mpsc::unbounded_channel();
+    // The receiver is alive until the loop drops it, so this send cannot fail.
+    let _ = joins.send(sub);
+    *running = Some(joins);
+    tokio::spawn(broadcast_loop(waiting, plan, Arc::clone(stats)));
+}
+
+/// The broadcast: every `plan.interval`, the next event to every connection in turn, each
+/// write awaited before the next starts. A connection whose write fails leaves. Runs for the
+/// life of the runtime, waiting for connections when it has none.
+async fn broadcast_loop(
+    mut joins: mpsc::UnboundedReceiver<Subscriber>,
+    plan: SsePlan,
+    stats: Arc<UpstreamStats>,
+) {
+    let mut subs: Vec<Subscriber> = Vec::new();
+    let mut n = 0u64;
+    loop {
+        if subs.is_empty() {
+            match joins.recv().await {
+                Some(sub) => subs.push(sub),
+                None => return,
+            }
+        }
+        while let Ok(sub) = joins.try_recv() {
+            subs.push(sub);
+        }
+        if plan.interval.is_zero() {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(plan.interval).await;
+        }
+        n += 1;
+        let event = plan.event(n, &stats);
+        let mut gone = Vec::new();
+        for (i, sub) in subs.iter_mut().enumerate() {
+            let started = stats.broadcast_write_starts(&sub.name);
+            let sent = sub.body.send(&event).await;
+            stats.broadcast_write_ends(&sub.name, started);
+            if sent.is_err() {
+                gone.push(i);
+            }
+        }
+        for i in gone.into_iter().rev() {
+            subs.swap_remove(i);
+        }
+    }
+}
+
 /// Writes a response body either chunked or close-delimited.
 struct BodyWriter<W> {
     wr: W,
@@ -1235,6 +1406,29 @@ impl SsePlan {
             retry_ms: None,
             close_delimited: false,
         }
+    }
+
+    /// `/broadcast`'s events: `interval_ms` apart, padded to `size`, for as long as it runs.
+    fn broadcast(head: &RecordedRequest) -> Result<Self, RequestError> {
+        let num = |key: &'static str| {
+            head.query(key)
+                .map(|v| v.parse::<u64>().map_err(|_| RequestError::BadParam(key)))
+                .transpose()
+        };
+        Ok(Self {
+            events: u64::MAX,
+            interval: num("interval_ms")?.map_or(BROADCAST_INTERVAL, Duration::from_millis),
+            payload: Payload::Stamped {
+                size: usize::try_from(num("size")?.unwrap_or(0))
+                    .map_err(|_| RequestError::BadParam("size"))?,
+            },
+            then: Then::Quiet,
+            half_after: None,
+            comment_every: None,
+            crlf: false,
+            retry_ms: None,
+            close_delimited: false,
+        })
     }
 
     fn from_query(req: &Request) -> Result<Self, RequestError> {
@@ -1711,6 +1905,69 @@ mod tests {
         );
         assert!(!tail.contains("\n\n"), "event 2 never completes: {tail:?}");
         assert_eq!(stats.open_streams(), 1);
+    }
+
+    /// A `/broadcast` connection named `name`, its response head read.
+    async fn join_broadcast_as(
+        addr: SocketAddr,
+        query: &str,
+        recv_buffer: Option<u32>,
+    ) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Some(bytes) = recv_buffer {
+            socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        }
+        let mut s = socket.connect(addr).await.expect("connect");
+        let req = format!("GET /broadcast?{query} HTTP/1.1\r\nHost: x\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        read_until(&mut s, &mut raw, "\r\n\r\n").await;
+        s
+    }
+
+    #[tokio::test]
+    async fn broadcast_sends_every_event_to_every_connection_and_times_each_write() {
+        let (addr, stats) = start().await;
+        let mut a = join_broadcast_as(addr, "interval_ms=5&name=a", None).await;
+        // The first connection set the pace: b's interval is ignored.
+        let mut b = join_broadcast_as(addr, "interval_ms=500&name=b", None).await;
+        let mut raw_a = Vec::new();
+        let mut raw_b = Vec::new();
+        read_until(&mut a, &mut raw_a, "id: 20\n").await;
+        read_until(&mut b, &mut raw_b, "id: 20\n").await;
+        let a = stats.broadcast_writes("a").expect("writes to a");
+        let b = stats.broadcast_writes("b").expect("writes to b");
+        assert!(a.events >= 19 && b.events >= 19, "{a:?} {b:?}");
+        assert!(
+            stats.broadcast_longest_write() < Duration::from_secs(1),
+            "both read: no write waits"
+        );
+        assert_eq!(stats.open_streams(), 2);
+    }
+
+    #[tokio::test]
+    async fn broadcast_is_one_loop_that_a_connection_reading_nothing_holds_back() {
+        let (addr, stats) = start().await;
+        let mut live = join_broadcast_as(addr, "interval_ms=1&size=16384&name=live", None).await;
+        // Reads nothing, through a small receive window: the loop's write to it soon waits.
+        let _stuck = join_broadcast_as(addr, "name=stuck", Some(4096)).await;
+        let held_back = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut scratch = vec![0u8; 64 * 1024];
+            loop {
+                match tokio::time::timeout(Duration::from_millis(500), live.read(&mut scratch))
+                    .await
+                {
+                    Err(_) => return,
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(other) => panic!("the live connection ended: {other:?}"),
+                }
+            }
+        })
+        .await;
+        assert!(held_back.is_ok(), "the live connection never went quiet");
+        let stuck = stats.broadcast_writes("stuck").expect("writes to stuck");
+        assert!(stuck.longest >= Duration::from_millis(500), "{stuck:?}");
+        assert!(stats.broadcast_longest_write() >= Duration::from_millis(500));
     }
 
     #[tokio::test]

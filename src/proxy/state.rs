@@ -10,6 +10,7 @@ use crate::policy::auth::Verifier;
 use crate::policy::cors::CorsPolicy;
 use crate::policy::limits::{LimitStore, Limiter, MemoryStore};
 use crate::policy::routes::RouteTable;
+use crate::relay::sse::slow::SlowBudget;
 use crate::relay::upstream::StreamConnector;
 use crate::telemetry::Metrics;
 
@@ -37,6 +38,9 @@ pub struct State {
     pub fleet: Option<Arc<RedisStore>>,
     pub metrics: Arc<Metrics>,
     pub streams: StreamConnector,
+    /// The memory all SSE streams together may hold for clients that are behind
+    /// (`sse.slow_buffer_total`): one budget for the process, so it lives here.
+    pub slow_budget: SlowBudget,
     /// Turns true when SIGTERM starts the drain.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -67,6 +71,7 @@ impl State {
             cors: CorsPolicy::new(&config.cors).map_err(|e| SetupError::Cors(e.to_string()))?,
             routes: RouteTable::new(&config.routes, config.auth.mode),
             streams: StreamConnector::new(&config.upstream),
+            slow_budget: SlowBudget::new(config.sse.slow_buffer_total, &metrics),
             verifier,
             metrics,
             shutdown,

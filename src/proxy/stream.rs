@@ -310,8 +310,7 @@ impl Stream {
             // about 0.5 KB each for it while idle.
             let reason = match kind {
                 StreamKind::Sse => {
-                    client.set_write_timeout(Some(sse_cfg.write_timeout));
-                    sse::relay(&mut client, &mut up, sse_cfg, sup).await
+                    sse::relay(&mut client, &mut up, sse_cfg, &state.slow_budget, sup).await
                 }
                 StreamKind::WebSocket => {
                     let cfg = state.config.websocket_for(route);

@@ -8,17 +8,22 @@
 //! reads use a buffer that lives only for the duration of one poll, and output is queued only
 //! for the wake-up that writes it (Pingora's small L4 write buffer, see `server`, is flushed with
 //! every write).
+//!
+//! Two ways to write: [`ClientConn::flush`] waits until everything is out (bounded by the write
+//! timeout), for relays that pass back-pressure on (WebSocket); [`ClientConn::send`] and
+//! [`ClientConn::next_event`] never wait, and leave what the socket did not take queued, for the
+//! SSE relay, which keeps reading the app while a slow client catches up.
 
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::task::{ready, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::protocols::Stream;
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::gate::WakeGate;
 
@@ -35,6 +40,26 @@ pub enum ClientError {
     /// The client stopped reading for longer than the write timeout allows.
     #[error("the client stopped reading")]
     TimedOut,
+}
+
+/// How far a write that does not wait got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    /// Everything queued is on the socket.
+    All,
+    /// Some of it went; the rest is still queued.
+    Some,
+    /// The socket took nothing: the client is not reading.
+    Nothing,
+}
+
+/// What woke the client side of a relay loop (see [`ClientConn::next_event`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// The client sent bytes, closed its side (`Ok(None)`), or failed.
+    Read(Result<Option<Bytes>, ClientError>),
+    /// The socket took more of the queued output ([`Sent::All`] or [`Sent::Some`]), or failed.
+    Sent(Result<Sent, ClientError>),
 }
 
 /// How the response body is delimited on the wire.
@@ -143,14 +168,47 @@ impl ClientConn {
         self.flush().await
     }
 
-    /// Ends the response: writes what is queued and, when chunked, the terminating chunk with
-    /// it. The connection closes when the `ClientConn` is dropped. Errors do not matter any
-    /// more at this point: the stream is over either way.
-    pub async fn finish(&mut self) {
+    /// Queues the end of the response: the terminating chunk when chunked (a close-delimited
+    /// body ends when the connection closes, as the `ClientConn` is dropped).
+    pub fn queue_end(&mut self) {
         if self.framing == Framing::Chunked {
             self.out.put_slice(b"0\r\n\r\n");
         }
+    }
+
+    /// Ends the response: writes what is queued and the end with it. Errors do not matter any
+    /// more at this point: the stream is over either way.
+    pub async fn finish(&mut self) {
+        self.queue_end();
         let _ = self.flush().await;
+    }
+
+    /// Writes as much of what is queued as the socket takes now, without waiting; the rest
+    /// stays queued for the next `send` or [`Self::next_event`].
+    pub async fn send(&mut self) -> Result<Sent, ClientError> {
+        std::future::poll_fn(|cx| match self.poll_send(cx) {
+            Poll::Ready(sent) => Poll::Ready(sent),
+            Poll::Pending => Poll::Ready(Ok(Sent::Nothing)),
+        })
+        .await
+    }
+
+    /// Waits until the client sent something or, when `sending`, until its socket took more of
+    /// what is queued. Cancel-safe: bytes the socket took have left the queue by the time any
+    /// poll returns, and a read consumes nothing until it completes.
+    pub async fn next_event(&mut self, sending: bool) -> ClientEvent {
+        if let Some(early) = self.early.take() {
+            return ClientEvent::Read(Ok(Some(early)));
+        }
+        std::future::poll_fn(|cx| {
+            if sending {
+                if let Poll::Ready(sent) = self.poll_send(cx) {
+                    return Poll::Ready(ClientEvent::Sent(sent));
+                }
+            }
+            self.poll_read(cx).map(ClientEvent::Read)
+        })
+        .await
     }
 
     /// Reads what the client sent next: `Ok(None)` once it closed its side. Cancel-safe: a read
@@ -159,20 +217,53 @@ impl ClientConn {
         if let Some(early) = self.early.take() {
             return Ok(Some(early));
         }
+        std::future::poll_fn(|cx| self.poll_read(cx)).await
+    }
+
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, ClientError>> {
         let io = &mut self.io;
-        let gate = &mut self.read_gate;
-        std::future::poll_fn(|cx| {
-            gate.poll(cx, |cx| {
-                let mut storage = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
-                let mut buf = ReadBuf::uninit(&mut storage);
-                match ready!(Pin::new(&mut *io).poll_read(cx, &mut buf)) {
-                    Ok(()) if buf.filled().is_empty() => Poll::Ready(Ok(None)),
-                    Ok(()) => Poll::Ready(Ok(Some(Bytes::copy_from_slice(buf.filled())))),
-                    Err(_) => Poll::Ready(Err(ClientError::Gone)),
-                }
-            })
+        self.read_gate.poll(cx, |cx| {
+            let mut storage = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+            let mut buf = ReadBuf::uninit(&mut storage);
+            match ready!(Pin::new(&mut *io).poll_read(cx, &mut buf)) {
+                Ok(()) if buf.filled().is_empty() => Poll::Ready(Ok(None)),
+                Ok(()) => Poll::Ready(Ok(Some(Bytes::copy_from_slice(buf.filled())))),
+                Err(_) => Poll::Ready(Err(ClientError::Gone)),
+            }
         })
-        .await
+    }
+
+    /// Writes queued bytes until the socket takes no more. `Pending` (with the task's waker
+    /// registered) when it took nothing at all.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<Sent, ClientError>> {
+        let before = self.out.len();
+        let mut io = Pin::new(&mut self.io);
+        while !self.out.is_empty() {
+            match io.as_mut().poll_write(cx, &self.out) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => {
+                    return Poll::Ready(Err(ClientError::Gone))
+                }
+                Poll::Ready(Ok(n)) => self.out.advance(n),
+                Poll::Pending => break,
+            }
+        }
+        if self.out.is_empty() {
+            // The L4 write buffer (see `server`) holds small writes until flushed.
+            match io.poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    // Nothing is kept between wake-ups: the allocation goes with the bytes.
+                    self.out = BytesMut::new();
+                    return Poll::Ready(Ok(Sent::All));
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(ClientError::Gone)),
+                Poll::Pending => {}
+            }
+        }
+        if self.out.len() < before {
+            Poll::Ready(Ok(Sent::Some))
+        } else {
+            Poll::Pending
+        }
     }
 
     async fn write_all(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
@@ -305,6 +396,84 @@ mod tests {
         assert!(pending.is_err(), "nothing was sent yet");
         peer.write_all(b"x").await.expect("write");
         assert_eq!(conn.read().await, Ok(Some(Bytes::from_static(b"x"))));
+    }
+
+    #[tokio::test]
+    async fn send_never_waits_and_keeps_what_the_socket_did_not_take() {
+        let (mut conn, mut peer) = pair(Framing::Raw, None).await;
+        let body: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+        conn.queue(&body);
+        let first = tokio::time::timeout(Duration::from_secs(5), conn.send())
+            .await
+            .expect("send does not wait");
+        assert_eq!(first, Ok(Sent::Some), "the socket buffers take a part");
+        let left = conn.queued();
+        assert!(left > 0 && left < body.len(), "{left}");
+        assert_eq!(
+            conn.send().await,
+            Ok(Sent::Nothing),
+            "the peer reads nothing"
+        );
+        assert_eq!(conn.queued(), left);
+        // Nothing to read and nothing taken: the event waits.
+        let idle = tokio::time::timeout(Duration::from_millis(50), conn.next_event(true)).await;
+        assert!(idle.is_err(), "{idle:?}");
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.expect("read");
+            got
+        });
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(5), conn.next_event(true))
+                .await
+                .expect("the reader makes room");
+            match event {
+                ClientEvent::Sent(Ok(Sent::All)) => break,
+                ClientEvent::Sent(Ok(Sent::Some)) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(conn.queued(), 0);
+        drop(conn);
+        assert!(
+            reader.await.expect("reader") == body,
+            "every byte, in order"
+        );
+    }
+
+    #[tokio::test]
+    async fn next_event_reads_and_sees_a_reset_while_sending() {
+        let (mut conn, mut peer) = pair(Framing::Raw, Some(b"early")).await;
+        assert_eq!(
+            conn.next_event(true).await,
+            ClientEvent::Read(Ok(Some(Bytes::from_static(b"early"))))
+        );
+        peer.write_all(b"x").await.expect("write");
+        assert_eq!(
+            conn.next_event(false).await,
+            ClientEvent::Read(Ok(Some(Bytes::from_static(b"x"))))
+        );
+        conn.queue(&vec![0u8; 8 << 20]);
+        assert_eq!(conn.send().await, Ok(Sent::Some));
+        // A client that closes without reading: the kernel resets the connection.
+        drop(peer);
+        let gone = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match conn.next_event(true).await {
+                    ClientEvent::Sent(Ok(_)) => {}
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("the end of the client is seen");
+        assert!(
+            matches!(
+                gone,
+                ClientEvent::Sent(Err(ClientError::Gone)) | ClientEvent::Read(Ok(None) | Err(_))
+            ),
+            "{gone:?}"
+        );
     }
 
     #[tokio::test]

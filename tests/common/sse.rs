@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::http::{
@@ -81,7 +81,36 @@ impl SseClient {
     }
 
     pub async fn try_open(addr: SocketAddr, raw: &str) -> io::Result<Self> {
-        let mut stream = connect(addr).await?;
+        Self::try_open_on(connect(addr).await?, raw).await
+    }
+
+    /// Like [`Self::connect`], over a link like a phone's: a small receive buffer and an
+    /// Internet-sized MSS (536 bytes). A client that then stops reading fills the kernel's
+    /// buffers in front of the proxy with about 100 KiB, as it would on a real network: over
+    /// loopback (64 KiB segments) the kernel gives the proxy's socket a send buffer of
+    /// megabytes, which would take a test seconds to fill.
+    pub async fn connect_slow_link(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> io::Result<Self> {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_recv_buffer_size(4096)?;
+        socket.set_tcp_mss(536)?;
+        socket.set_nonblocking(true)?;
+        let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+        let stream = tokio::time::timeout(super::IO_TIMEOUT, socket.connect(addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        Self::try_open_on(stream, &Self::request(addr, path, headers)).await
+    }
+
+    async fn try_open_on(mut stream: TcpStream, raw: &str) -> io::Result<Self> {
         stream.write_all(raw.as_bytes()).await?;
         let mut buf = Vec::new();
         let (status, headers) = read_response_head(&mut stream, &mut buf).await?;
@@ -143,6 +172,30 @@ impl SseClient {
                     Ok(()) => Pull::Data,
                     Err(e) => panic!("stream framing broken: {e}"),
                 }
+            }
+        }
+    }
+
+    /// Reads at most `max` bytes off the socket (a client that trickles), within `timeout`;
+    /// `None` on timeout or at the end of the stream.
+    pub async fn read_at_most(&mut self, max: usize, timeout: Duration) -> Option<usize> {
+        if self.ended {
+            return None;
+        }
+        let mut piece = vec![0u8; max];
+        match tokio::time::timeout(timeout, self.stream.read(&mut piece)).await {
+            Err(_) => None,
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                self.ended = true;
+                None
+            }
+            Ok(Ok(n)) => {
+                self.raw.extend_from_slice(&piece[..n]);
+                self.pending_at = Instant::now();
+                if let Err(e) = self.decode() {
+                    panic!("stream framing broken: {e}");
+                }
+                Some(n)
             }
         }
     }

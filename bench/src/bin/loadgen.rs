@@ -9,6 +9,11 @@
 //!   at the first step with loss or p99 over `--p99-limit-ms`. The streams live in child
 //!   processes of `--per-process` streams each (one process may not hold 20,000 files), each
 //!   connecting from 127.0.0.2.. (`--src-ips`) so no source address runs out of ports.
+//!   `--stalled F` makes that share of the SSE streams (spread evenly) clients that stop
+//!   reading after their response head, over a phone-like link (see `net::connect_slow_link`);
+//!   they are held open but not measured. `--event-size N` pads the upstream's events to N
+//!   bytes; `--upstream-stall` adds each rate window's longest upstream write
+//!   (`<name>.upstream_stall_us@NxR`, from the bench upstream's `/stall`).
 //! - `setup`: `--concurrency` loops each opening a new connection to a one-event stream
 //!   (`/short`), for `--window` seconds after `--warm`: setups per second and proxy CPU each.
 //! - `report --dir D --md F --json F [--meta M]`: medians and spread over rounds, ratios against
@@ -30,7 +35,7 @@ use serde_json::{json, Map, Value};
 use sg_bench::args::Args;
 use sg_bench::clock::mono_ns;
 use sg_bench::http::{classify, parse_head, BodyDecoder, Head, LineScanner, SseLine};
-use sg_bench::net::{connect_from, io_cause, source_addr};
+use sg_bench::net::{connect_from, connect_slow_link, io_cause, source_addr};
 use sg_bench::procstat::{self, Sample};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -84,6 +89,8 @@ struct Target {
     origin: Option<String>,
     tokens: Vec<String>,
     src_ips: usize,
+    /// Share of the streams that stop reading after their head (`--stalled`).
+    stalled: f64,
 }
 
 impl Target {
@@ -108,7 +115,14 @@ impl Target {
             origin: args.str("origin").map(str::to_owned),
             tokens: mint_tokens(args),
             src_ips: args.get("src-ips", 16),
+            stalled: args.get("stalled", 0.0),
         }
+    }
+
+    /// Whether stream `n` is one of the `--stalled` share: every stream where the running
+    /// count of stalled streams steps up, so they are spread evenly.
+    fn is_stalled(&self, n: usize) -> bool {
+        self.stalled > 0.0 && ((n + 1) as f64 * self.stalled).floor() > (n as f64 * self.stalled).floor()
     }
 
     fn token(&self, n: usize) -> Option<&str> {
@@ -214,6 +228,8 @@ impl Causes {
 
 struct Shared {
     open: Cell<u64>,
+    /// Of `open`, the streams that read nothing (`--stalled`).
+    stalled: Cell<u64>,
     pending: Cell<u64>,
     opened_total: Cell<u64>,
     failed: RefCell<Causes>,
@@ -226,6 +242,7 @@ impl Shared {
     fn new() -> Shared {
         Shared {
             open: Cell::new(0),
+            stalled: Cell::new(0),
             pending: Cell::new(0),
             opened_total: Cell::new(0),
             failed: RefCell::new(Causes::default()),
@@ -337,7 +354,7 @@ async fn child_loop(ctx: Rc<ChildCtx>) -> i32 {
                 let report = json!({
                     "events": w.events, "gaps": w.gaps, "heartbeats": w.heartbeats,
                     "sent": w.sent, "hist": hist,
-                    "open": ctx.shared.open.get(),
+                    "open": ctx.shared.open.get(), "stalled": ctx.shared.stalled.get(),
                 });
                 format!("REPORT {report}")
             }
@@ -409,9 +426,13 @@ async fn open_streams(
 }
 
 async fn sse_connect(t: &Target, n: usize) -> Result<(TcpStream, Head, Vec<u8>), String> {
-    let mut s = connect_from(source_addr(n, t.src_ips), t.addr)
-        .await
-        .map_err(|e| format!("connect_{}", io_cause(&e)))?;
+    let src = source_addr(n, t.src_ips);
+    let connected = if t.is_stalled(n) {
+        connect_slow_link(src, t.addr).await
+    } else {
+        connect_from(src, t.addr).await
+    };
+    let mut s = connected.map_err(|e| format!("connect_{}", io_cause(&e)))?;
     s.write_all(&t.http_request(n, false))
         .await
         .map_err(|e| format!("write_{}", io_cause(&e)))?;
@@ -452,6 +473,15 @@ async fn sse_task(ctx: Rc<ChildCtx>, n: usize, mut stop: oneshot::Receiver<()>) 
     };
     add(&sh.open, 1);
     add(&sh.opened_total, 1);
+    if ctx.target.is_stalled(n) {
+        // A client that stopped reading: it holds the connection and reads nothing more.
+        add(&sh.stalled, 1);
+        let _ = stop.await;
+        add(&sh.stalled, -1);
+        add(&sh.open, -1);
+        drop(stream);
+        return;
+    }
     let mut decoder = BodyDecoder::new(&head);
     let mut lines = LineScanner::default();
     let mut body = Vec::with_capacity(4096);
@@ -640,7 +670,7 @@ impl Kids {
             cmd.arg("child").arg("--kind").arg(kind);
             cmd.arg("--base").arg((i * per * 4).to_string());
             cmd.arg("--deadline").arg((deadline + 10.0).to_string());
-            for key in ["url", "origin", "jwt-alg", "jwt-key", "users", "src-ips"] {
+            for key in ["url", "origin", "jwt-alg", "jwt-key", "users", "src-ips", "stalled"] {
                 if let Some(v) = args.str(key) {
                     cmd.arg(format!("--{key}={v}"));
                 }
@@ -721,6 +751,7 @@ struct WindowTotals {
     heartbeats: u64,
     sent: u64,
     open: u64,
+    stalled: u64,
     hist: Histogram<u64>,
 }
 
@@ -731,6 +762,7 @@ fn merge_reports(replies: &[String]) -> WindowTotals {
         heartbeats: 0,
         sent: 0,
         open: 0,
+        stalled: 0,
         hist: new_hist(),
     };
     for r in replies {
@@ -743,6 +775,7 @@ fn merge_reports(replies: &[String]) -> WindowTotals {
         t.heartbeats += v["heartbeats"].as_u64().unwrap_or(0);
         t.sent += v["sent"].as_u64().unwrap_or(0);
         t.open += v["open"].as_u64().unwrap_or(0);
+        t.stalled += v["stalled"].as_u64().unwrap_or(0);
         if let Some(pairs) = v["hist"].as_array() {
             for p in pairs {
                 if let (Some(val), Some(n)) = (p[0].as_u64(), p[1].as_u64()) {
@@ -807,18 +840,33 @@ fn watch_sample(pid: u32) -> Option<Sample> {
     (pid != 0).then(|| procstat::sample(pid)).flatten()
 }
 
-/// Sets the bench upstream's broadcast rate through its control endpoint.
-async fn set_rate(control: &str, rate: f64) -> Result<(), String> {
+/// Sets the bench upstream's broadcast rate (and event size) through its control endpoint.
+async fn set_rate(control: &str, rate: f64, size: usize) -> Result<(), String> {
+    control_get(control, &format!("/rate?r={rate}&size={size}"))
+        .await
+        .map(drop)
+        .map_err(|e| format!("upstream refused rate {rate} size {size}: {e}"))
+}
+
+/// The longest the bench upstream's writes waited since the last reset, in microseconds
+/// (`/stall`); `reset` starts a new window.
+async fn upstream_stall(control: &str, reset: bool) -> Option<u64> {
+    let body = control_get(control, if reset { "/stall?reset=1" } else { "/stall" }).await.ok()?;
+    serde_json::from_str::<Value>(&body).ok()?["longest_write_us"].as_u64()
+}
+
+/// `GET path` on the bench upstream's control port: the body of a 200.
+async fn control_get(control: &str, path: &str) -> Result<String, String> {
     let addr: SocketAddr = control.parse().map_err(|_| format!("bad --control {control}"))?;
     let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let req = format!("GET /rate?r={rate} HTTP/1.1\r\nHost: {control}\r\nConnection: close\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {control}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
     let mut resp = Vec::new();
     let _ = timeout(Duration::from_secs(5), s.read_to_end(&mut resp)).await;
-    if resp.starts_with(b"HTTP/1.1 200") {
-        Ok(())
-    } else {
-        Err(format!("upstream refused rate {rate}"))
+    let text = String::from_utf8_lossy(&resp);
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => Err(text.lines().next().unwrap_or("no answer").to_owned()),
     }
 }
 
@@ -868,12 +916,14 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
     let name = args.str_or("name", if mode == "ws" { "s4" } else { "s1" }).to_owned();
     let control = args.str("control").map(str::to_owned);
     let deadline = args.get("deadline", 300.0);
+    let event_size: usize = args.get("event-size", 0);
+    let track_stall = args.flag("upstream-stall");
     let unit = if mode == "ws" { "socket" } else { "stream" };
     let memory_metrics = args.str("memory-metrics") != Some("false");
 
     let mut kids = Kids::spawn(args, mode, count, per, deadline).await;
     if let Some(c) = &control {
-        if let Err(e) = set_rate(c, 0.0).await {
+        if let Err(e) = set_rate(c, 0.0, event_size).await {
             eprintln!("sg-loadgen: {e}");
             out.borrow_mut().notes.push(e);
         }
@@ -975,19 +1025,29 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
         if mode == "ws" {
             kids.same(&format!("ECHO {rate}")).await;
         } else if let Some(c) = &control {
-            if let Err(e) = set_rate(c, rate).await {
+            if let Err(e) = set_rate(c, rate, event_size).await {
                 out.borrow_mut().notes.push(e);
                 break;
             }
         }
         sleep(Duration::from_secs_f64(warm)).await;
+        let stall_control = control.as_deref().filter(|_| track_stall);
+        if let Some(c) = stall_control {
+            upstream_stall(c, true).await;
+        }
         let (w, cpu, wall) = window(&mut kids, pid, secs).await;
+        let stall_us = match stall_control {
+            Some(c) => upstream_stall(c, false).await,
+            None => None,
+        };
         let key = format!("{held}x{rate}");
-        let offered = if mode == "ws" { w.sent as f64 } else { w.open as f64 * rate * wall };
+        // Stalled streams read nothing: what is offered is what the reading ones should get.
+        let reading = w.open.saturating_sub(w.stalled);
+        let offered = if mode == "ws" { w.sent as f64 } else { reading as f64 * rate * wall };
         let p99 = if w.hist.is_empty() { f64::INFINITY } else { w.hist.value_at_quantile(0.99) as f64 };
         let delivered_eps = w.events as f64 / wall;
         // Ticks are discrete: a window may hold one tick fewer per stream than rate x seconds.
-        let slack = if mode == "ws" { 0.0 } else { w.open as f64 };
+        let slack = if mode == "ws" { 0.0 } else { reading as f64 };
         let pass = w.gaps == 0
             && (w.events as f64) + slack >= 0.97 * offered
             && p99 < p99_limit_us
@@ -997,6 +1057,9 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
         let cpu = cpu.filter(|_| w.events >= MIN_EVENTS_FOR_CPU);
         let mut o = out.borrow_mut();
         let metric_name = if is_ladder { &ladder_name } else { &rates_name };
+        if let Some(us) = stall_us {
+            o.metric(format!("{metric_name}.upstream_stall_us@{key}"), us as f64);
+        }
         if mode == "ws" {
             if !w.hist.is_empty() {
                 o.metric(format!("{metric_name}.rtt_p50_us@{key}"), w.hist.value_at_quantile(0.5) as f64);
@@ -1031,8 +1094,9 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
         }
         o.steps.push(json!({
             "step": if is_ladder { "ladder" } else { "rate" }, "rate": rate, "held": held,
-            "seconds": wall, "open": w.open, "events": w.events, "gaps": w.gaps, "sent": w.sent,
+            "seconds": wall, "open": w.open, "stalled": w.stalled, "events": w.events, "gaps": w.gaps, "sent": w.sent,
             "offered": offered, "delivered_eps": delivered_eps, "cpu_s": raw_cpu,
+            "upstream_stall_us": stall_us,
             "proxy_core_pct": raw_cpu.map(|c| c / wall * 100.0), "pass": pass, "latency": lat_json(&w.hist),
         }));
         eprintln!("sg-loadgen: rate {rate} x {held}: events {} gaps {} p99 {p99}us cpu {raw_cpu:?} pass {pass}", w.events, w.gaps);
@@ -1055,7 +1119,7 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
     if mode == "ws" {
         kids.same("ECHO 0").await;
     } else if let Some(c) = &control {
-        let _ = set_rate(c, 0.0).await;
+        let _ = set_rate(c, 0.0, event_size).await;
     }
     kids.close().await;
     0

@@ -6,20 +6,34 @@
 //!   period (each has its own phase), so N streams at R events/s are a steady N x R events/s,
 //!   not one burst of N every 1/R s (`/rate?r=R&burst=1` lines all phases up instead). A stream
 //!   whose writes are held back (backpressure through the proxy, or this process falling
-//!   behind) skips its late events and adds them to `seq`, so the client sees a gap.
+//!   behind) skips its late events and adds them to `seq`, so the client sees a gap. Events are
+//!   padded to `size` bytes of data when `/rate` sets one.
 //! - `GET /short` (any path containing `short`): one such event, `Content-Length` framed, then
 //!   the connection closes (connection-setup runs).
 //! - `GET /ws` with `Upgrade: websocket`: echoes every text and binary message.
-//! - `GET /rate?r=<events per second per stream>[&burst=1]`: sets the rate (0 = idle streams).
+//! - `GET /rate?r=<events per second per stream>[&burst=1][&size=<bytes>]`: sets the rate
+//!   (0 = idle streams) and the event size.
+//! - `GET /stall[?reset=1]`: the longest a write to any stream has waited for its socket since
+//!   the last reset (writes still waiting count with the time waited so far), as JSON: how long
+//!   a proxy held the app back. A proxy that passes back-pressure on from a client that stopped
+//!   reading blocks the app's writes to that stream; one that absorbs it does not. A write the
+//!   socket takes at once counts as no wait, however long this shared core took to run it.
 //! - `GET /stats`: counters as JSON. `GET /healthz`: 200.
 //!
 //! One thread (current-thread runtime): the benchmark pins it to one core with the generator.
 //!
-//! Usage: `sg-bench-upstream --listen 127.0.0.1:18081 [--rate 0] [--deadline 3600]`
+//! `--sndbuf BYTES` sets SO_SNDBUF on every accepted connection: over loopback the kernel gives
+//! each socket megabytes of buffer, so a stalled client would hold the app back only after
+//! minutes of events; with a modest buffer (an app's on a real host) the steady state comes in
+//! seconds.
+//!
+//! Usage: `sg-bench-upstream --listen 127.0.0.1:18081 [--rate 0] [--sndbuf 0] [--deadline 3600]`
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::task::Poll;
 use std::net::SocketAddr;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -49,11 +63,61 @@ fn bump(c: &Cell<u64>, by: i64) {
     c.set((c.get() as i64 + by).max(0) as u64);
 }
 
-/// Events per second per stream, and whether all streams share one phase.
+/// Events per second per stream, whether all streams share one phase, and the event size.
 #[derive(Clone, Copy, Debug)]
 struct Rate {
     per_second: f64,
     burst: bool,
+    /// Bytes of `data:` each event is padded to (0: just `<seq> <ns>`).
+    size: usize,
+}
+
+/// How long writes to the streams waited, for `/stall`.
+#[derive(Default)]
+struct Stalls {
+    /// The window `/stall?reset=1` last started (ns, CLOCK_MONOTONIC).
+    since: Cell<u64>,
+    /// The longest write that finished in the window, ns.
+    longest: Cell<u64>,
+    /// Every stream's write in progress: its start (ns), 0 when not writing. Scanned only
+    /// when `/stall` is asked.
+    writing: RefCell<Vec<Weak<Cell<u64>>>>,
+}
+
+impl Stalls {
+    fn track(&self) -> Rc<Cell<u64>> {
+        let cell = Rc::new(Cell::new(0));
+        self.writing.borrow_mut().push(Rc::downgrade(&cell));
+        cell
+    }
+
+    fn finished(&self, started: u64, now: u64) {
+        let took = now.saturating_sub(started.max(self.since.get()));
+        self.longest.set(self.longest.get().max(took));
+    }
+
+    /// The longest wait in the window so far, writes in progress included, and how many are
+    /// waiting now.
+    fn report(&self, now: u64) -> (u64, usize) {
+        let since = self.since.get();
+        let mut waiting = 0;
+        let mut longest = self.longest.get();
+        self.writing.borrow_mut().retain(|w| {
+            let Some(cell) = w.upgrade() else { return false };
+            let started = cell.get();
+            if started != 0 {
+                waiting += 1;
+                longest = longest.max(now.saturating_sub(started.max(since)));
+            }
+            true
+        });
+        (longest, waiting)
+    }
+
+    fn reset(&self, now: u64) {
+        self.since.set(now);
+        self.longest.set(0);
+    }
 }
 
 struct State {
@@ -62,6 +126,9 @@ struct State {
     epoch: Instant,
     streams_started: Cell<u64>,
     stats: Stats,
+    stalls: Stalls,
+    /// SO_SNDBUF for accepted connections (0: the kernel's).
+    sndbuf: usize,
 }
 
 fn main() {
@@ -72,11 +139,14 @@ fn main() {
         rate: watch::channel(Rate {
             per_second: args.get("rate", 0.0),
             burst: args.flag("burst"),
+            size: 0,
         })
         .0,
         epoch: Instant::now(),
         streams_started: Cell::new(0),
         stats: Stats::default(),
+        stalls: Stalls::default(),
+        sndbuf: args.get("sndbuf", 0),
     });
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -111,6 +181,9 @@ async fn accept_loop(listener: TcpListener, state: Rc<State>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
+                if state.sndbuf > 0 {
+                    let _ = socket2::SockRef::from(&stream).set_send_buffer_size(state.sndbuf);
+                }
                 tokio::task::spawn_local(connection(stream, state.clone()));
             }
             // Out of file descriptors or similar: back off instead of spinning.
@@ -183,13 +256,22 @@ async fn connection(mut stream: TcpStream, state: Rc<State>) {
         };
         let rate = param("r").and_then(|v| v.parse::<f64>().ok());
         let burst = param("burst").is_some_and(|v| v == "1" || v == "true");
-        match rate {
-            Some(r) if r >= 0.0 && r.is_finite() => {
-                state.rate.send_replace(Rate { per_second: r, burst });
-                plain(&mut stream, 200, &format!("rate {r} burst {burst}\n")).await;
+        let size = param("size").map_or(Some(0), |v| v.parse::<usize>().ok());
+        match (rate, size) {
+            (Some(r), Some(size)) if r >= 0.0 && r.is_finite() && size <= 1 << 20 => {
+                state.rate.send_replace(Rate { per_second: r, burst, size });
+                plain(&mut stream, 200, &format!("rate {r} burst {burst} size {size}\n")).await;
             }
-            _ => plain(&mut stream, 400, "use /rate?r=<events per second>\n").await,
+            _ => plain(&mut stream, 400, "use /rate?r=<events per second>[&size=<bytes>]\n").await,
         }
+    } else if let Some(query) = path.strip_prefix("/stall") {
+        let now = mono_ns();
+        let (longest, waiting) = state.stalls.report(now);
+        if query.contains("reset=1") {
+            state.stalls.reset(now);
+        }
+        let body = serde_json::json!({ "longest_write_us": longest / 1000, "waiting": waiting });
+        plain(&mut stream, 200, &body.to_string()).await;
     } else if path.starts_with("/stats") {
         let s = &state.stats;
         let rate = *state.rate.borrow();
@@ -260,10 +342,12 @@ async fn sse_stream(stream: TcpStream, state: &State) {
     // Golden-ratio phases spread any number of streams evenly over the period.
     let phase = (n as f64 * 0.618_033_988_749_895).fract();
     let mut rate_rx = state.rate.subscribe();
-    let mut due = first_due(state.epoch, *rate_rx.borrow_and_update(), phase, Instant::now());
+    let mut rate = *rate_rx.borrow_and_update();
+    let mut due = first_due(state.epoch, rate, phase, Instant::now());
     let mut seq = 0u64;
     let mut scratch = [0u8; 256];
     let mut out: Vec<u8> = Vec::with_capacity(96);
+    let writing = state.stalls.track();
     loop {
         let at = due.map(|(at, _)| at);
         tokio::select! {
@@ -281,12 +365,32 @@ async fn sse_stream(stream: TcpStream, state: &State) {
                 due = Some((next, period));
                 seq += 1;
                 let ns = mono_ns();
-                let payload = format!("data: {seq} {ns}\n\n");
+                let mut payload = format!("data: {seq} {ns}");
+                // `data: ` is 6 bytes; the value is padded to `size`.
+                if payload.len() < rate.size + 6 {
+                    payload.push(' ');
+                    let pad = (rate.size + 6).saturating_sub(payload.len());
+                    payload.extend(std::iter::repeat_n('x', pad));
+                }
+                payload.push_str("\n\n");
                 out.clear();
                 out.extend_from_slice(format!("{:x}\r\n", payload.len()).as_bytes());
                 out.extend_from_slice(payload.as_bytes());
                 out.extend_from_slice(b"\r\n");
-                if wr.write_all(&out).await.is_err() {
+                let mut write = std::pin::pin!(wr.write_all(&out));
+                let written = match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+                    Poll::Ready(written) => written,
+                    Poll::Pending => {
+                        // The socket is full: the proxy is not reading this stream.
+                        let waits = mono_ns();
+                        writing.set(waits);
+                        let written = write.await;
+                        writing.set(0);
+                        state.stalls.finished(waits, mono_ns());
+                        written
+                    }
+                };
+                if written.is_err() {
                     break;
                 }
                 bump(&stats.events, 1);
@@ -295,7 +399,8 @@ async fn sse_stream(stream: TcpStream, state: &State) {
                 if changed.is_err() {
                     break;
                 }
-                due = first_due(state.epoch, *rate_rx.borrow_and_update(), phase, Instant::now());
+                rate = *rate_rx.borrow_and_update();
+                due = first_due(state.epoch, rate, phase, Instant::now());
             }
             // The client (or the proxy) went away: read returns 0 or an error.
             n = rd.read(&mut scratch) => {

@@ -3,15 +3,22 @@
 //! Units (events, comment lines) are forwarded only once complete, so the client never holds a
 //! half event: that is what makes it safe to inject heartbeats, the expiry event or the eviction
 //! event at any moment, and to discard a half-received event when the upstream stalls. Memory per
-//! stream is bounded by `max_event_size` (the parser's pending buffer) plus one read chunk.
+//! stream is bounded by `max_event_size` (the parser's pending buffer) plus one read chunk, and,
+//! while the client is behind, by `client_buffer` (see [`slow`]).
+//!
+//! The loop never waits for the client: a write leaves what the socket did not take queued, and
+//! the socket's writability is one more branch of the loop, beside the upstream read and the
+//! timer. So the app is read at its own pace whatever one client does, and every deadline
+//! (including `write_timeout`, for a client that reads nothing at all) keeps running.
 //!
 //! Timers are lazy: the loop records when it last wrote to the client and last heard from the
 //! upstream, and a timer that fires early is simply re-armed for the real due time. That keeps
 //! per-event work to two `Instant` stores instead of re-registering timers on every event.
 
 pub mod parser;
+pub mod slow;
 
-use super::client::{ClientConn, ClientError};
+use super::client::{ClientConn, ClientError, ClientEvent, Sent};
 use super::upstream::{UpstreamConn, UpstreamError};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -20,6 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use self::parser::{Segment, SseParser};
+use self::slow::{Admit, Backlog, SlowBudget};
 use super::{Alarm, Interrupt, Supervision};
 use crate::config::{OnInvalid, OnOversize, SseConfig};
 use crate::telemetry::CloseReason;
@@ -102,15 +110,19 @@ struct Deadlines {
 }
 
 impl Deadlines {
-    /// When the loop's one timer must next fire: the earliest of the heartbeat, the stale check,
-    /// the token's expiry (until the stream is ending) and the end of the grace for a last event.
+    /// When the loop's one timer must next fire: the earliest of the heartbeat (not while the
+    /// client is behind: bytes are waiting for it already), the stale check, the token's expiry
+    /// (until the stream is ending), the end of the grace for a last event, and the write
+    /// timeout of a client that is behind.
     fn earliest(&self, pump: &Pump<'_, '_>, ending: Option<(Ending, Instant)>) -> Option<Instant> {
         [
             self.heartbeat
+                .filter(|_| !pump.out.is_behind())
                 .map(|every| heartbeat_due(pump.out.last_write, every)),
             self.stale_after.map(|after| pump.last_upstream + after),
             self.expires_at.filter(|_| ending.is_none()),
             ending.map(|(_, grace_end)| grace_end),
+            pump.out.stall_deadline(pump.cfg.write_timeout),
         ]
         .into_iter()
         .flatten()
@@ -146,12 +158,14 @@ impl Ending {
 }
 
 /// Relays an SSE body whose response head (and [`retry_hint`]) is queued on `client`, not yet
-/// written: it goes out with the first events if the upstream already sent some. Returns why
+/// written: it goes out with the first events if the upstream already sent some. A client that
+/// falls behind gets a buffer from `budget` (the process-wide `slow_buffer_total`). Returns why
 /// the stream ended; the caller closes the upstream.
 pub async fn relay(
     client: &mut ClientConn,
     upstream: &mut UpstreamConn,
     cfg: &SseConfig,
+    budget: &SlowBudget,
     mut sup: Supervision<'_>,
 ) -> CloseReason {
     let metrics = sup.metrics;
@@ -159,7 +173,9 @@ pub async fn relay(
         out: Writer {
             client,
             metrics,
+            budget,
             last_write: Instant::now(),
+            backlog: None,
         },
         upstream,
         parser: SseParser::new(cfg.max_event_size),
@@ -188,6 +204,8 @@ pub async fn relay(
     tokio::pin!(interrupts);
 
     loop {
+        // Falling behind starts the write timeout; catching up brings the heartbeat back.
+        let was_behind = pump.out.is_behind();
         let mut rearm = false;
         tokio::select! {
             // Supervision first: an upstream that always has bytes ready (it outpaces the
@@ -198,6 +216,11 @@ pub async fn relay(
             () = alarm.ring(), if alarm.is_armed() => {
                 rearm = true;
                 let now = Instant::now();
+                if pump.out.stall_deadline(cfg.write_timeout).is_some_and(|at| now >= at) {
+                    // It took nothing for `write_timeout`: no last words can reach it.
+                    tracing::debug!("dropping an SSE client that stopped reading");
+                    return CloseReason::SlowClient;
+                }
                 if ending.is_none() && deadlines.expires_at.is_some_and(|at| now >= at) {
                     ending = Some((Ending::Expired, now + FINISH_EVENT_GRACE));
                 }
@@ -216,16 +239,17 @@ pub async fn relay(
                     }
                     if quiet(&pump) {
                         pump.parser.discard_pending();
-                        pump.out.finish().await;
+                        pump.finish().await;
                         return CloseReason::Stale;
                     }
                 }
-                if let Some(every) = deadlines.heartbeat {
+                if let Some(every) = deadlines.heartbeat.filter(|_| !pump.out.is_behind()) {
                     // Units are forwarded whole, so the client is always at an event boundary here.
                     if now >= pump.out.last_write + every {
                         // Built when due (every 15 s or so) rather than kept by every stream.
                         let beat = format!(": {}\n\n", cfg.heartbeat_comment);
-                        if let Err(reason) = pump.out.write(beat.as_bytes()).await {
+                        pump.out.queue(beat.as_bytes());
+                        if let Err(reason) = pump.out.send().await {
                             return reason;
                         }
                         metrics.heartbeats.inc();
@@ -241,15 +265,20 @@ pub async fn relay(
                     return reason;
                 }
             }
-            read = pump.out.client.read() => {
+            event = pump.out.client.next_event(pump.out.is_behind()) => match event {
                 // A client sends nothing after its request: anything it does send is ignored,
                 // and its EOF or a reset ends the stream.
-                if !matches!(read, Ok(Some(_))) {
-                    return CloseReason::ClientGone;
+                ClientEvent::Read(Ok(Some(_))) => {}
+                ClientEvent::Read(_) => return CloseReason::ClientGone,
+                // A client that is behind took more.
+                ClientEvent::Sent(sent) => {
+                    if let Err(reason) = pump.out.account(sent).await {
+                        return reason;
+                    }
                 }
             }
         }
-        if rearm {
+        if rearm || was_behind != pump.out.is_behind() {
             alarm.set(deadlines.earliest(&pump, ending));
         }
         if let Some((why, _)) = ending {
@@ -259,11 +288,13 @@ pub async fn relay(
                     Ending::Evicted => Some(Bytes::from_static(EVICTED_EVENT)),
                     Ending::Shutdown => retry_hint(cfg),
                 };
+                // Whatever a client that is behind has queued is whole units: the last words
+                // land at a boundary, after the notice of what it missed.
+                pump.out.queue_notice();
                 if let Some(last) = last {
-                    // The stream ends either way; a failed last write changes nothing.
-                    let _ = pump.out.write(&last).await;
+                    pump.out.queue(&last);
                 }
-                pump.out.finish().await;
+                pump.finish().await;
                 return why.reason();
             }
         }
@@ -283,6 +314,8 @@ fn forward(
     let metrics = out.metrics;
     let mut pass: Option<Bytes> = None;
     let mut joined: Option<BytesMut> = None;
+    // Bytes of this chunk's units waiting to be queued, for the bound of a client that is behind.
+    let mut batched = 0;
     let mut close: Option<CloseReason> = None;
     for segment in segments.drain(..) {
         match segment {
@@ -307,9 +340,24 @@ fn forward(
                         }
                     }
                 }
+                if let Some(backlog) = &mut out.backlog {
+                    match backlog.admit(out.client.queued() + batched, bytes.len(), &info, cfg) {
+                        Admit::Queue => {}
+                        Admit::Skip => continue,
+                        Admit::Close => {
+                            tracing::debug!(
+                                queued = out.client.queued() + batched,
+                                "closing an SSE stream: its client is too far behind"
+                            );
+                            close = Some(CloseReason::SlowClient);
+                            break;
+                        }
+                    }
+                }
                 if info.is_event {
                     metrics.sse_events.inc();
                 }
+                batched += bytes.len();
                 // One write per upstream chunk: join only when a chunk held several units.
                 match (&mut pass, &mut joined) {
                     (None, None) => pass = Some(bytes),
@@ -379,17 +427,21 @@ struct Pump<'a, 'w> {
 
 impl Pump<'_, '_> {
     /// Queues the result of `first` (a read the loop already made) and of every read that
-    /// completes without waiting, then writes it all at once. `Err` carries why the stream
-    /// ended (the client was given a clean end where it could be).
+    /// completes without waiting, then writes it all at once, as far as the client takes it.
+    /// `Err` carries why the stream ended (the client was given a clean end where it could be).
     async fn relay_ready(
         &mut self,
         first: Option<Result<Option<Bytes>, UpstreamError>>,
     ) -> Result<(), CloseReason> {
         let mut next = first;
+        // A client that is behind has bytes queued already: the limit is on this wake-up's.
+        let start = self.out.client.queued();
         for _ in 0..MAX_READS_PER_WRITE {
             let read = match next.take() {
                 Some(read) => read,
-                None if self.out.client.queued() >= MAX_BYTES_PER_WRITE => break,
+                None if self.out.client.queued().saturating_sub(start) >= MAX_BYTES_PER_WRITE => {
+                    break
+                }
                 // Dropping a read that is not ready loses nothing (`UpstreamConn` reads are
                 // cancel-safe).
                 None => match self.upstream.read_body_bytes().now_or_never() {
@@ -408,53 +460,153 @@ impl Pump<'_, '_> {
                 Err(_) => Some(CloseReason::UpstreamGone),
             };
             if let Some(reason) = ended {
-                self.out.finish().await;
+                if reason == CloseReason::SlowClient {
+                    // `on_slow_client = "close"`: the client reconnects with `Last-Event-ID`,
+                    // after the whole events it has queued.
+                    if let Some(hint) = retry_hint(self.cfg) {
+                        self.out.queue(&hint);
+                    }
+                }
+                self.finish().await;
                 return Err(reason);
             }
         }
-        self.out.flush().await
+        self.out.send().await
+    }
+
+    /// Ends the body cleanly after what is queued, so the browser sees a normal end and
+    /// reconnects. A client that is behind gets `write_timeout` to take it, and less if it
+    /// stalls for that long from its last progress; meanwhile the upstream is still read, and
+    /// what it sends dropped, so a stream that is ending never holds the app back either.
+    async fn finish(&mut self) {
+        // Nothing may follow the end: a client that missed events hears about it first.
+        self.out.queue_notice();
+        self.out.client.queue_end();
+        // The stream ends either way: a client that is gone changes nothing.
+        if self.out.send().await.is_ok() && self.out.is_behind() {
+            // Rare, so its timer is boxed rather than carried by every stream.
+            Box::pin(self.finish_behind()).await;
+        }
+    }
+
+    async fn finish_behind(&mut self) {
+        let Some(timeout) = Some(self.cfg.write_timeout).filter(|t| !t.is_zero()) else {
+            // Without a write timeout nothing would bound the wait: the stream ends now, and
+            // the client sees its connection close (and reconnects).
+            return;
+        };
+        // A client that keeps taking a little must not keep an ended stream, and its upstream
+        // connection, open for as long as it takes it to read a whole buffer: the whole wait
+        // is bounded too.
+        let cap = Instant::now() + timeout;
+        let deadline = |out: &Writer<'_>| out.stall_deadline(timeout).map_or(cap, |at| at.min(cap));
+        let stall = tokio::time::sleep_until(deadline(&self.out));
+        tokio::pin!(stall);
+        let mut reading = true;
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stall => return,
+                event = self.out.client.next_event(true) => match event {
+                    ClientEvent::Sent(sent) => {
+                        if self.out.account(sent).await.is_err() || !self.out.is_behind() {
+                            return;
+                        }
+                        stall.as_mut().reset(deadline(&self.out));
+                    }
+                    ClientEvent::Read(Ok(Some(_))) => {}
+                    ClientEvent::Read(_) => return,
+                },
+                read = self.upstream.read_body_bytes(), if reading => {
+                    reading = matches!(read, Ok(Some(_)));
+                }
+            }
+        }
     }
 }
 
-/// The client side: writes, and remembers when it last wrote (for heartbeats).
+/// The client side: writes without waiting, keeps what the client has not taken yet (within
+/// bounds, see [`slow`]), and remembers when it last wrote (for heartbeats).
 struct Writer<'a> {
     client: &'a mut ClientConn,
     metrics: &'a crate::telemetry::Metrics,
+    budget: &'a SlowBudget,
     last_write: Instant,
+    /// `Some` only while the client is behind.
+    backlog: Option<Box<Backlog<'a>>>,
 }
 
-impl Writer<'_> {
-    /// Queues bytes to go out with the next flush.
+impl<'a> Writer<'a> {
+    /// Queues bytes to go out with the next send.
     fn queue(&mut self, data: &[u8]) {
         self.metrics.sse.bytes_to_client.inc_by(data.len() as u64);
         self.client.queue(data);
     }
 
-    /// Writes what is queued.
-    async fn flush(&mut self) -> Result<(), CloseReason> {
-        if self.client.queued() == 0 {
+    /// Whether the client has bytes waiting that its socket did not take yet.
+    fn is_behind(&self) -> bool {
+        self.backlog.is_some()
+    }
+
+    /// When a client that is behind is dropped unless it takes something (`write_timeout`,
+    /// zero is off).
+    fn stall_deadline(&self, timeout: Duration) -> Option<Instant> {
+        let backlog = self.backlog.as_ref()?;
+        (!timeout.is_zero()).then(|| backlog.progress_at + timeout)
+    }
+
+    /// Queues the notice of skipped events for a client that missed some.
+    fn queue_notice(&mut self) {
+        if let Some(notice) = self.backlog.as_mut().and_then(|b| b.take_notice()) {
+            self.queue(&notice);
+        }
+    }
+
+    /// Writes what is queued, as far as the socket takes it now.
+    async fn send(&mut self) -> Result<(), CloseReason> {
+        if self.client.queued() == 0 && self.backlog.is_none() {
             return Ok(());
         }
-        match self.client.flush().await {
-            Ok(()) => {
-                self.last_write = Instant::now();
-                Ok(())
+        let sent = self.client.send().await;
+        self.account(sent).await
+    }
+
+    /// Takes note of how far a send got: a client that took everything has caught up (and
+    /// hears about what it missed), one that did not is behind, and its queue is bounded.
+    async fn account(&mut self, sent: Result<Sent, ClientError>) -> Result<(), CloseReason> {
+        let now = Instant::now();
+        match sent.map_err(|_| CloseReason::ClientGone)? {
+            Sent::All => {
+                self.last_write = now;
+                if let Some(mut backlog) = self.backlog.take() {
+                    if let Some(notice) = backlog.take_notice() {
+                        // Caught up: the notice goes before anything else.
+                        drop(backlog);
+                        self.queue(&notice);
+                        let sent = self.client.send().await;
+                        return Box::pin(self.account(sent)).await;
+                    }
+                }
             }
-            // The write timeout is `sse.write_timeout`: a client that stops reading.
-            Err(ClientError::TimedOut) => Err(CloseReason::SlowClient),
-            Err(ClientError::Gone) => Err(CloseReason::ClientGone),
+            Sent::Some => {
+                self.last_write = now;
+                self.behind(now).progress_at = now;
+            }
+            Sent::Nothing => {
+                self.behind(now);
+            }
         }
+        if let Some(backlog) = &mut self.backlog {
+            backlog.settle(self.client.queued());
+        }
+        Ok(())
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), CloseReason> {
-        self.queue(data);
-        self.flush().await
-    }
-
-    /// Ends the chunked body cleanly (after what is queued) so the browser sees a normal end
-    /// and reconnects.
-    async fn finish(&mut self) {
-        self.client.finish().await;
+    /// The backlog of a client that is behind, made when it falls behind.
+    fn behind(&mut self, now: Instant) -> &mut Backlog<'a> {
+        let budget = self.budget;
+        self.backlog
+            .get_or_insert_with(|| Box::new(Backlog::new(budget, now)))
     }
 }
 
