@@ -15,6 +15,7 @@
 mod env;
 mod raw;
 mod show;
+mod source;
 pub mod types;
 mod units;
 mod validate;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 
 pub use env::{EnvSource, ProcessEnv, SubstError};
 pub use show::show;
+pub use source::fingerprint;
 pub use types::*;
 pub use units::{
     format_duration, format_rate, format_size, parse_duration, parse_rate, parse_size, UnitError,

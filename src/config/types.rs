@@ -22,6 +22,12 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[[route]]` tables in file order; the first match wins.
     pub routes: Vec<RouteConfig>,
+    /// The files the configuration names (keys, certificates, a password), which a reload and
+    /// `server.watch_config` read again.
+    pub files: Vec<std::path::PathBuf>,
+    /// The SHA-256 of the config text and those files (16 hex digits): which configuration is
+    /// in force.
+    pub fingerprint: String,
 }
 
 /// The settings in force for a request, from the index route matching gave it: the matched

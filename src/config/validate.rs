@@ -1587,6 +1587,7 @@ pub(super) fn validate(
         .collect();
     let auth = auth(cx, &raw.auth, mode, &routes);
 
+    let files = super::source::named_files(raw, base_dir, env);
     let mut errors = std::mem::take(&mut cx.errors);
     match upstream {
         Some(upstream) if errors.is_empty() => Ok(Config {
@@ -1602,6 +1603,8 @@ pub(super) fn validate(
             limits,
             store,
             routes,
+            fingerprint: super::source::fingerprint(text, &files),
+            files,
         }),
         _ => {
             // File order reads best; keys without a line (missing keys) go last.

@@ -81,6 +81,8 @@ pub fn build(config: Config) -> Result<Server, RunError> {
     let admin_addr = config.admin.address;
     let upstream = config.upstream.address;
     let drain_timeout = config.server.drain_timeout;
+    metrics.ops.config_loaded(&config.fingerprint, unix_now());
+    tracing::info!(config = %config.fingerprint, "configuration loaded");
     let state = Arc::new(State::new(config, metrics.clone(), drain_rx.clone())?);
 
     let http = pingora::proxy::http_proxy(&server.configuration, StreamGuard::new(state.clone()));
@@ -122,6 +124,27 @@ pub fn build(config: Config) -> Result<Server, RunError> {
     Ok(server)
 }
 
+/// How long the supervisor's readiness check waits for the upstream to accept a connection.
+const UPSTREAM_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether the upstream accepts a connection now (for `streamguard_upstream_up`).
+async fn upstream_accepts(address: std::net::SocketAddr) -> bool {
+    matches!(
+        tokio::time::timeout(
+            UPSTREAM_PROBE_TIMEOUT,
+            tokio::net::TcpStream::connect(address)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Sweeps limiter state, and on SIGTERM runs the drain: streams are told to end at a safe
 /// point, and the process exits as soon as none is left (or at `server.drain_timeout`).
 struct Supervisor {
@@ -145,21 +168,30 @@ impl BackgroundService for Supervisor {
             tokio::spawn(async move { store.run().await });
         }
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        let upstream = self.state.config.upstream.address;
         loop {
             tokio::select! {
-                _ = sweep.tick() => {
-                    self.state.limiter.sweep(std::time::Instant::now());
-                    self.state.metrics.limiter_keys.set(self.state.limiter.tracked_keys() as i64);
-                }
+                _ = sweep.tick() => {}
                 _ = shutdown.wait_for(|down| *down) => break,
             }
+            self.state.limiter.sweep(std::time::Instant::now());
+            self.state
+                .metrics
+                .limiter_keys
+                .set(self.state.limiter.tracked_keys() as i64);
+            let up = upstream_accepts(upstream).await;
+            self.state.metrics.ops.upstream_up.set(i64::from(up));
         }
         tracing::info!(streams = self.active_streams(), "SIGTERM: draining streams");
+        let ops = &self.state.metrics.ops;
+        ops.draining.set(1);
         let _ = self.drain_tx.send(true);
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         while self.active_streams() > 0 && tokio::time::Instant::now() < deadline {
+            ops.drain_remaining.set(self.active_streams());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        ops.drain_remaining.set(self.active_streams());
         // Give the relays a moment to flush their last frames before the sockets go.
         tokio::time::sleep(Duration::from_millis(100)).await;
         tracing::info!(left = self.active_streams(), "drain finished, exiting");

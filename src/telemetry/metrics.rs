@@ -1,180 +1,13 @@
-//! Logs and metrics: the one place that knows metric names, label sets and log targets.
-//!
-//! Every metric is registered once, with help text, in a registry of our own (not the global
-//! default, so tests and embedders get a clean slate). Labels only ever come from closed enums
-//! (`StreamKind`, `CloseReason`, ...), never from users, paths or tokens, so cardinality is fixed
-//! and no personal data reaches a scrape. Hot-path children are resolved once at start-up.
+//! [`Metrics`]: every series streamguard exports, registered once with help text.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
 
-use crate::config::{LogConfig, LogFormat};
-
-/// Log target of the one-line-per-request access log.
-pub const ACCESS_TARGET: &str = "streamguard::access";
-/// Log target of security events (`auth_failed`, `cors_rejected`, `forbidden`, ...).
-pub const SECURITY_TARGET: &str = "streamguard::security";
-
-/// Filter directives appended to `log.level`.
-const PINGORA_LOG_CAP: &str = "pingora_proxy=info,pingora_core=info,pingora_http=info";
-
-/// Installs the global `tracing` subscriber (JSON or text on stdout). Pingora's own `log`
-/// records are bridged in so operators get one stream in one format.
-pub fn init_logging(cfg: &LogConfig) -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
-    // Pingora's debug output prints whole request heads, credentials included: whatever level
-    // the operator picks, Pingora's own crates stay at info so no token reaches a log line.
-    let directives = format!("{},{PINGORA_LOG_CAP}", cfg.level);
-    let filter = EnvFilter::try_new(directives).map_err(|e| format!("log.level: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    let result = match cfg.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
-        LogFormat::Text => builder.with_ansi(false).try_init(),
-    };
-    // A second init (tests, `demo` after `check`) keeps the first subscriber: not an error.
-    let _ = result;
-    Ok(())
-}
-
-/// The two kinds of long-lived stream the proxy supervises.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamKind {
-    Sse,
-    WebSocket,
-}
-
-impl StreamKind {
-    pub fn label(self) -> &'static str {
-        match self {
-            StreamKind::Sse => "sse",
-            StreamKind::WebSocket => "websocket",
-        }
-    }
-}
-
-/// Why a stream ended: the `reason` label of `streamguard_stream_closes_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    ClientGone,
-    UpstreamEnd,
-    UpstreamGone,
-    Stale,
-    Expired,
-    SlowClient,
-    Oversize,
-    Invalid,
-    Shutdown,
-    Evicted,
-    DeadPeer,
-    Idle,
-    TooBig,
-    /// A WebSocket message split into more than `max_message_fragments` frames.
-    TooFragmented,
-    RateLimited,
-    /// A WebSocket client past `max_control_frames`.
-    ControlRate,
-    ProtocolError,
-    Error,
-}
-
-impl CloseReason {
-    pub const ALL: [CloseReason; 18] = [
-        CloseReason::ClientGone,
-        CloseReason::UpstreamEnd,
-        CloseReason::UpstreamGone,
-        CloseReason::Stale,
-        CloseReason::Expired,
-        CloseReason::SlowClient,
-        CloseReason::Oversize,
-        CloseReason::Invalid,
-        CloseReason::Shutdown,
-        CloseReason::Evicted,
-        CloseReason::DeadPeer,
-        CloseReason::Idle,
-        CloseReason::TooBig,
-        CloseReason::TooFragmented,
-        CloseReason::RateLimited,
-        CloseReason::ControlRate,
-        CloseReason::ProtocolError,
-        CloseReason::Error,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            CloseReason::ClientGone => "client_gone",
-            CloseReason::UpstreamEnd => "upstream_end",
-            CloseReason::UpstreamGone => "upstream_gone",
-            CloseReason::Stale => "stale",
-            CloseReason::Expired => "expired",
-            CloseReason::SlowClient => "slow_client",
-            CloseReason::Oversize => "oversize",
-            CloseReason::Invalid => "invalid",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::Evicted => "evicted",
-            CloseReason::DeadPeer => "dead_peer",
-            CloseReason::Idle => "idle",
-            CloseReason::TooBig => "too_big",
-            CloseReason::TooFragmented => "too_fragmented",
-            CloseReason::RateLimited => "rate_limited",
-            CloseReason::ControlRate => "control_rate",
-            CloseReason::ProtocolError => "protocol_error",
-            CloseReason::Error => "error",
-        }
-    }
-}
-
-/// How a request ended, for `streamguard_requests_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Answered by the upstream through the plain proxy path.
-    Proxied,
-    /// Relayed as an SSE or WebSocket stream.
-    Streamed,
-    /// Refused by a policy (CORS, auth, limits, bad request).
-    Rejected,
-    /// Answered by the proxy itself (preflight, session cookie exchange).
-    Local,
-    /// The upstream could not be reached or failed mid-response.
-    Failed,
-}
-
-impl Outcome {
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Proxied => "proxied",
-            Outcome::Streamed => "streamed",
-            Outcome::Rejected => "rejected",
-            Outcome::Local => "local",
-            Outcome::Failed => "failed",
-        }
-    }
-}
-
-/// Which way bytes or messages moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Client to upstream.
-    Upstream,
-    /// Upstream to client.
-    Downstream,
-}
-
-impl Direction {
-    pub fn label(self) -> &'static str {
-        match self {
-            Direction::Upstream => "to_upstream",
-            Direction::Downstream => "to_client",
-        }
-    }
-}
+use super::ops::OpsMetrics;
+use super::store::StoreMetrics;
+use super::{CloseReason, Direction, StreamKind};
 
 /// Per-kind handles resolved once, so the relay loops touch plain atomics only.
 pub struct KindMetrics {
@@ -227,65 +60,8 @@ pub struct Metrics {
     pub slow_clients: IntGauge,
     /// Bytes waiting in those buffers, all streams together (`sse.slow_buffer_total` caps it).
     pub slow_buffer_bytes: IntGauge,
-}
-
-/// The shared limit store's operations, for `streamguard_store_*`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreOp {
-    /// A stream admission (one script call).
-    Admit,
-    /// A `messages_per_user` decision.
-    Message,
-    /// A batch of lease renewals.
-    Renew,
-    /// Queued releases of ended streams.
-    Release,
-    /// The health probe while the breaker is open.
-    Ping,
-    /// The eviction channel's subscription.
-    Subscribe,
-}
-
-impl StoreOp {
-    pub const ALL: [StoreOp; 6] = [
-        StoreOp::Admit,
-        StoreOp::Message,
-        StoreOp::Renew,
-        StoreOp::Release,
-        StoreOp::Ping,
-        StoreOp::Subscribe,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            StoreOp::Admit => "admit",
-            StoreOp::Message => "message",
-            StoreOp::Renew => "renew",
-            StoreOp::Release => "release",
-            StoreOp::Ping => "ping",
-            StoreOp::Subscribe => "subscribe",
-        }
-    }
-}
-
-/// `streamguard_store_up`, `_errors_total{op}` and `_seconds{op}`. Registered whatever the
-/// store, so dashboards see the series; with the in-memory store `up` is 1 and nothing counts.
-pub struct StoreMetrics {
-    pub up: IntGauge,
-    errors: IntCounterVec,
-    seconds: HistogramVec,
-}
-
-impl StoreMetrics {
-    pub fn error(&self, op: StoreOp) {
-        self.errors.with_label_values(&[op.label()]).inc();
-    }
-
-    pub fn observe(&self, op: StoreOp, seconds: f64) {
-        self.seconds
-            .with_label_values(&[op.label()])
-            .observe(seconds);
-    }
+    /// Config reloads, the drain, the upstream's readiness.
+    pub ops: OpsMetrics,
 }
 
 impl Metrics {
@@ -430,42 +206,8 @@ impl Metrics {
                 "Status pages currently following the admin status stream.",
             )?,
         )?;
-        let store = StoreMetrics {
-            up: registered(
-                &registry,
-                IntGauge::new(
-                    "streamguard_store_up",
-                    "1 while the limit store answers (always, for the in-memory store).",
-                )?,
-            )?,
-            errors: registered(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "streamguard_store_errors_total",
-                        "Limit store operations that failed or timed out, by operation.",
-                    ),
-                    &["op"],
-                )?,
-            )?,
-            seconds: registered(
-                &registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "streamguard_store_seconds",
-                        "Round trips to the limit store that got an answer, by operation.",
-                    )
-                    .buckets(vec![
-                        0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
-                    ]),
-                    &["op"],
-                )?,
-            )?,
-        };
-        store.up.set(1);
-        for op in StoreOp::ALL {
-            store.errors.with_label_values(&[op.label()]);
-        }
+        let store = StoreMetrics::register(&registry)?;
+        let ops = OpsMetrics::register(&registry)?;
         let connections_active = registered(
             &registry,
             IntGauge::new(
@@ -531,6 +273,7 @@ impl Metrics {
             connection_refusals,
             slow_clients,
             slow_buffer_bytes,
+            ops,
         })
     }
 
@@ -563,7 +306,7 @@ impl Metrics {
 }
 
 /// Registers `metric` and hands it back, so each metric is defined in one expression.
-fn registered<C>(registry: &Registry, metric: C) -> prometheus::Result<C>
+pub(super) fn registered<C>(registry: &Registry, metric: C) -> prometheus::Result<C>
 where
     C: prometheus::core::Collector + Clone + 'static,
 {
