@@ -51,7 +51,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn take(state: &State) -> Snapshot {
-        let top_users = state.config.admin.show_users.then(|| {
+        let top_users = state.policy().config.admin.show_users.then(|| {
             state
                 .limiter
                 .top_holders(TOP_USERS)

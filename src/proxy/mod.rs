@@ -31,7 +31,7 @@ use crate::policy::target::TargetError;
 use crate::policy::Rejection;
 use crate::telemetry::{CloseReason, Metrics, Outcome, StreamKind, ACCESS_TARGET};
 use connection::OpenConnection;
-pub use state::State;
+pub use state::{Policy, State};
 
 /// streamguard's proxy: a thin shell over `State`.
 pub struct StreamGuard {
@@ -55,6 +55,8 @@ pub enum Early {
 
 /// What the pipeline decided about one request, kept for the later phases and the access log.
 pub struct RequestCtx {
+    /// The configuration this request is served under, taken when it started.
+    policy: Arc<Policy>,
     start: Instant,
     method: http::Method,
     /// Set when the request-target decided the answer already (`pipeline::normalize_target`).
@@ -89,11 +91,11 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     /// The header rules for an answer from the app to this request.
-    fn header_rules<'a>(&'a self, state: &'a State) -> respond::HeaderRules<'a> {
+    fn header_rules(&self) -> respond::HeaderRules<'_> {
         respond::HeaderRules {
-            cors: &state.cors,
+            cors: &self.policy.cors,
             origin: self.cors_origin.as_ref(),
-            hide: &state.config.upstream.hide_headers,
+            hide: &self.policy.config.upstream.hide_headers,
             token_in_url: self.token_in_url,
         }
     }
@@ -153,6 +155,7 @@ impl ProxyHttp for StreamGuard {
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
+            policy: self.state.policy(),
             start: Instant::now(),
             method: http::Method::GET,
             early: None,
@@ -203,7 +206,7 @@ impl ProxyHttp for StreamGuard {
             ctx.early = Some(early);
             return Ok(());
         }
-        pipeline::lift_token(&self.state, session, ctx)?;
+        pipeline::lift_token(session, ctx)?;
         ctx.log_uri = session.req_header().uri.to_string();
         Ok(())
     }
@@ -218,15 +221,15 @@ impl ProxyHttp for StreamGuard {
         upstream_request: &mut pingora::http::RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        pipeline::prepare_upstream(&self.state, upstream_request, ctx, false)
+        pipeline::prepare_upstream(upstream_request, ctx, false)
     }
 
     async fn upstream_peer(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let up = &self.state.config.upstream;
+        let up = &ctx.policy.config.upstream;
         let mut peer = HttpPeer::new(up.address, false, String::new());
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.total_connection_timeout = Some(up.connect_timeout);
@@ -245,7 +248,7 @@ impl ProxyHttp for StreamGuard {
     ) -> Result<()> {
         if ctx.method != http::Method::HEAD
             && stream::is_event_stream(resp)
-            && self.state.config.sse_for(ctx.route).require_accept
+            && ctx.policy.config.sse_for(ctx.route).require_accept
         {
             // Announced streams never get here (the relays serve them), so this one would
             // run unsupervised. `fail_to_proxy` writes the refusal.
@@ -256,14 +259,14 @@ impl ProxyHttp for StreamGuard {
             );
         }
         ctx.status = resp.status.as_u16();
-        if self.state.config.upstream.hide_error_bodies && resp.status.is_server_error() {
+        if ctx.policy.config.upstream.hide_error_bodies && resp.status.is_server_error() {
             // Nothing of the app's answer goes out: `fail_to_proxy` writes the generic one, whole
             // and framed, whatever the app's body was (or was not).
             let retry_after = resp.headers.get(http::header::RETRY_AFTER).cloned();
             ctx.hidden_error = Some((ctx.status, retry_after));
             return Error::e_explain(ErrorType::HTTPStatus(ctx.status), "app error answer hidden");
         }
-        respond::finalize_headers(resp, &ctx.header_rules(&self.state))
+        respond::finalize_headers(resp, &ctx.header_rules())
     }
 
     async fn fail_to_proxy(
@@ -273,7 +276,7 @@ impl ProxyHttp for StreamGuard {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         if ctx.unannounced_stream && session.response_written().is_none() {
-            pipeline::refuse_unannounced_stream(&self.state, session, ctx).await;
+            pipeline::refuse_unannounced_stream(session, ctx).await;
             return FailToProxy {
                 error_code: Rejection::UnannouncedStream.status(),
                 can_reuse_downstream: false,
@@ -281,7 +284,7 @@ impl ProxyHttp for StreamGuard {
         }
         if let Some((status, retry_after)) = ctx.hidden_error.take() {
             if session.response_written().is_none() {
-                let cors = ctx.cors_origin.as_ref().map(|o| (&self.state.cors, o));
+                let cors = ctx.cors_origin.as_ref().map(|o| (&ctx.policy.cors, o));
                 // The client may be gone too; the status is recorded either way.
                 let _ = respond::hidden_error(session, status, retry_after, cors, ctx.token_in_url)
                     .await;
@@ -304,7 +307,7 @@ impl ProxyHttp for StreamGuard {
             Some(rejection) if session.response_written().is_none() => {
                 tracing::warn!(error = %e.etype().as_str(), "upstream request failed");
                 // The client may be gone too; the status is recorded either way.
-                let _ = pipeline::fail(&self.state, session, ctx, rejection).await;
+                let _ = pipeline::fail(session, ctx, rejection).await;
                 rejection.status()
             }
             _ => 0,

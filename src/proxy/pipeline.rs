@@ -60,8 +60,9 @@ pub fn normalize_target(session: &mut Session) -> std::result::Result<(), Early>
 
 /// Finds the request's token and removes every token parameter from the URL (and the token from
 /// `Sec-WebSocket-Protocol`) before any later phase, log line or upstream can see it.
-pub fn lift_token(state: &State, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
-    let cfg = &state.config.auth;
+pub fn lift_token(session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+    let policy = Arc::clone(&ctx.policy);
+    let cfg = &policy.config.auth;
     let req = session.req_header();
     ctx.token = auth::find_token(&req.headers, &req.uri, cfg);
 
@@ -104,6 +105,7 @@ pub fn lift_token(state: &State, session: &mut Session, ctx: &mut RequestCtx) ->
 /// Runs the pipeline. `Ok(true)`: the response was written here (refusal, preflight, session
 /// exchange, or a whole relayed stream); `Ok(false)`: Pingora proxies the request as usual.
 pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    let policy = Arc::clone(&ctx.policy);
     match ctx.early.take() {
         None => {}
         Some(Early::Asterisk) => {
@@ -116,7 +118,7 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
         }
         Some(Early::BadTarget(e)) => {
             security(session, "bad_request", e.reason(), None);
-            return refuse(state, session, ctx, Rejection::BadRequest, None, e.reason()).await;
+            return refuse(session, ctx, Rejection::BadRequest, None, e.reason()).await;
         }
     }
     let peer = session
@@ -126,15 +128,14 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     ctx.peer = Some(peer);
     let xff = forwarded_for(&session.req_header().headers);
-    let client = client_ip(peer, xff.as_deref(), &state.config.limits.trusted_proxies);
+    let client = client_ip(peer, xff.as_deref(), &policy.config.limits.trusted_proxies);
 
     if let Err((why, after)) =
         state
             .limiter
-            .check_request(client, &state.config.limits, Instant::now())
+            .check_request(client, &policy.config.limits, Instant::now())
     {
         return refuse(
-            state,
             session,
             ctx,
             Rejection::from(why),
@@ -147,7 +148,7 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
     // What kind of request this is depends on `Connection` and `Upgrade`, which the header
     // hygiene removes as hop-by-hop: decided first, acted on after the policy checks.
     let kind = stream_kind(session);
-    let underscores = state.config.listen.underscores_in_headers;
+    let underscores = policy.config.listen.underscores_in_headers;
     match headers::inspect(&session.req_header().headers, underscores) {
         Ok(remove) => {
             let req = session.req_header_mut();
@@ -157,12 +158,12 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
         }
         Err(e) => {
             security(session, "bad_request", e.reason(), None);
-            return refuse(state, session, ctx, Rejection::BadRequest, None, e.reason()).await;
+            return refuse(session, ctx, Rejection::BadRequest, None, e.reason()).await;
         }
     }
 
     let req = session.req_header();
-    match state.cors.check(&req.method, &req.headers) {
+    match policy.cors.check(&req.method, &req.headers) {
         CorsDecision::NoOrigin => {}
         CorsDecision::Allowed { origin } => ctx.cors_origin = Some(origin),
         CorsDecision::Preflight { mut headers } => {
@@ -175,25 +176,25 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
         CorsDecision::Rejected { rejection, reason } => {
             let origin = header_str(session, "origin").unwrap_or("-").to_owned();
             security(session, "cors_rejected", reason, Some(&origin));
-            return refuse(state, session, ctx, rejection, None, reason).await;
+            return refuse(session, ctx, rejection, None, reason).await;
         }
     }
 
-    if session.req_header().uri.path() == state.config.auth.session.path {
-        return session_exchange(state, session, ctx).await;
+    if session.req_header().uri.path() == policy.config.auth.session.path {
+        return session_exchange(session, ctx).await;
     }
 
     let path = session.req_header().uri.path().to_owned();
-    let matched = match state.routes.match_path(&path) {
+    let matched = match policy.routes.match_path(&path) {
         Ok(m) => m,
-        Err(rejection) => return refuse(state, session, ctx, rejection, None, "bad path").await,
+        Err(rejection) => return refuse(session, ctx, rejection, None, "bad path").await,
     };
     ctx.route = matched.index;
 
     if matched.auth != AuthMode::Off {
         // A credential that is present is verified, on optional routes too: only a request
         // without one goes on anonymously.
-        let verified = match (&ctx.token, &state.verifier) {
+        let verified = match (&ctx.token, &policy.verifier) {
             (Err(e), _) => Err(e.clone()),
             (Ok(Some(found)), Some(verifier)) => {
                 verifier.verify(&found.token, now_unix()).map(Some)
@@ -204,15 +205,7 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
             Ok(identity) => ctx.identity = identity,
             Err(e) => {
                 security(session, "auth_failed", e.reason(), None);
-                return refuse(
-                    state,
-                    session,
-                    ctx,
-                    Rejection::Unauthorized,
-                    None,
-                    e.reason(),
-                )
-                .await;
+                return refuse(session, ctx, Rejection::Unauthorized, None, e.reason()).await;
             }
         }
     }
@@ -223,12 +216,12 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
             ("forbidden", "role_or_claim")
         };
         security(session, event, reason, None);
-        return refuse(state, session, ctx, rejection, None, reason).await;
+        return refuse(session, ctx, rejection, None, reason).await;
     }
 
     let kind = match kind {
         Ok(kind) => kind,
-        Err(rejection) => return refuse(state, session, ctx, rejection, None, "bad upgrade").await,
+        Err(rejection) => return refuse(session, ctx, rejection, None, "bad upgrade").await,
     };
     match kind {
         Some(kind) => stream::serve(state, session, ctx, kind, client).await,
@@ -241,11 +234,10 @@ pub async fn run(state: &Arc<State>, session: &mut Session, ctx: &mut RequestCtx
 /// ask for one: such a stream would bypass the relays, and with them the per-user stream caps,
 /// heartbeats, stale checks and the close at token expiry. Logged as a security event, since
 /// leaving out the `Accept` header is also how a client would try to get past those caps.
-pub async fn refuse_unannounced_stream(state: &State, session: &mut Session, ctx: &mut RequestCtx) {
+pub async fn refuse_unannounced_stream(session: &mut Session, ctx: &mut RequestCtx) {
     security(session, "unannounced_stream", "no_accept_header", None);
     // The client may be gone too; the refusal is recorded either way.
     let _ = refuse(
-        state,
         session,
         ctx,
         Rejection::UnannouncedStream,
@@ -260,33 +252,29 @@ pub const UNANNOUNCED_STREAM: &str = "event stream without Accept: text/event-st
 
 /// Writes a refusal and records it for the access log and metrics.
 pub async fn refuse(
-    state: &State,
     session: &mut Session,
     ctx: &mut RequestCtx,
     rejection: Rejection,
     retry_after: Option<std::time::Duration>,
     detail: &str,
 ) -> Result<bool> {
+    let policy = Arc::clone(&ctx.policy);
     tracing::debug!(reason = rejection.metric_label(), detail, "request refused");
     ctx.rejection = Some(rejection);
     ctx.outcome = Outcome::Rejected;
     ctx.status = rejection.status();
-    let cors = ctx.cors_origin.as_ref().map(|o| (&state.cors, o));
+    let cors = ctx.cors_origin.as_ref().map(|o| (&policy.cors, o));
     respond::reject(session, rejection, cors, retry_after, ctx.token_in_url).await?;
     Ok(true)
 }
 
 /// Writes the fixed answer for an upstream that could not be reached or failed mid-exchange:
 /// counted as a failed request, not as a policy refusal.
-pub async fn fail(
-    state: &State,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    rejection: Rejection,
-) -> Result<()> {
+pub async fn fail(session: &mut Session, ctx: &mut RequestCtx, rejection: Rejection) -> Result<()> {
+    let policy = Arc::clone(&ctx.policy);
     ctx.outcome = Outcome::Failed;
     ctx.status = rejection.status();
-    let cors = ctx.cors_origin.as_ref().map(|o| (&state.cors, o));
+    let cors = ctx.cors_origin.as_ref().map(|o| (&policy.cors, o));
     respond::reject(session, rejection, cors, None, ctx.token_in_url).await
 }
 
@@ -381,11 +369,11 @@ fn valid_ws_key(key: &[u8]) -> bool {
 /// a request whose hop-by-hop headers are already gone (`headers::inspect`), so no `Connection`
 /// option can remove them again. `websocket` puts back the two headers an upgrade needs.
 pub fn prepare_upstream(
-    state: &State,
     req: &mut pingora::http::RequestHeader,
     ctx: &RequestCtx,
     websocket: bool,
 ) -> Result<()> {
+    let policy = Arc::clone(&ctx.policy);
     let verified = match (&ctx.identity, &ctx.token) {
         (Some(identity), Ok(Some(found))) => Some((identity, found.token.as_str())),
         _ => None,
@@ -396,7 +384,7 @@ pub fn prepare_upstream(
         .map(|pq| pq.as_str())
         .unwrap_or("/");
     let plan = auth::forward_plan(
-        &state.config.auth,
+        &policy.config.auth,
         &req.headers,
         target,
         verified.map(|v| v.1),
@@ -413,8 +401,8 @@ pub fn prepare_upstream(
     }
     let origin = headers::Origin {
         peer: ctx.peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        trusted_proxies: &state.config.limits.trusted_proxies,
-        tls: state.config.listen.tls.is_some(),
+        trusted_proxies: &policy.config.limits.trusted_proxies,
+        tls: policy.config.listen.tls.is_some(),
     };
     let identity = verified.map(|(identity, _)| (identity.user.as_str(), &identity.roles[..]));
     for edit in headers::upstream_edits(&req.headers, origin, identity) {
@@ -461,17 +449,14 @@ fn apply_edit(
 
 /// `POST auth.session.path` with a valid bearer token sets the httpOnly cookie; `DELETE`
 /// clears it. Browsers then open streams with no token in any URL.
-async fn session_exchange(
-    state: &State,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-) -> Result<bool> {
-    let cfg = &state.config.auth;
+async fn session_exchange(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    let policy = Arc::clone(&ctx.policy);
+    let cfg = &policy.config.auth;
     let method = session.req_header().method.clone();
     let cookie = if method == Method::DELETE {
         auth::session_clear_cookie(cfg)
     } else if method == Method::POST {
-        let verified = match (&ctx.token, &state.verifier) {
+        let verified = match (&ctx.token, &policy.verifier) {
             (Err(e), _) => Err(Some(e.clone())),
             (Ok(Some(found)), Some(verifier)) if found.source == auth::TokenSource::Header => {
                 verifier
@@ -490,12 +475,11 @@ async fn session_exchange(
             Err(e) => {
                 let reason = e.as_ref().map_or("missing_token", |e| e.reason());
                 security(session, "auth_failed", reason, None);
-                return refuse(state, session, ctx, Rejection::Unauthorized, None, reason).await;
+                return refuse(session, ctx, Rejection::Unauthorized, None, reason).await;
             }
         }
     } else {
         return refuse(
-            state,
             session,
             ctx,
             Rejection::MethodNotAllowed,
@@ -513,7 +497,7 @@ async fn session_exchange(
         })?,
     )];
     if let Some(origin) = &ctx.cors_origin {
-        extra.extend(state.cors.response_headers(origin));
+        extra.extend(policy.cors.response_headers(origin));
     }
     extra.extend(respond::no_referrer(ctx.token_in_url));
     respond::send(session, 204, "", &extra).await?;

@@ -1,6 +1,19 @@
-//! Everything the proxy builds once at start-up and shares between requests.
+//! What the proxy shares between requests, in two parts with two lifetimes.
+//!
+//! [`State`] lives as long as the process: the limiter and its counts, the metrics, the drain,
+//! the slow-client budget. A reload must never reset them: a user's streams stay counted, rate
+//! state stays, the drain goes on.
+//!
+//! [`Policy`] is everything one configuration decides (the config itself, CORS, the JWT keys,
+//! the routes, the upstream connector), built from one `Config` and swapped whole by a reload.
+//! Each request takes the policy in force when it starts and keeps it to the end, and a stream
+//! keeps the policy it was opened under for its life: no request ever sees half of one
+//! configuration and half of another, and a route index always refers to the routes it came
+//! from.
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use crate::config::{Config, StoreConfig};
 use crate::fleet::{RedisStore, StoreError};
@@ -26,19 +39,47 @@ pub enum SetupError {
     Store(#[from] StoreError),
 }
 
-/// The shared, immutable-after-start state of one proxy process.
-pub struct State {
+/// Everything one configuration decides.
+pub struct Policy {
     pub config: Config,
     pub cors: CorsPolicy,
     /// `None` when no route can require a token (`auth.mode = "off"` everywhere).
     pub verifier: Option<Verifier>,
     pub routes: RouteTable,
+    pub streams: StreamConnector,
+}
+
+impl Policy {
+    pub fn new(config: Config) -> Result<Policy, SetupError> {
+        let verifier = match &config.auth.key {
+            Some(_) => {
+                Some(Verifier::new(&config.auth).map_err(|e| SetupError::Auth(e.to_string()))?)
+            }
+            None => None,
+        };
+        Ok(Policy {
+            cors: CorsPolicy::new(&config.cors).map_err(|e| SetupError::Cors(e.to_string()))?,
+            routes: RouteTable::new(&config.routes, config.auth.mode),
+            streams: StreamConnector::new(&config.upstream),
+            verifier,
+            config,
+        })
+    }
+
+    /// The keys this policy's verifier trusts.
+    pub fn trusted_keys(&self) -> TrustedKeys {
+        TrustedKeys::new(self.verifier.iter().flat_map(Verifier::key_ids))
+    }
+}
+
+/// The process-lifetime state of one proxy process.
+pub struct State {
+    policy: ArcSwap<Policy>,
     pub limiter: Limiter,
     /// The shared limit store, whose background tasks the server starts; `None` with the
     /// in-memory store.
     pub fleet: Option<Arc<RedisStore>>,
     pub metrics: Arc<Metrics>,
-    pub streams: StreamConnector,
     /// The memory all SSE streams together may hold for clients that are behind
     /// (`sse.slow_buffer_total`): one budget for the process, so it lives here.
     pub slow_budget: SlowBudget,
@@ -48,12 +89,6 @@ pub struct State {
 
 impl State {
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<State, SetupError> {
-        let verifier = match &config.auth.key {
-            Some(_) => {
-                Some(Verifier::new(&config.auth).map_err(|e| SetupError::Auth(e.to_string()))?)
-            }
-            None => None,
-        };
         let fleet = match &config.store {
             StoreConfig::Memory => None,
             StoreConfig::Redis(cfg) => Some(Arc::new(RedisStore::new(cfg, Arc::clone(&metrics))?)),
@@ -62,18 +97,27 @@ impl State {
             Some(fleet) => fleet.clone(),
             None => Arc::new(MemoryStore::new()),
         };
-        let trusted = TrustedKeys::new(verifier.iter().flat_map(Verifier::key_ids));
+        let slow_budget = SlowBudget::new(config.sse.slow_buffer_total, &metrics);
+        let revoke_window = config.server.drain_window;
+        let policy = Policy::new(config)?;
         Ok(State {
-            lifecycle: LifecycleControl::new(trusted, config.server.drain_window),
+            lifecycle: LifecycleControl::new(policy.trusted_keys(), revoke_window),
             limiter: Limiter::new(store, rand::random()),
             fleet,
-            cors: CorsPolicy::new(&config.cors).map_err(|e| SetupError::Cors(e.to_string()))?,
-            routes: RouteTable::new(&config.routes, config.auth.mode),
-            streams: StreamConnector::new(&config.upstream),
-            slow_budget: SlowBudget::new(config.sse.slow_buffer_total, &metrics),
-            verifier,
+            slow_budget,
             metrics,
-            config,
+            policy: ArcSwap::from_pointee(policy),
         })
+    }
+
+    /// The policy in force now. A request takes it once and keeps it.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Puts `policy` in force for every request from now on; requests and streams that took
+    /// the old one keep it.
+    pub fn install(&self, policy: Policy) {
+        self.policy.store(Arc::new(policy));
     }
 }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::connection::OpenConnection;
 use super::pipeline::{fail, refuse};
 use super::respond;
-use super::{AccessRecord, RequestCtx, State};
+use super::{AccessRecord, Policy, RequestCtx, State};
 use crate::config::{Compression, WebSocketConfig};
 use crate::policy::limits::{Admission, LimitKey, MessageCheck, StreamPermit};
 use crate::policy::Rejection;
@@ -39,7 +39,8 @@ pub async fn serve(
     kind: StreamKind,
     client: IpAddr,
 ) -> Result<bool> {
-    let limits = state.config.limits_for(ctx.route);
+    let policy = Arc::clone(&ctx.policy);
+    let limits = policy.config.limits_for(ctx.route);
     let key = match &ctx.identity {
         Some(identity) => LimitKey::User(identity.user.clone()),
         None => LimitKey::Ip(client),
@@ -55,15 +56,7 @@ pub async fn serve(
             retry_after,
         } => {
             let rejection = Rejection::from(reason);
-            return refuse(
-                state,
-                session,
-                ctx,
-                rejection,
-                Some(retry_after),
-                "stream limit",
-            )
-            .await;
+            return refuse(session, ctx, rejection, Some(retry_after), "stream limit").await;
         }
     };
 
@@ -76,15 +69,14 @@ pub async fn serve(
             req.remove_header(&header::ACCEPT_ENCODING);
             resume_from_query(req)?;
         }
-        StreamKind::WebSocket => websocket_request(req, state.config.websocket_for(ctx.route))?,
+        StreamKind::WebSocket => websocket_request(req, policy.config.websocket_for(ctx.route))?,
     }
     super::pipeline::prepare_upstream(
-        state,
         session.req_header_mut(),
         ctx,
         kind == StreamKind::WebSocket,
     )?;
-    let mut up = match send_request(state, session, kind).await {
+    let mut up = match send_request(&policy, session, kind).await {
         Ok(up) => up,
         Err(e) => {
             tracing::warn!(error = %e, "stream upstream failed");
@@ -93,14 +85,14 @@ pub async fn serve(
             } else {
                 Rejection::UpstreamError
             };
-            fail(state, session, ctx, rejection).await?;
+            fail(session, ctx, rejection).await?;
             return Ok(true);
         }
     };
     // The app has the request: it gets `response_timeout` to answer, and the client is watched
     // meanwhile. Whichever side gives up first, the other socket and the stream slot (`permit`)
     // go the moment this returns.
-    let response_timeout = state.config.upstream.response_timeout;
+    let response_timeout = policy.config.upstream.response_timeout;
     let answered = tokio::select! {
         head = tokio::time::timeout(response_timeout, up.read_response_head()) => head,
         () = client_gone(session) => {
@@ -114,38 +106,30 @@ pub async fn serve(
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "stream upstream failed");
-            fail(state, session, ctx, Rejection::UpstreamError).await?;
+            fail(session, ctx, Rejection::UpstreamError).await?;
             return Ok(true);
         }
         Err(_) => {
             tracing::warn!(timeout = ?response_timeout, "the app sent no response head in time");
-            fail(state, session, ctx, Rejection::UpstreamTimeout).await?;
+            fail(session, ctx, Rejection::UpstreamTimeout).await?;
             return Ok(true);
         }
     }
     let Some(mut head) = up.take_resp_header() else {
-        return refuse(
-            state,
-            session,
-            ctx,
-            Rejection::UpstreamError,
-            None,
-            "no head",
-        )
-        .await;
+        return refuse(session, ctx, Rejection::UpstreamError, None, "no head").await;
     };
     ctx.status = head.status.as_u16();
     ctx.outcome = Outcome::Streamed;
-    if state.config.upstream.hide_error_bodies && head.status.is_server_error() {
+    if policy.config.upstream.hide_error_bodies && head.status.is_server_error() {
         ctx.outcome = Outcome::Proxied;
         let retry_after = head.headers.get(header::RETRY_AFTER).cloned();
-        let cors = ctx.cors_origin.as_ref().map(|o| (&state.cors, o));
+        let cors = ctx.cors_origin.as_ref().map(|o| (&policy.cors, o));
         // The client may be gone; the status is recorded either way.
         let _ =
             respond::hidden_error(session, ctx.status, retry_after, cors, ctx.token_in_url).await;
         return Ok(true);
     }
-    respond::finalize_headers(&mut head, &ctx.header_rules(state))?;
+    respond::finalize_headers(&mut head, &ctx.header_rules())?;
 
     let is_stream = match kind {
         StreamKind::Sse => is_event_stream(&head),
@@ -159,11 +143,11 @@ pub async fn serve(
         return Ok(true);
     }
     if kind == StreamKind::WebSocket {
-        if let Err(e) = agreed_deflate(&head, state.config.websocket_for(ctx.route)) {
+        if let Err(e) = agreed_deflate(&head, policy.config.websocket_for(ctx.route)) {
             // Frames under an extension the client may not have agreed to, or one the proxy
             // cannot follow, are not relayed: the handshake fails here instead.
             tracing::warn!(error = %e, "refusing the app's WebSocket handshake");
-            fail(state, session, ctx, Rejection::UpstreamError).await?;
+            fail(session, ctx, Rejection::UpstreamError).await?;
             return Ok(true);
         }
     }
@@ -183,7 +167,7 @@ pub async fn serve(
         StreamKind::WebSocket => Framing::Raw,
     };
     let expires_at = match &ctx.identity {
-        Some(identity) if state.config.auth.close_on_expiry => {
+        Some(identity) if policy.config.auth.close_on_expiry => {
             // Measured against the sub-second clock: whole-second `now` would close up to 1 s late.
             // A far-future `exp` is no deadline at all: it must not overflow a clock.
             identity
@@ -203,6 +187,7 @@ pub async fn serve(
         .watch(ctx.identity.as_ref().map(|identity| identity.key));
     let access = ctx.hand_off();
     let stream = Stream {
+        policy: Arc::clone(&policy),
         lifecycle,
         connection: ctx.connection.take(),
         state: state.clone(),
@@ -251,6 +236,9 @@ struct Stream {
     /// Keeps the client connection counted (and its gate slot taken) while the stream lives.
     connection: Option<Arc<OpenConnection>>,
     state: Arc<State>,
+    /// The configuration the stream was opened under, which it keeps across reloads (its route
+    /// index refers to these routes).
+    policy: Arc<Policy>,
     client: ClientConn,
     up: UpstreamConn,
     head: Box<ResponseHeader>,
@@ -269,6 +257,7 @@ impl Stream {
         let Stream {
             connection,
             state,
+            policy,
             mut client,
             mut up,
             head,
@@ -281,7 +270,7 @@ impl Stream {
         } = self;
         async move {
             let metrics = &state.metrics;
-            let pattern = route.map(|i| state.config.routes[i].path.as_str());
+            let pattern = route.map(|i| policy.config.routes[i].path.as_str());
             let _active =
                 ActiveStream::new(metrics.kind(kind), metrics.route_streams(pattern, kind));
             let started = Instant::now();
@@ -292,13 +281,13 @@ impl Stream {
                 evicted: Box::pin(permit.evicted()),
             };
 
-            let sse_cfg = state.config.sse_for(route);
+            let sse_cfg = policy.config.sse_for(route);
             let status = head.status.as_u16();
             // Checked in `serve`, and read again here rather than carried over: a field for it
             // would cost every stream's task room, SSE streams' too.
             let deflate = match kind {
                 StreamKind::WebSocket => {
-                    agreed_deflate(&head, state.config.websocket_for(route)).unwrap_or(None)
+                    agreed_deflate(&head, policy.config.websocket_for(route)).unwrap_or(None)
                 }
                 StreamKind::Sse => None,
             };
@@ -320,7 +309,7 @@ impl Stream {
                     sse::relay(&mut client, &mut up, sse_cfg, &state.slow_budget, sup).await
                 }
                 StreamKind::WebSocket => {
-                    let cfg = state.config.websocket_for(route);
+                    let cfg = policy.config.websocket_for(route);
                     let messages_key = LimitKey::Messages(Box::new(permit.key().clone()));
                     let limiter = &state.limiter;
                     let rate = cfg.messages_per_user;
@@ -381,11 +370,11 @@ async fn client_gone(session: &mut Session) {
 
 /// Connects, writes the request head and forwards the request body (POST event streams).
 async fn send_request(
-    state: &State,
+    policy: &Policy,
     session: &mut Session,
     kind: StreamKind,
 ) -> std::result::Result<UpstreamConn, UpstreamError> {
-    let mut up = state.streams.open(session.req_header()).await?;
+    let mut up = policy.streams.open(session.req_header()).await?;
     // A body the client sends (LLM-style POST streams) reaches the upstream before the stream
     // starts. Never on a WebSocket: an app reads bytes after the handshake as frames, and every
     // byte on that path must go through the frame decoder first (`pipeline` refuses an upgrade

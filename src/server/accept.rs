@@ -77,7 +77,7 @@ enum NextHead {
 
 impl Front {
     pub fn new(proxy: Arc<HttpProxy<StreamGuard>>, state: Arc<State>) -> Front {
-        let listen = &state.config.listen;
+        let listen = &state.policy().config.listen;
         let gate = ConnectionGate::new(listen.max_connections, listen.max_connections_per_ip);
         Front {
             proxy,
@@ -94,7 +94,7 @@ impl Front {
         connection: Arc<OpenConnection>,
         shutdown: &ShutdownWatch,
     ) {
-        let listen = &self.state.config.listen;
+        let listen = &self.state.policy().config.listen;
         // The first head is due within request_head_timeout of the connection, whenever its
         // first byte comes: a client that connects has that long to say who it is.
         let due = Instant::now() + listen.request_head_timeout;
@@ -135,7 +135,7 @@ impl Front {
         head_due: Option<Instant>,
         shutdown: &ShutdownWatch,
     ) -> NextHead {
-        let listen = &self.state.config.listen;
+        let listen = &self.state.policy().config.listen;
         let max = listen.max_request_head;
         let mut buf = BytesMut::with_capacity(INITIAL_HEAD_BUFFER.min(max));
         let mut shutdown = shutdown.clone();
@@ -253,6 +253,7 @@ impl ServerApp for Front {
         // only when a per-address cap needs it.
         let address = self
             .state
+            .policy()
             .config
             .listen
             .max_connections_per_ip

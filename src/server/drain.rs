@@ -71,7 +71,7 @@ impl ShutdownSignalWatch for Signals {
                     let first = self.state.lifecycle.request_drain(DrainTrigger::Signal);
                     if first {
                         // Still accepting: load balancers need this long to stop sending.
-                        let delay = self.state.config.server.drain_delay;
+                        let delay = self.state.policy().config.server.drain_delay;
                         tokio::time::sleep(delay).await;
                     }
                     return ShutdownSignal::GracefulTerminate;
@@ -95,7 +95,8 @@ fn active_streams(state: &State) -> i64 {
 /// Runs a drain that was just asked for, to its end; exits the process if a signal asked for it
 /// (now or while it ran), else waits for Pingora's shutdown and exits then.
 pub async fn run(state: &State, mut shutdown: ShutdownWatch) -> ! {
-    let cfg = &state.config.server;
+    let policy = state.policy();
+    let cfg = &policy.config.server;
     let ops = &state.metrics.ops;
     let t0 = Instant::now();
     ops.draining.set(1);

@@ -160,7 +160,7 @@ impl BackgroundService for Supervisor {
             tokio::spawn(async move { store.run().await });
         }
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
-        let upstream = state.config.upstream.address;
+        let upstream = state.policy().config.upstream.address;
         loop {
             tokio::select! {
                 _ = sweep.tick() => {}
