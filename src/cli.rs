@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, Config, ConfigError, EnvSource, ProcessEnv};
+use crate::config::{self, Config, ConfigError, ConfigSource, EnvSource, ProcessEnv};
 
 #[derive(Parser)]
 #[command(
@@ -85,11 +86,14 @@ fn parse_claim(s: &str) -> Result<(String, String), String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run(arg) => match load(&arg, &ProcessEnv) {
-            Ok(cfg) => exit_on(crate::server::run(cfg)),
-            Err(code) => code,
-        },
-        Command::Check(arg) => match load(&arg, &ProcessEnv) {
+        Command::Run(arg) => {
+            let source = ConfigSource::new(arg.path, Arc::new(ProcessEnv));
+            match load(&source) {
+                Ok(cfg) => exit_on(crate::server::run(cfg, source)),
+                Err(code) => code,
+            }
+        }
+        Command::Check(arg) => match load(&ConfigSource::new(arg.path, Arc::new(ProcessEnv))) {
             Ok(cfg) => {
                 print!("{}", config::show(&cfg));
                 ExitCode::SUCCESS
@@ -118,12 +122,14 @@ pub fn main() -> ExitCode {
                 }
             }
         }
-        Command::Demo(arg) => demo(&arg),
+        Command::Demo(arg) => demo(arg),
     }
 }
 
-fn load(arg: &ConfigArg, env: &dyn EnvSource) -> Result<Config, ExitCode> {
-    config::load(&arg.path, env).map_err(|e| report_config_error(&arg.path, &e))
+fn load(source: &ConfigSource) -> Result<Config, ExitCode> {
+    source
+        .load()
+        .map_err(|e| report_config_error(&source.path, &e))
 }
 
 fn report_config_error(path: &std::path::Path, e: &ConfigError) -> ExitCode {
@@ -155,20 +161,22 @@ impl EnvSource for DemoEnv {
     }
 }
 
-fn demo(arg: &ConfigArg) -> ExitCode {
+fn demo(arg: ConfigArg) -> ExitCode {
     use rand::distr::{Alphanumeric, SampleString};
     let secret = ProcessEnv
         .var(crate::demo::SECRET_VAR)
         .unwrap_or_else(|| Alphanumeric.sample_string(&mut rand::rng(), 48));
+    // A reload of the demo reads the same generated secret.
     let env = DemoEnv {
         generated: HashMap::from([(crate::demo::SECRET_VAR.to_string(), secret.clone())]),
     };
-    let cfg = match load(arg, &env) {
+    let source = ConfigSource::new(arg.path, Arc::new(env));
+    let cfg = match load(&source) {
         Ok(cfg) => cfg,
         Err(code) => return code,
     };
     match crate::demo::start(&cfg, &secret) {
-        Ok(()) => exit_on(crate::server::run(cfg)),
+        Ok(()) => exit_on(crate::server::run(cfg, source)),
         Err(e) => {
             eprintln!("streamguard demo: {e}");
             ExitCode::from(1)

@@ -195,3 +195,556 @@ async fn post_drain_from_loopback_drains_and_keeps_the_process_until_sigterm() {
     let status = proxy.wait_exit(Duration::from_secs(5)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+/// The two valid configurations the reload tests alternate between: `https://a.example` is
+/// allowed by both, `https://b.example` only by the second.
+fn origins(up: std::net::SocketAddr, b_too: bool) -> ProxyConfig {
+    let allowed = if b_too {
+        r#"["https://a.example", "https://b.example"]"#
+    } else {
+        r#"["https://a.example"]"#
+    };
+    ProxyConfig::new(up)
+        .section("auth", "mode = \"off\"")
+        .section("cors", &format!("allowed_origins = {allowed}"))
+        .section("sse", "heartbeat = \"1s\"\nstale_after = \"0s\"")
+        .section("websocket", "ping_interval = \"0s\"")
+}
+
+/// The status a plain request from `origin` gets now.
+async fn status_from(addr: std::net::SocketAddr, origin: &str) -> u16 {
+    get(addr, "/echo", &[("Origin", origin)]).await.status
+}
+
+/// `streamguard_config_reloads_total{result}` now.
+async fn reloads(proxy: &Proxy, result: &str) -> f64 {
+    metric(
+        &proxy.metrics().await,
+        "streamguard_config_reloads_total",
+        &[("result", result)],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Waits (at most `within`) until `check` holds; how long it took, or `None`.
+async fn settles<F, Fut>(within: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+/// Reloads under load: 1,000 SSE streams and 100 WebSockets stay open through ten SIGHUPs that
+/// alternate valid and invalid configurations; requests both configurations allow are never
+/// refused meanwhile; each valid configuration shows on new requests within a second of its
+/// signal; each invalid one changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_under_load_drop_nothing_and_apply_within_a_second() {
+    const SSE: usize = 1000;
+    const WS: usize = 100;
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_with(origins(up.addr, false)).await;
+    let addr = proxy.addr;
+    let from_a = [("Origin", "https://a.example")];
+    let sse = open_many(SSE, |_| async move {
+        let mut sse = SseClient::connect(addr, "/sse?events=1&then=quiet", &from_a).await;
+        assert_eq!(sse.status, 200);
+        assert!(sse.read_event(IO_TIMEOUT).await.is_some(), "first event");
+        sse
+    })
+    .await;
+    let sockets = open_many(WS, |_| async move {
+        ws_connect(addr, "/ws", &from_a).await.expect("websocket").0
+    })
+    .await;
+
+    // Requests that both configurations allow, all through the reloads.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let prober = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut sent, mut refused) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let status = status_from(addr, "https://a.example").await;
+                let mut fresh = SseClient::connect(addr, "/sse?events=1&then=close", &from_a).await;
+                for status in [status, fresh.status] {
+                    sent += 1;
+                    if status != 200 {
+                        refused.push(status);
+                    }
+                }
+                fresh.read_to_end(IO_TIMEOUT).await;
+            }
+            (sent, refused)
+        })
+    };
+
+    let broken =
+        "[upstream]\naddress = \"127.0.0.1:1\"\n[cors]\nallowed_origins = \"not a list\"\n";
+    let mut b_allowed = false;
+    for round in 0..10 {
+        let valid = round % 2 == 0;
+        let (ok_before, error_before) =
+            (reloads(&proxy, "ok").await, reloads(&proxy, "error").await);
+        if valid {
+            b_allowed = !b_allowed;
+            proxy.rewrite_config(&origins(up.addr, b_allowed).with_ports_of(&proxy));
+        } else {
+            proxy.rewrite_config_text(broken);
+        }
+        proxy.signal("HUP");
+        if valid {
+            let want = if b_allowed { 200 } else { 403 };
+            let took = settles(Duration::from_secs(1), || async {
+                status_from(addr, "https://b.example").await == want
+            })
+            .await;
+            assert!(
+                took.is_some(),
+                "round {round}: the new origins not in force within 1 s"
+            );
+            assert!(settles(IO_TIMEOUT, || async {
+                reloads(&proxy, "ok").await > ok_before
+            })
+            .await
+            .is_some());
+        } else {
+            assert!(
+                settles(IO_TIMEOUT, || async {
+                    reloads(&proxy, "error").await > error_before
+                })
+                .await
+                .is_some(),
+                "round {round}: the broken file was not refused"
+            );
+            let want = if b_allowed { 200 } else { 403 };
+            assert_eq!(
+                status_from(addr, "https://b.example").await,
+                want,
+                "round {round}: a refused reload changed something"
+            );
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (sent, refused) = prober.await.expect("prober");
+    assert!(
+        sent > 20,
+        "the prober ran through the reloads ({sent} requests)"
+    );
+    assert!(
+        refused.is_empty(),
+        "requests both configurations allow were refused: {refused:?}"
+    );
+
+    assert_eq!(
+        metric(&proxy.metrics().await, "streamguard_streams_active", &[]),
+        Some((SSE + WS) as f64)
+    );
+    // Every stream is still open and still served: a heartbeat on each SSE stream, an echo on
+    // each WebSocket.
+    let alive: Vec<_> = sse
+        .into_iter()
+        .map(|mut sse| {
+            tokio::spawn(async move {
+                let chunk = sse.next_chunk(Duration::from_secs(5)).await;
+                chunk.is_some() && !sse.is_ended()
+            })
+        })
+        .collect();
+    for (i, alive) in alive.into_iter().enumerate() {
+        assert!(alive.await.expect("task"), "SSE stream {i} was dropped");
+    }
+    for (i, mut ws) in sockets.into_iter().enumerate() {
+        use futures_util::SinkExt;
+        let text = format!("still here {i}");
+        ws.send(Message::text(text.clone())).await.expect("send");
+        let echo = tokio::time::timeout(IO_TIMEOUT, ws.next()).await;
+        assert!(
+            matches!(echo, Ok(Some(Ok(Message::Text(ref t)))) if t.as_str() == text),
+            "WebSocket {i} was dropped: {echo:?}"
+        );
+    }
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "streamguard_config_reloads_total",
+            &[("result", "ok")]
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "streamguard_config_reloads_total",
+            &[("result", "error")]
+        ),
+        Some(5.0)
+    );
+    let reloaded: Vec<_> = proxy
+        .json_logs()
+        .into_iter()
+        .filter(|l| l["message"] == "configuration reloaded")
+        .collect();
+    assert_eq!(reloaded.len(), 5);
+    assert!(
+        reloaded.iter().all(
+            |l| l["config"].as_str().is_some_and(|h| h.len() == 16) && l["trigger"] == "SIGHUP"
+        ),
+        "{reloaded:?}"
+    );
+}
+
+/// An HS256 token for `sub` signed with `secret`, valid for ten minutes.
+fn token_signed_with(secret: &str, sub: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let claims = serde_json::json!({ "sub": sub, "iat": now, "exp": now + 600 });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("signing");
+    format!("Bearer {token}")
+}
+
+/// A reload that rotates the HS256 secret: tokens signed with the old one are refused for new
+/// requests at once, and the streams they opened end within `drain_window`, spread out and at
+/// an event boundary, with an event saying why; streams of the new key stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotating_the_secret_refuses_old_tokens_and_ends_their_streams_within_the_window() {
+    const NEW_SECRET: &str = "the-rotated-integration-secret-9876543210-abcdef";
+    const WINDOW: Duration = Duration::from_secs(2);
+    let up = Upstream::start().await;
+    let config = |secret: &str| {
+        ProxyConfig::new(up.addr)
+            .section(
+                "auth",
+                &format!("mode = \"required\"\nsecret = \"{secret}\""),
+            )
+            .section("sse", "heartbeat = \"0s\"\nstale_after = \"0s\"")
+            .section("server", "drain_window = \"2s\"")
+    };
+    let proxy = Proxy::start_with(config(TEST_SECRET)).await;
+    let old = token_signed_with(TEST_SECRET, "alice");
+    let new = token_signed_with(NEW_SECRET, "bob");
+    let mut old_streams = Vec::new();
+    for _ in 0..20 {
+        let mut sse = SseClient::connect(
+            proxy.addr,
+            "/sse?events=1&then=quiet",
+            &[("Authorization", &old)],
+        )
+        .await;
+        assert_eq!(sse.status, 200);
+        assert!(sse.read_event(IO_TIMEOUT).await.is_some());
+        old_streams.push(sse);
+    }
+    assert_eq!(
+        get(proxy.addr, "/echo", &[("Authorization", &new)])
+            .await
+            .status,
+        401
+    );
+
+    proxy.rewrite_config(&config(NEW_SECRET).with_ports_of(&proxy));
+    let signalled = Instant::now();
+    proxy.signal("HUP");
+    assert!(
+        settles(Duration::from_secs(1), || async {
+            get(proxy.addr, "/echo", &[("Authorization", &new)])
+                .await
+                .status
+                == 200
+        })
+        .await
+        .is_some(),
+        "the new secret is not in force within 1 s"
+    );
+    assert_eq!(
+        get(proxy.addr, "/echo", &[("Authorization", &old)])
+            .await
+            .status,
+        401,
+        "an old token"
+    );
+    let mut kept = SseClient::connect(
+        proxy.addr,
+        "/sse?events=1&then=quiet",
+        &[("Authorization", &new)],
+    )
+    .await;
+    assert_eq!(kept.status, 200);
+    assert!(kept.read_event(IO_TIMEOUT).await.is_some());
+
+    let ends: Vec<_> = old_streams
+        .into_iter()
+        .map(|mut sse| {
+            tokio::spawn(async move {
+                let body = sse.read_to_end(WINDOW + Duration::from_secs(5)).await;
+                (
+                    Instant::now(),
+                    sse.is_ended(),
+                    String::from_utf8_lossy(&body).into_owned(),
+                )
+            })
+        })
+        .collect();
+    let mut offsets = Vec::new();
+    for end in ends {
+        let (at, ended, body) = end.await.expect("task");
+        assert!(ended, "a stream of the rotated-out key is still open");
+        assert!(
+            body.ends_with("event: streamguard.expired\ndata: {\"reason\":\"key_revoked\"}\n\n"),
+            "ended without the revocation event, or mid-event: {body:?}"
+        );
+        offsets.push(at - signalled);
+    }
+    let last = offsets.iter().max().copied().unwrap_or_default();
+    let first = offsets.iter().min().copied().unwrap_or_default();
+    assert!(
+        last <= WINDOW + Duration::from_millis(750),
+        "last end at {last:?}"
+    );
+    assert!(
+        last - first >= WINDOW / 4,
+        "the ends are not spread: {first:?}..{last:?}"
+    );
+    assert!(
+        kept.read_event(Duration::from_millis(500)).await.is_none() && !kept.is_ended(),
+        "a stream of the new key ended"
+    );
+    assert_eq!(
+        metric(
+            &proxy.metrics().await,
+            "streamguard_stream_closes_total",
+            &[("reason", "revoked")]
+        ),
+        Some(20.0)
+    );
+}
+
+/// A reload that removes an origin refuses it from the next request on, while the per-user
+/// stream counts carry over: a user at `max_streams_per_user` before the reload is still at it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_removes_an_origin_and_keeps_the_user_counts() {
+    let up = Upstream::start().await;
+    let config = |b_too: bool| {
+        origins(up.addr, b_too)
+            .section("auth", "mode = \"required\"")
+            .section("limits", "max_streams_per_user = 2")
+    };
+    let proxy = Proxy::start_with(config(true)).await;
+    let alice = common::streams::bearer("alice");
+    let headers = [
+        ("Origin", "https://b.example"),
+        ("Authorization", alice.as_str()),
+    ];
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut sse = SseClient::connect(proxy.addr, "/sse?events=1&then=quiet", &headers).await;
+        assert_eq!(sse.status, 200);
+        assert!(sse.read_event(IO_TIMEOUT).await.is_some());
+        held.push(sse);
+    }
+
+    proxy.rewrite_config(&config(false).with_ports_of(&proxy));
+    let resp = proxy.post_admin("/reload").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(resp.text().contains("changed: cors"), "{}", resp.text());
+    let headers_a = [
+        ("Origin", "https://a.example"),
+        ("Authorization", alice.as_str()),
+    ];
+    assert_eq!(
+        get(proxy.addr, "/echo", &headers).await.status,
+        403,
+        "a removed origin"
+    );
+    let third = SseClient::connect(proxy.addr, "/sse?events=1&then=quiet", &headers_a).await;
+    assert_eq!(third.status, 429, "the reload reset alice's stream count");
+    for sse in &mut held {
+        assert!(
+            sse.read_event(Duration::from_millis(300)).await.is_none() && !sse.is_ended(),
+            "a stream opened under the old origins ended"
+        );
+    }
+}
+
+/// What a reload refuses, and how it says so: a broken file (key and line, in the answer and
+/// the log), a key only a restart can change, a command from a browser. Each leaves the
+/// running configuration in place and is counted by result.
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_reloads_name_the_problem_and_change_nothing() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start_with(origins(up.addr, false)).await;
+    let running = || origins(up.addr, false).with_ports_of(&proxy);
+
+    let mut broken = running().render();
+    broken.push_str("\n[limits]\nmax_streams_per_user = -3\n");
+    proxy.rewrite_config_text(&broken);
+    let resp = proxy.post_admin("/reload").await;
+    let text = resp.text();
+    assert_eq!(resp.status, 400, "{text}");
+    assert!(
+        text.contains("limits.max_streams_per_user") && text.contains("line "),
+        "{text}"
+    );
+
+    let moved = running()
+        .section("admin", "address = \"127.0.0.1:1\"")
+        .section("server", "threads = 3");
+    proxy.rewrite_config(&moved);
+    let resp = proxy.post_admin("/reload").await;
+    let text = resp.text();
+    assert_eq!(resp.status, 400, "{text}");
+    assert!(
+        text.contains("admin.address, server.threads") && text.contains("restart"),
+        "{text}"
+    );
+
+    proxy.rewrite_config(&running().section("cors", "allowed_origins = [\"https://b.example\"]"));
+    let raw = request_head(
+        "POST",
+        proxy.admin,
+        "/reload",
+        &[("Content-Length", "0"), ("Origin", "https://evil.example")],
+        &[],
+    );
+    assert_eq!(
+        http_request(proxy.admin, &raw).await.status,
+        403,
+        "a command from a browser"
+    );
+
+    assert_eq!(
+        status_from(proxy.addr, "https://a.example").await,
+        200,
+        "the first configuration still serves"
+    );
+    assert_eq!(reloads(&proxy, "error").await, 1.0);
+    assert_eq!(reloads(&proxy, "restart_required").await, 1.0);
+    assert_eq!(reloads(&proxy, "ok").await, 0.0);
+    let refused: Vec<_> = proxy
+        .json_logs()
+        .into_iter()
+        .filter(|l| l["message"] == "reload refused; the running configuration stays")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0]["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("limits.max_streams_per_user")));
+}
+
+/// `server.watch_config` reloads a changed file by itself (renamed over, as Kubernetes does),
+/// refuses a broken one once rather than at every poll, and changes the log level.
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_config_reloads_changed_files_and_refuses_a_broken_one_once() {
+    let up = Upstream::start().await;
+    let config = |b_too: bool, level: &str| {
+        origins(up.addr, b_too)
+            .section("server", "watch_config = true\nwatch_interval = \"100ms\"")
+            .section("log", &format!("level = \"{level}\""))
+    };
+    let proxy = Proxy::start_with(config(false, "warn")).await;
+    proxy.rewrite_config(&config(true, "info").with_ports_of(&proxy));
+    assert!(
+        settles(Duration::from_secs(3), || async {
+            status_from(proxy.addr, "https://b.example").await == 200
+        })
+        .await
+        .is_some(),
+        "the watched change was not applied"
+    );
+    // The reload line is written at info, which the new level allows.
+    assert!(
+        settles(Duration::from_secs(2), || async {
+            proxy.json_logs().iter().any(|l| {
+                l["message"] == "configuration reloaded" && l["trigger"] == "server.watch_config"
+            })
+        })
+        .await
+        .is_some(),
+        "{}",
+        proxy.logs()
+    );
+
+    proxy.rewrite_config_text("[upstream\n");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        reloads(&proxy, "error").await,
+        1.0,
+        "a broken file is refused once, not at every poll"
+    );
+    assert_eq!(status_from(proxy.addr, "https://b.example").await, 200);
+}
+
+/// A reload renews the TLS certificate: the next handshake presents the new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_renews_the_tls_certificate() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let issue = |name: &str| {
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", &format!("/CN={name}")])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl (make test installs it)");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    };
+    let presented = |addr: std::net::SocketAddr| {
+        let out = std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &addr.to_string()])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("openssl s_client");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("subject="))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    issue("first.example");
+    let up = Upstream::start().await;
+    let config = ProxyConfig::new(up.addr).section(
+        "listen",
+        &format!(
+            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+    );
+    let proxy = Proxy::start_with(config).await;
+    assert!(presented(proxy.addr).contains("first.example"));
+    issue("second.example");
+    let resp = proxy.post_admin("/reload").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert!(presented(proxy.addr).contains("second.example"));
+}

@@ -1,6 +1,7 @@
 //! The admin listener: the live status page (`/`, fed by `/status/events`), `/status.json`,
-//! `/metrics` (Prometheus text), `/livez` and `/readyz`; and `POST /drain`, which only loopback
-//! clients may send (the port may be open to the cluster for probes and scrapes).
+//! `/metrics` (Prometheus text), `/livez` and `/readyz`; and the commands `POST /drain` and
+//! `POST /reload`, which only loopback clients may send (the port may be open to the cluster for
+//! probes and scrapes), and no browser (a page the operator visits could otherwise post them).
 //!
 //! It listens on its own address (loopback by default) so the page, metrics and probes are never
 //! exposed on the public port, and it answers even while the proxy port is saturated. The page
@@ -10,7 +11,6 @@
 
 mod status;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use pingora::server::ShutdownWatch;
 use tokio::net::TcpStream;
 
 use crate::proxy::lifecycle::DrainTrigger;
+use crate::proxy::reload::{Reloader, Trigger};
 use crate::proxy::State;
 pub use status::Snapshot;
 
@@ -40,7 +41,7 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
 
 pub struct Admin {
     pub state: Arc<State>,
-    pub upstream: SocketAddr,
+    pub reloader: Arc<Reloader>,
 }
 
 /// A complete answer: status, content type, body.
@@ -52,10 +53,14 @@ struct Answer {
 
 impl Answer {
     fn text(status: u16, body: &'static str) -> Answer {
+        Answer::owned(status, body.to_owned())
+    }
+
+    fn owned(status: u16, body: String) -> Answer {
         Answer {
             status,
             content_type: "text/plain; charset=utf-8",
-            body: Bytes::from_static(body.as_bytes()),
+            body: Bytes::from(body),
         }
     }
 }
@@ -67,8 +72,9 @@ impl Admin {
         if self.state.lifecycle.is_draining() {
             return false;
         }
+        let upstream = self.state.policy().config.upstream.address;
         matches!(
-            tokio::time::timeout(READY_PROBE_TIMEOUT, TcpStream::connect(self.upstream)).await,
+            tokio::time::timeout(READY_PROBE_TIMEOUT, TcpStream::connect(upstream)).await,
             Ok(Ok(_))
         )
     }
@@ -102,11 +108,39 @@ impl Admin {
 
     /// `POST` commands. They change what the process does, so only a client on this host may
     /// send them: a probe or scrape from elsewhere in the cluster must not be able to drain a pod.
-    async fn command(&self, path: &str, local: bool, wait: bool) -> Answer {
-        if !local {
-            return Answer::text(403, "commands are accepted from loopback clients only\n");
+    /// Nor may a browser: a page the operator has open could post to a loopback address, and
+    /// browsers mark such a request with `Origin`, which `curl` and probes never send.
+    async fn command(&self, path: &str, from: CommandFrom, wait: bool) -> Answer {
+        match from {
+            CommandFrom::Elsewhere => {
+                return Answer::text(403, "commands are accepted from loopback clients only\n")
+            }
+            CommandFrom::Browser => {
+                return Answer::text(403, "commands are not accepted from browsers\n")
+            }
+            CommandFrom::Loopback => {}
         }
         match path {
+            "/reload" => match self.reloader.reload(Trigger::Admin).await {
+                Ok(done) => Answer::owned(
+                    200,
+                    format!(
+                        "reloaded: configuration {} (was {}); changed: {}\n",
+                        done.fingerprint,
+                        done.previous,
+                        if done.changed.is_empty() {
+                            "no settings, files only or nothing".to_owned()
+                        } else {
+                            done.changed.join(", ")
+                        }
+                    ),
+                ),
+                // The same text as the log line: keys, lines and reasons, never a value.
+                Err(e) => Answer::owned(
+                    400,
+                    format!("reload refused, the running configuration stays:\n{e}\n"),
+                ),
+            },
             "/drain" => {
                 let lifecycle = &self.state.lifecycle;
                 if lifecycle.request_drain(DrainTrigger::Admin) {
@@ -156,6 +190,14 @@ impl Admin {
     }
 }
 
+/// Who sent a command, as far as the admin listener can tell.
+enum CommandFrom {
+    Loopback,
+    /// A loopback client that is a browser (the request carries `Origin`).
+    Browser,
+    Elsewhere,
+}
+
 fn snapshot_json(state: &State) -> Bytes {
     // Serializing plain numbers and strings cannot fail.
     Bytes::from(serde_json::to_vec(&Snapshot::take(state)).unwrap_or_default())
@@ -195,12 +237,19 @@ impl HttpServerApp for Admin {
                 .client_addr()
                 .and_then(|addr| addr.as_inet())
                 .is_some_and(|addr| addr.ip().is_loopback());
+            let from = if !local {
+                CommandFrom::Elsewhere
+            } else if http.req_header().headers.contains_key(header::ORIGIN) {
+                CommandFrom::Browser
+            } else {
+                CommandFrom::Loopback
+            };
             let wait = http
                 .req_header()
                 .uri
                 .query()
                 .is_some_and(|q| q.split('&').any(|p| p == "wait=1"));
-            self.command(&path, local, wait).await
+            self.command(&path, from, wait).await
         } else {
             self.answer(&method, &path).await
         };

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 pub use env::{EnvSource, ProcessEnv, SubstError};
 pub use show::show;
-pub use source::fingerprint;
+pub use source::{fingerprint, ConfigSource};
 pub use types::*;
 pub use units::{
     format_duration, format_rate, format_size, parse_duration, parse_rate, parse_size, UnitError,

@@ -7,11 +7,40 @@
 //! on the status page and in `streamguard_config_info`.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ring::digest::{Context, SHA256};
 
 use super::env::{substitute, EnvSource};
 use super::raw::RawConfig;
+use super::{Config, ConfigError};
+
+/// Where the configuration comes from: the file and the environment its `${VAR}`s read. The
+/// process keeps it so that a reload reads the same way start-up did.
+#[derive(Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    pub env: Arc<dyn EnvSource + Send + Sync>,
+}
+
+impl ConfigSource {
+    pub fn new(path: PathBuf, env: Arc<dyn EnvSource + Send + Sync>) -> ConfigSource {
+        ConfigSource { path, env }
+    }
+
+    /// Reads and validates the configuration as it is on disk now (see [`super::load`]).
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        super::load(&self.path, self.env.as_ref())
+    }
+
+    /// The fingerprint the configuration on disk has now, given the files the configuration in
+    /// force names (a changed text changes the fingerprint whatever files it names). `None`
+    /// when the config file cannot be read.
+    pub fn fingerprint_now(&self, files: &[PathBuf]) -> Option<String> {
+        let text = std::fs::read_to_string(&self.path).ok()?;
+        Some(fingerprint(&text, files))
+    }
+}
 
 /// The files a configuration names, resolved against the config file's directory, in a fixed
 /// order. A value that does not substitute is left out: validation reports it.

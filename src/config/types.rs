@@ -201,7 +201,7 @@ pub enum SameSite {
 }
 
 /// Where the verification key material comes from (file contents already read at load time).
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum KeySource {
     /// HMAC secret bytes (`secret` or `secret_file`).
     Secret(Vec<u8>),
@@ -394,7 +394,7 @@ pub struct LimitsConfig {
 }
 
 /// `[limits.store]`: where per-user limit state lives.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum StoreConfig {
     /// In this process only (the default): exact for one replica, nothing to run beside it.
     #[default]
@@ -404,7 +404,7 @@ pub enum StoreConfig {
 }
 
 /// `[limits.store] kind = "redis"`.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisStoreConfig {
     /// `redis://`, `rediss://` (TLS) or `unix://` URL, checked to parse (not to answer).
     pub url: String,

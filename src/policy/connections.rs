@@ -39,14 +39,23 @@ impl ConnectionRefusal {
     }
 }
 
-/// The caps and the counts they are checked against, shared by every worker thread.
+/// The caps in force (`listen.max_connections`, `listen.max_connections_per_ip`). They come
+/// with each connection from the policy in force, so a reload changes them for the next one.
+/// A per-address cap a reload adds counts only connections opened after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCaps {
+    pub max: u32,
+    pub per_address: Option<u32>,
+}
+
+/// The counts the caps are checked against, shared by every worker thread.
+#[derive(Default)]
 pub struct ConnectionGate {
     state: Arc<GateState>,
 }
 
+#[derive(Default)]
 struct GateState {
-    max: u32,
-    max_per_address: Option<u32>,
     open: AtomicU32,
     /// Open connections per address key; only used with a per-address cap. An address leaves
     /// the map with its last connection, so the map holds no more keys than open connections.
@@ -61,27 +70,19 @@ pub struct ConnectionSlot {
 }
 
 impl ConnectionGate {
-    /// `max` connections in all, `max_per_address` from one address key (none: no such cap).
-    pub fn new(max: u32, max_per_address: Option<u32>) -> ConnectionGate {
-        ConnectionGate {
-            state: Arc::new(GateState {
-                max,
-                max_per_address,
-                open: AtomicU32::new(0),
-                by_address: Mutex::new(HashMap::new()),
-            }),
-        }
-    }
-
     /// Takes a slot for a connection from `peer` (`None`: an address the per-address cap cannot
-    /// key, such as a Unix socket's), or says which cap is full. The global cap is checked
+    /// key, such as a Unix socket's), or says which of `caps` is full. The global cap is checked
     /// first: a full proxy turns everyone away alike.
-    pub fn admit(&self, peer: Option<IpAddr>) -> Result<ConnectionSlot, ConnectionRefusal> {
+    pub fn admit(
+        &self,
+        caps: ConnectionCaps,
+        peer: Option<IpAddr>,
+    ) -> Result<ConnectionSlot, ConnectionRefusal> {
         let state = &self.state;
         state
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < state.max).then_some(open + 1)
+                (open < caps.max).then_some(open + 1)
             })
             .map_err(|_| ConnectionRefusal::Full)?;
         // From here on the slot owns the global count: refusing drops it, which gives it back.
@@ -89,7 +90,7 @@ impl ConnectionGate {
             state: Arc::clone(state),
             address: None,
         };
-        if let (Some(cap), Some(peer)) = (state.max_per_address, peer) {
+        if let (Some(cap), Some(peer)) = (caps.per_address, peer) {
             let key = address_key(peer);
             let mut by_address = state.lock();
             let open = by_address.entry(key).or_insert(0);
@@ -184,15 +185,19 @@ mod tests {
 
     #[test]
     fn the_global_cap_refuses_the_connection_over_it_and_frees_on_drop() {
-        let gate = ConnectionGate::new(2, None);
-        let a = gate.admit(Some(ip("192.0.2.1"))).expect("first");
-        let b = gate.admit(None).expect("second");
-        assert_eq!(gate.admit(None).err(), Some(ConnectionRefusal::Full));
+        let gate = ConnectionGate::default();
+        let caps = ConnectionCaps {
+            max: 2,
+            per_address: None,
+        };
+        let a = gate.admit(caps, Some(ip("192.0.2.1"))).expect("first");
+        let b = gate.admit(caps, None).expect("second");
+        assert_eq!(gate.admit(caps, None).err(), Some(ConnectionRefusal::Full));
         assert_eq!(gate.open(), 2);
         drop(a);
         assert_eq!(gate.open(), 1);
         let c = gate
-            .admit(Some(ip("192.0.2.1")))
+            .admit(caps, Some(ip("192.0.2.1")))
             .expect("a freed slot is reused");
         drop((b, c));
         assert_eq!(gate.open(), 0);
@@ -201,13 +206,17 @@ mod tests {
 
     #[test]
     fn the_per_address_cap_counts_one_ipv6_64_as_one_client() {
-        let gate = ConnectionGate::new(10, Some(2));
-        let first = gate.admit(Some(ip("2001:db8::1"))).expect("first");
+        let gate = ConnectionGate::default();
+        let caps = ConnectionCaps {
+            max: 10,
+            per_address: Some(2),
+        };
+        let first = gate.admit(caps, Some(ip("2001:db8::1"))).expect("first");
         let second = gate
-            .admit(Some(ip("2001:db8::2")))
+            .admit(caps, Some(ip("2001:db8::2")))
             .expect("second, same /64");
         assert_eq!(
-            gate.admit(Some(ip("2001:db8::ffff"))).err(),
+            gate.admit(caps, Some(ip("2001:db8::ffff"))).err(),
             Some(ConnectionRefusal::AddressFull)
         );
         assert_eq!(
@@ -216,44 +225,90 @@ mod tests {
             "a refused connection gives its global slot back"
         );
         let other = gate
-            .admit(Some(ip("2001:db8:0:1::1")))
+            .admit(caps, Some(ip("2001:db8:0:1::1")))
             .expect("another /64");
-        let v4 = gate.admit(Some(ip("::ffff:192.0.2.1"))).expect("mapped v4");
-        let same_v4 = gate.admit(Some(ip("192.0.2.1"))).expect("the same v4");
+        let v4 = gate
+            .admit(caps, Some(ip("::ffff:192.0.2.1")))
+            .expect("mapped v4");
+        let same_v4 = gate
+            .admit(caps, Some(ip("192.0.2.1")))
+            .expect("the same v4");
         assert_eq!(
-            gate.admit(Some(ip("192.0.2.1"))).err(),
+            gate.admit(caps, Some(ip("192.0.2.1"))).err(),
             Some(ConnectionRefusal::AddressFull)
         );
         assert_eq!(gate.open_from(ip("2001:db8::9")), 2);
         assert_eq!(gate.open_from(ip("192.0.2.1")), 2);
-        let unkeyed = gate.admit(None).expect("no address, no per-address count");
+        let unkeyed = gate
+            .admit(caps, None)
+            .expect("no address, no per-address count");
         drop((first, second, other, v4, same_v4, unkeyed));
         assert_eq!((gate.open(), gate.tracked_addresses()), (0, 0));
     }
 
     #[test]
     fn a_full_proxy_refuses_before_counting_the_address() {
-        let gate = ConnectionGate::new(1, Some(1));
-        let _held = gate.admit(Some(ip("192.0.2.1"))).expect("first");
+        let gate = ConnectionGate::default();
+        let caps = ConnectionCaps {
+            max: 1,
+            per_address: Some(1),
+        };
+        let _held = gate.admit(caps, Some(ip("192.0.2.1"))).expect("first");
         assert_eq!(
-            gate.admit(Some(ip("192.0.2.2"))).err(),
+            gate.admit(caps, Some(ip("192.0.2.2"))).err(),
             Some(ConnectionRefusal::Full)
         );
         assert_eq!(gate.open_from(ip("192.0.2.2")), 0);
     }
 
+    /// A reload changes the caps for the next connection; those already open keep their slots
+    /// and give them back as usual.
+    #[test]
+    fn new_caps_apply_to_the_next_connection() {
+        let gate = ConnectionGate::default();
+        let loose = ConnectionCaps {
+            max: 3,
+            per_address: None,
+        };
+        let tight = ConnectionCaps {
+            max: 1,
+            per_address: Some(1),
+        };
+        let a = gate.admit(loose, Some(ip("192.0.2.1"))).expect("first");
+        let b = gate.admit(loose, Some(ip("192.0.2.1"))).expect("second");
+        assert_eq!(
+            gate.admit(tight, Some(ip("192.0.2.9"))).err(),
+            Some(ConnectionRefusal::Full)
+        );
+        drop((a, b));
+        let c = gate
+            .admit(tight, Some(ip("192.0.2.1")))
+            .expect("room again");
+        assert_eq!(
+            gate.admit(loose, Some(ip("192.0.2.1"))).map(drop),
+            Ok(()),
+            "cap lifted again: no per-address count"
+        );
+        drop(c);
+        assert_eq!((gate.open(), gate.tracked_addresses()), (0, 0));
+    }
+
     #[test]
     fn slots_come_back_from_other_threads() {
-        let gate = Arc::new(ConnectionGate::new(64, Some(8)));
+        let gate = Arc::new(ConnectionGate::default());
+        let caps = ConnectionCaps {
+            max: 64,
+            per_address: Some(8),
+        };
         let threads: Vec<_> = (0..8u8)
             .map(|t| {
                 let gate = Arc::clone(&gate);
                 std::thread::spawn(move || {
                     for _ in 0..500 {
                         let peer = IpAddr::from([192, 0, 2, t]);
-                        let slots: Vec<_> = (0..8).map(|_| gate.admit(Some(peer))).collect();
+                        let slots: Vec<_> = (0..8).map(|_| gate.admit(caps, Some(peer))).collect();
                         assert!(slots.iter().all(Result::is_ok));
-                        assert!(gate.admit(Some(peer)).is_err());
+                        assert!(gate.admit(caps, Some(peer)).is_err());
                     }
                 })
             })
@@ -288,7 +343,8 @@ mod tests {
             max in 1..10u32,
             per_address in proptest::option::of(1..5u32),
         ) {
-            let gate = ConnectionGate::new(max, per_address);
+            let gate = ConnectionGate::default();
+            let caps = ConnectionCaps { max, per_address };
             let mut held: Vec<(ConnectionSlot, Option<u8>)> = Vec::new();
             for op in ops {
                 match op {
@@ -302,7 +358,7 @@ mod tests {
                         } else {
                             Ok(())
                         };
-                        match gate.admit(peer) {
+                        match gate.admit(caps, peer) {
                             Ok(slot) => {
                                 prop_assert_eq!(expected, Ok(()));
                                 held.push((slot, n));

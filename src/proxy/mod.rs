@@ -10,11 +10,13 @@
 pub mod connection;
 pub mod lifecycle;
 mod pipeline;
+pub mod reload;
 pub use pipeline::now_unix;
 mod respond;
 pub use respond::raw_refusal;
 pub mod state;
 mod stream;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -5,7 +5,7 @@
 //! state stays, the drain goes on.
 //!
 //! [`Policy`] is everything one configuration decides (the config itself, CORS, the JWT keys,
-//! the routes, the upstream connector), built from one `Config` and swapped whole by a reload.
+//! the routes, the upstream connector, the TLS certificate), built from one `Config` and swapped whole by a reload.
 //! Each request takes the policy in force when it starts and keeps it to the end, and a stream
 //! keeps the policy it was opened under for its life: no request ever sees half of one
 //! configuration and half of another, and a route index always refers to the routes it came
@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use pingora::tls::sign::CertifiedKey;
 
 use crate::config::{Config, StoreConfig};
 use crate::fleet::{RedisStore, StoreError};
@@ -37,6 +38,8 @@ pub enum SetupError {
     Cors(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] super::tls::TlsError),
 }
 
 /// Everything one configuration decides.
@@ -47,6 +50,8 @@ pub struct Policy {
     pub verifier: Option<Verifier>,
     pub routes: RouteTable,
     pub streams: StreamConnector,
+    /// The certificate the listener presents, with TLS on.
+    pub tls: Option<Arc<CertifiedKey>>,
 }
 
 impl Policy {
@@ -61,6 +66,12 @@ impl Policy {
             cors: CorsPolicy::new(&config.cors).map_err(|e| SetupError::Cors(e.to_string()))?,
             routes: RouteTable::new(&config.routes, config.auth.mode),
             streams: StreamConnector::new(&config.upstream),
+            tls: config
+                .listen
+                .tls
+                .as_ref()
+                .map(super::tls::load)
+                .transpose()?,
             verifier,
             config,
         })

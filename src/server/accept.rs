@@ -37,7 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout, timeout_at, Instant};
 
 use super::head::{HeadReader, Progress};
-use crate::policy::connections::{ConnectionGate, ConnectionRefusal};
+use crate::policy::connections::{ConnectionCaps, ConnectionGate, ConnectionRefusal};
 use crate::policy::Rejection;
 use crate::proxy::connection::OpenConnection;
 use crate::proxy::{raw_refusal, State, StreamGuard};
@@ -77,12 +77,10 @@ enum NextHead {
 
 impl Front {
     pub fn new(proxy: Arc<HttpProxy<StreamGuard>>, state: Arc<State>) -> Front {
-        let listen = &state.policy().config.listen;
-        let gate = ConnectionGate::new(listen.max_connections, listen.max_connections_per_ip);
         Front {
             proxy,
             state,
-            gate,
+            gate: ConnectionGate::default(),
             lingering: AtomicUsize::new(0),
         }
     }
@@ -251,15 +249,13 @@ impl ServerApp for Front {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         // The peer address costs a system call (cached for the session), so it is asked for
         // only when a per-address cap needs it.
-        let address = self
-            .state
-            .policy()
-            .config
-            .listen
-            .max_connections_per_ip
-            .and_then(|_| peer(&io))
-            .map(|p| p.ip());
-        let slot = match self.gate.admit(address) {
+        let listen = &self.state.policy().config.listen;
+        let caps = ConnectionCaps {
+            max: listen.max_connections,
+            per_address: listen.max_connections_per_ip,
+        };
+        let address = caps.per_address.and_then(|_| peer(&io)).map(|p| p.ip());
+        let slot = match self.gate.admit(caps, address) {
             Ok(slot) => slot,
             Err(refusal) => {
                 self.refuse_connection(io, refusal).await;

@@ -10,7 +10,8 @@
 //!    SSE at an event boundary after a jittered `retry:` hint, WebSocket with close 1001.
 //! 3. The process exits when the last stream has ended, or at `server.drain_timeout`.
 //!
-//! SIGHUP does not end the process (its default action would): it asks for a reload.
+//! SIGHUP does not end the process (its default action would): it reloads the configuration
+//! (`proxy::reload`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +22,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::Instant;
 
 use crate::proxy::lifecycle::DrainTrigger;
+use crate::proxy::reload::{Reloader, Trigger};
 use crate::proxy::State;
 use crate::relay::lifecycle::DrainPlan;
 
@@ -32,12 +34,12 @@ const LAST_FLUSH: Duration = Duration::from_millis(100);
 /// streamguard's answer to the process signals, in place of Pingora's: SIGTERM drains (see the
 /// module docs), SIGINT stops at once, SIGQUIT is Pingora's graceful upgrade, SIGHUP reloads.
 pub struct Signals {
-    state: Arc<State>,
+    reloader: Arc<Reloader>,
 }
 
 impl Signals {
-    pub fn new(state: Arc<State>) -> Signals {
-        Signals { state }
+    pub fn new(reloader: Arc<Reloader>) -> Signals {
+        Signals { reloader }
     }
 }
 
@@ -65,21 +67,24 @@ impl ShutdownSignalWatch for Signals {
         let mut int = watch(SignalKind::interrupt());
         let mut quit = watch(SignalKind::quit());
         let mut hup = watch(SignalKind::hangup());
+        let state = self.reloader.state();
         loop {
             tokio::select! {
                 () = next(&mut term) => {
-                    let first = self.state.lifecycle.request_drain(DrainTrigger::Signal);
+                    let first = state.lifecycle.request_drain(DrainTrigger::Signal);
                     if first {
                         // Still accepting: load balancers need this long to stop sending.
-                        let delay = self.state.policy().config.server.drain_delay;
+                        let delay = state.policy().config.server.drain_delay;
                         tokio::time::sleep(delay).await;
                     }
                     return ShutdownSignal::GracefulTerminate;
                 }
                 () = next(&mut int) => return ShutdownSignal::FastShutdown,
                 () = next(&mut quit) => return ShutdownSignal::GracefulUpgrade,
+                // The reloader logs and counts the outcome. Signals that arrive meanwhile
+                // are kept by the registrations and handled after it.
                 () = next(&mut hup) => {
-                    tracing::info!("SIGHUP: reload asked for");
+                    let _ = self.reloader.reload(Trigger::Signal).await;
                 }
             }
         }

@@ -18,8 +18,10 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::Admin;
-use crate::config::Config;
+use crate::config::{Config, ConfigSource};
 use crate::proxy::lifecycle::DrainTrigger;
+use crate::proxy::reload::Reloader;
+use crate::proxy::tls::PolicyCertificate;
 use crate::proxy::{State, StreamGuard};
 use crate::telemetry::{self, Metrics};
 
@@ -43,27 +45,32 @@ pub enum RunError {
     Logging(String),
     #[error(transparent)]
     Setup(#[from] crate::proxy::state::SetupError),
-    #[error("listen.tls: cannot load the certificate or key: {0}")]
+    #[error("listen.tls: cannot set up the TLS listener: {0}")]
     Tls(String),
 }
 
-/// Runs the proxy until SIGTERM (graceful drain) or SIGINT (fast stop). Never returns on success.
-pub fn run(config: Config) -> Result<(), RunError> {
+/// How long Pingora would wait after closing its listeners before it stops the runtimes. The
+/// drain (`drain::run`) exits the process itself, when the last stream ended or at
+/// `server.drain_timeout`, whichever a reload last set; Pingora's own wait only has to be
+/// longer than any of those.
+const PINGORA_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Runs the proxy until SIGTERM (graceful drain) or SIGINT (fast stop); SIGHUP reloads
+/// `source`. Never returns on success.
+pub fn run(config: Config, source: ConfigSource) -> Result<(), RunError> {
     telemetry::init_logging(&config.log).map_err(RunError::Logging)?;
-    let (server, state) = build(config)?;
+    let (server, reloader) = build(config, source)?;
     server.run(RunArgs {
-        shutdown_signal: Box::new(drain::Signals::new(state)),
+        shutdown_signal: Box::new(drain::Signals::new(reloader)),
     });
     std::process::exit(0)
 }
 
-/// Builds the server without starting it, and the state its signal handling needs.
-pub fn build(config: Config) -> Result<(Server, Arc<State>), RunError> {
+/// Builds the server without starting it, and the reloader its signal handling needs.
+pub fn build(config: Config, source: ConfigSource) -> Result<(Server, Arc<Reloader>), RunError> {
     let mut conf = ServerConf {
         threads: config.server.threads,
-        // Pingora sleeps the whole grace period after SIGTERM; the supervisor exits the process
-        // earlier, as soon as every stream has drained.
-        grace_period_seconds: Some(config.server.drain_timeout.as_secs() + 2),
+        grace_period_seconds: Some(PINGORA_GRACE.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         // One single-threaded runtime per worker thread: a stream's socket, timers and relay
         // stay on one thread, with none of the cross-thread wake-ups work stealing costs.
@@ -82,10 +89,10 @@ pub fn build(config: Config) -> Result<(Server, Arc<State>), RunError> {
     let metrics = Arc::new(Metrics::new());
     let listen = config.listen.clone();
     let admin_addr = config.admin.address;
-    let upstream = config.upstream.address;
-    metrics.ops.config_loaded(&config.fingerprint, unix_now());
+    metrics.ops.config_loaded(&config.fingerprint);
     tracing::info!(config = %config.fingerprint, "configuration loaded");
     let state = Arc::new(State::new(config, metrics.clone())?);
+    let reloader = Arc::new(Reloader::new(state.clone(), source));
 
     let http = pingora::proxy::http_proxy(&server.configuration, StreamGuard::new(state.clone()));
     let mut proxy = Service::new(
@@ -93,12 +100,12 @@ pub fn build(config: Config) -> Result<(Server, Arc<State>), RunError> {
         accept::Front::new(Arc::new(http), state.clone()),
     );
     let mut endpoint = ListenerConfig::tcp(listen.address.to_string()).l4_buffer(CLIENT_BUFFERS);
-    if let Some(tls) = &listen.tls {
-        let settings = TlsSettings::intermediate(
-            &tls.cert_file.to_string_lossy(),
-            &tls.key_file.to_string_lossy(),
-        )
-        .map_err(|e| RunError::Tls(e.to_string()))?;
+    if listen.tls.is_some() {
+        // No files for Pingora to load: each handshake takes the certificate of the policy in
+        // force, so a reload renews it (`proxy::tls`).
+        let mut settings =
+            TlsSettings::intermediate("", "").map_err(|e| RunError::Tls(e.to_string()))?;
+        settings.set_cert_resolver(Arc::new(PolicyCertificate::new(state.clone())));
         endpoint = endpoint.tls(settings);
     }
     proxy.add_listener(endpoint);
@@ -107,7 +114,7 @@ pub fn build(config: Config) -> Result<(Server, Arc<State>), RunError> {
         "streamguard admin".to_string(),
         Admin {
             state: state.clone(),
-            upstream,
+            reloader: reloader.clone(),
         },
     );
     admin.add_tcp(&admin_addr.to_string());
@@ -115,13 +122,13 @@ pub fn build(config: Config) -> Result<(Server, Arc<State>), RunError> {
     let supervisor = background_service(
         "streamguard supervisor",
         Supervisor {
-            state: state.clone(),
+            reloader: reloader.clone(),
         },
     );
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(supervisor);
-    Ok((server, state))
+    Ok((server, reloader))
 }
 
 /// How long the supervisor's readiness check waits for the upstream to accept a connection.
@@ -139,28 +146,39 @@ async fn upstream_accepts(address: std::net::SocketAddr) -> bool {
     )
 }
 
-fn unix_now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+/// Sweeps limiter state and checks the upstream every few seconds, watches the configuration
+/// files when `server.watch_config` is on, and runs the drain once one is asked for (see
+/// `drain`).
+struct Supervisor {
+    reloader: Arc<Reloader>,
 }
 
-/// Sweeps limiter state and checks the upstream every few seconds; runs the drain once one is
-/// asked for (see `drain`).
-struct Supervisor {
-    state: Arc<State>,
+impl Supervisor {
+    /// Reloads whenever the watched files change, checking every `server.watch_interval` of the
+    /// policy in force (a reload can turn the watch on, off, or change its pace).
+    async fn watch_config(reloader: Arc<Reloader>) {
+        loop {
+            let server = &reloader.state().policy().config.server;
+            let (on, every) = (server.watch_config, server.watch_interval);
+            tokio::time::sleep(every).await;
+            if on {
+                // The reloader logs and counts the outcome.
+                let _ = reloader.reload_if_changed().await;
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let state = &self.state;
+        let state = self.reloader.state();
         if let Some(store) = &state.fleet {
             let store = Arc::clone(store);
             tokio::spawn(async move { store.run().await });
         }
+        let watch = tokio::spawn(Self::watch_config(self.reloader.clone()));
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
-        let upstream = state.policy().config.upstream.address;
         loop {
             tokio::select! {
                 _ = sweep.tick() => {}
@@ -176,9 +194,11 @@ impl BackgroundService for Supervisor {
                 .metrics
                 .limiter_keys
                 .set(state.limiter.tracked_keys() as i64);
-            let up = upstream_accepts(upstream).await;
+            let up = upstream_accepts(state.policy().config.upstream.address).await;
             state.metrics.ops.upstream_up.set(i64::from(up));
         }
+        // A draining process keeps the configuration it has.
+        watch.abort();
         drain::run(state, shutdown).await
     }
 }

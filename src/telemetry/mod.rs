@@ -16,7 +16,7 @@ mod metrics;
 mod ops;
 mod store;
 
-pub use logging::init_logging;
+pub use logging::{init_logging, set_level};
 pub use metrics::{ActiveStream, KindMetrics, Metrics};
 pub use ops::{OpsMetrics, ReloadResult};
 pub use store::{StoreMetrics, StoreOp};

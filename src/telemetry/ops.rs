@@ -107,10 +107,13 @@ impl OpsMetrics {
     }
 
     /// Records the configuration now in force: `hash` becomes the only `config_info` series and
-    /// the success timestamp moves to `unix_seconds`.
-    pub fn config_loaded(&self, hash: &str, unix_seconds: f64) {
+    /// the success timestamp moves to now.
+    pub fn config_loaded(&self, hash: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         self.config_info.reset();
         self.config_info.with_label_values(&[hash]).set(1);
-        self.last_reload_success.set(unix_seconds);
+        self.last_reload_success.set(now);
     }
 }

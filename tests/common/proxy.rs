@@ -79,6 +79,12 @@ impl ProxyConfig {
             .unwrap_or_else(|| panic!("config has no valid [{table}] address:\n{}", self.render()))
     }
 
+    /// The listen and admin addresses of a running `proxy`: a config to reload it with.
+    pub fn with_ports_of(self, proxy: &Proxy) -> Self {
+        self.section("listen", &format!("address = \"{}\"", proxy.addr))
+            .section("admin", &format!("address = \"{}\"", proxy.admin))
+    }
+
     fn with_fresh_ports(self) -> Self {
         self.section(
             "listen",
@@ -286,18 +292,44 @@ impl Proxy {
         resp.text()
     }
 
-    /// Sends SIGTERM through `kill(1)` (keeps the harness free of unsafe FFI).
+    /// Sends SIGTERM.
     pub fn signal_term(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends signal `name` (`HUP`, `TERM`...) through `kill(1)` (keeps the harness free of
+    /// unsafe FFI).
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(self.pid().to_string())
             .status()
             .unwrap_or_else(|e| panic!("running kill: {e}"));
         assert!(
             status.success(),
-            "kill -TERM {} failed: {status}",
+            "kill -{name} {} failed: {status}",
             self.pid()
         );
+    }
+
+    /// Replaces the config file with `config` the way an editor or a ConfigMap update does:
+    /// written beside it, then renamed over it, so the proxy never reads half a file.
+    pub fn rewrite_config(&self, config: &ProxyConfig) {
+        self.rewrite_config_text(&config.render());
+    }
+
+    /// [`Self::rewrite_config`] with the file's text as given (which may not be valid).
+    pub fn rewrite_config_text(&self, text: &str) {
+        let next = self.dir.path().join("proxy.toml.next");
+        std::fs::write(&next, text).unwrap_or_else(|e| panic!("writing the config: {e}"));
+        std::fs::rename(&next, &self.config_path)
+            .unwrap_or_else(|e| panic!("replacing the config: {e}"));
+    }
+
+    /// `POST path` on the admin listener, from loopback.
+    pub async fn post_admin(&self, path: &str) -> super::http::Response {
+        let raw = request_head("POST", self.admin, path, &[("Content-Length", "0")], &[]);
+        super::http::http_request(self.admin, &raw).await
     }
 
     /// The exit status if the process ends within `timeout`.
