@@ -79,6 +79,10 @@ impl Front {
     pub fn new(proxy: Arc<HttpProxy<StreamGuard>>, state: Arc<State>) -> Front {
         let listen = &state.config.listen;
         let gate = ConnectionGate::new(listen.max_connections, listen.max_connections_per_ip);
+        state
+            .metrics
+            .connections_max
+            .set(i64::from(listen.max_connections));
         Front {
             proxy,
             state,
