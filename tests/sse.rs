@@ -869,7 +869,10 @@ async fn sigterm_ends_streams_at_event_boundaries_with_a_retry_hint_and_exits_ea
             &up,
             "heartbeat = \"1s\"\nstale_after = \"0s\"\nretry = \"3s\"",
         )
-        .section("server", "drain_timeout = \"5s\""),
+        .section(
+            "server",
+            "drain_timeout = \"5s\"\ndrain_delay = \"0s\"\ndrain_window = \"0s\"",
+        ),
     )
     .await;
     // Mid-event: event 1 whole, then half of event 2 and silence.
@@ -1150,7 +1153,10 @@ async fn sigterm_drains_a_stream_whose_upstream_outpaces_the_client() {
     let mut proxy = launch(
         config(&up, "heartbeat = \"0s\"\nretry = \"3s\"")
             .section("sse", KEEP_SLOW_CLIENTS)
-            .section("server", "drain_timeout = \"5s\""),
+            .section(
+                "server",
+                "drain_timeout = \"5s\"\ndrain_delay = \"0s\"\ndrain_window = \"0s\"",
+            ),
     )
     .await;
     let mut sse = SseClient::connect(proxy.addr, FLOOD, &[]).await;

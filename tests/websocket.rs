@@ -1251,7 +1251,10 @@ async fn sigterm_closes_every_socket_with_1001_before_exiting() {
     let mut proxy = start_proxy(
         ProxyConfig::new(up.addr)
             .section("auth", "mode = \"off\"")
-            .section("server", "drain_timeout = \"5s\""),
+            .section(
+                "server",
+                "drain_timeout = \"5s\"\ndrain_delay = \"0s\"\ndrain_window = \"0s\"",
+            ),
     )
     .await;
     let mut raws = Vec::new();
@@ -1483,15 +1486,14 @@ async fn an_extension_the_proxy_did_not_offer_fails_the_handshake_with_502() {
         .last_ws_handshake()
         .expect("the app saw the handshake");
     assert_eq!(shake.header("sec-websocket-extensions"), None);
-    assert_eq!(
-        metric_now(
-            &proxy,
-            "streamguard_requests_total",
-            &[("outcome", "failed")]
-        )
-        .await,
-        1.0
-    );
+    // Counted as the request is logged, after the answer went out.
+    wait_metric(
+        &proxy,
+        "streamguard_requests_total",
+        &[("outcome", "failed")],
+        |v| v == 1.0,
+    )
+    .await;
     assert_eq!(
         ws_closes(&proxy, "client_gone").await,
         0.0,

@@ -1,5 +1,6 @@
 //! The admin listener: the live status page (`/`, fed by `/status/events`), `/status.json`,
-//! `/metrics` (Prometheus text), `/livez` and `/readyz`.
+//! `/metrics` (Prometheus text), `/livez` and `/readyz`; and `POST /drain`, which only loopback
+//! clients may send (the port may be open to the cluster for probes and scrapes).
 //!
 //! It listens on its own address (loopback by default) so the page, metrics and probes are never
 //! exposed on the public port, and it answers even while the proxy port is saturated. The page
@@ -22,6 +23,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::server::ShutdownWatch;
 use tokio::net::TcpStream;
 
+use crate::proxy::lifecycle::DrainTrigger;
 use crate::proxy::State;
 pub use status::Snapshot;
 
@@ -62,7 +64,7 @@ impl Admin {
     /// Ready when the upstream accepts connections and the process is not draining, so a load
     /// balancer stops sending new streams here as soon as SIGTERM arrives.
     async fn ready(&self) -> bool {
-        if *self.state.shutdown.borrow() {
+        if self.state.lifecycle.is_draining() {
             return false;
         }
         matches!(
@@ -94,6 +96,29 @@ impl Admin {
             "/livez" => Answer::text(200, "ok\n"),
             "/readyz" if self.ready().await => Answer::text(200, "ready\n"),
             "/readyz" => Answer::text(503, "not ready\n"),
+            _ => Answer::text(404, "not found\n"),
+        }
+    }
+
+    /// `POST` commands. They change what the process does, so only a client on this host may
+    /// send them: a probe or scrape from elsewhere in the cluster must not be able to drain a pod.
+    async fn command(&self, path: &str, local: bool, wait: bool) -> Answer {
+        if !local {
+            return Answer::text(403, "commands are accepted from loopback clients only\n");
+        }
+        match path {
+            "/drain" => {
+                let lifecycle = &self.state.lifecycle;
+                if lifecycle.request_drain(DrainTrigger::Admin) {
+                    tracing::info!("POST /drain: drain asked for");
+                }
+                if wait {
+                    lifecycle.drained().await;
+                    Answer::text(200, "drained\n")
+                } else {
+                    Answer::text(202, "draining\n")
+                }
+            }
             _ => Answer::text(404, "not found\n"),
         }
     }
@@ -165,7 +190,20 @@ impl HttpServerApp for Admin {
             self.status_stream(&mut http).await;
             return None;
         }
-        let answer = self.answer(&method, &path).await;
+        let answer = if method == Method::POST {
+            let local = http
+                .client_addr()
+                .and_then(|addr| addr.as_inet())
+                .is_some_and(|addr| addr.ip().is_loopback());
+            let wait = http
+                .req_header()
+                .uri
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "wait=1"));
+            self.command(&path, local, wait).await
+        } else {
+            self.answer(&method, &path).await
+        };
         let mut resp = head(answer.status, answer.content_type).ok()?;
         resp.insert_header(header::CONTENT_LENGTH, answer.body.len())
             .ok()?;

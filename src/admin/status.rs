@@ -67,7 +67,7 @@ impl Snapshot {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             version: env!("CARGO_PKG_VERSION"),
-            draining: *state.shutdown.borrow(),
+            draining: state.lifecycle.is_draining(),
             top_users,
             metrics: samples(state.metrics.families()),
         }

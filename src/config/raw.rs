@@ -79,7 +79,11 @@ pub(super) struct RawUpstream {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawServer {
     pub threads: Option<Spanned<i64>>,
+    pub drain_delay: Option<Text>,
+    pub drain_window: Option<Text>,
     pub drain_timeout: Option<Text>,
+    pub watch_config: Option<Spanned<bool>>,
+    pub watch_interval: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -158,7 +158,11 @@ fn upstream(upstream: &UpstreamConfig) -> Entries {
 fn server(server: &ServerConfig) -> Entries {
     vec![
         ("threads", Some(integer(server.threads))),
+        ("drain_delay", Some(duration(server.drain_delay))),
+        ("drain_window", Some(duration(server.drain_window))),
         ("drain_timeout", Some(duration(server.drain_timeout))),
+        ("watch_config", Some(Value::Boolean(server.watch_config))),
+        ("watch_interval", Some(duration(server.watch_interval))),
     ]
 }
 

@@ -141,8 +141,20 @@ pub struct UpstreamConfig {
 pub struct ServerConfig {
     /// Worker threads for the proxy service (default 1 per core is Pingora's; ours: 2).
     pub threads: usize,
-    /// How long streams get to finish after SIGTERM before the process exits (default `10s`).
+    /// After SIGTERM (or `POST /drain`), how long the process stays unready but serving, while
+    /// load balancers stop sending it new clients (default `5s`).
+    pub drain_delay: Duration,
+    /// Over how long open streams then end, spread evenly (default `20s`): their clients come
+    /// back spread over it too, not in one burst. Also the window over which streams of a key a
+    /// reload stopped trusting end.
+    pub drain_window: Duration,
+    /// The most a drain may take from SIGTERM to exit, whatever is still open (default `30s`;
+    /// at least `drain_delay + drain_window`).
     pub drain_timeout: Duration,
+    /// Poll the config file and every file it names, and reload when one changes (default off).
+    pub watch_config: bool,
+    /// How often `watch_config` looks (default `5s`).
+    pub watch_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -21,11 +21,11 @@ use toml::Spanned;
 
 use super::env::{substitute, EnvSource};
 use super::raw::{
-    RawAuth, RawConfig, RawCors, RawLimits, RawListen, RawLog, RawRoute, RawSse, RawStore,
-    RawWebSocket, Text, TextList,
+    RawAuth, RawConfig, RawCors, RawLimits, RawListen, RawLog, RawRoute, RawServer, RawSse,
+    RawStore, RawWebSocket, Text, TextList,
 };
 use super::types::*;
-use super::units::{parse_duration, parse_rate, parse_size};
+use super::units::{format_duration, parse_duration, parse_rate, parse_size};
 use super::KeyError;
 
 // Names accepted for each enum-valued key; `show` uses the same tables to print them back.
@@ -974,6 +974,57 @@ fn upstream(cx: &mut Cx<'_>, raw: &RawConfig) -> Option<UpstreamConfig> {
     })
 }
 
+fn server(cx: &mut Cx<'_>, raw: &RawServer) -> ServerConfig {
+    let duration = |cx: &mut Cx<'_>, key: &str, value: Option<&Text>, default: u64| {
+        cx.text(key, value, parse_duration)
+            .unwrap_or(Duration::from_secs(default))
+    };
+    let drain_delay = duration(cx, "server.drain_delay", raw.drain_delay.as_ref(), 5);
+    let drain_window = duration(cx, "server.drain_window", raw.drain_window.as_ref(), 20);
+    let drain_timeout = cx
+        .text(
+            "server.drain_timeout",
+            raw.drain_timeout.as_ref(),
+            nonzero(parse_duration),
+        )
+        .unwrap_or(Duration::from_secs(30));
+    if drain_timeout < drain_delay + drain_window {
+        let line = raw
+            .drain_timeout
+            .as_ref()
+            .or(raw.drain_window.as_ref())
+            .or(raw.drain_delay.as_ref())
+            .map(|value| cx.line(value));
+        cx.error(
+            "server.drain_timeout",
+            line,
+            format!(
+                "{} is shorter than server.drain_delay + server.drain_window ({}): the process \
+                 would exit before the drain could end its streams; raise drain_timeout or \
+                 shorten the others",
+                format_duration(drain_timeout),
+                format_duration(drain_delay + drain_window)
+            ),
+        );
+    }
+    ServerConfig {
+        threads: cx
+            .value("server.threads", raw.threads.as_ref(), at_least(1, ""))
+            .unwrap_or(2),
+        drain_delay,
+        drain_window,
+        drain_timeout,
+        watch_config: flag(raw.watch_config.as_ref(), false),
+        watch_interval: cx
+            .text(
+                "server.watch_interval",
+                raw.watch_interval.as_ref(),
+                nonzero(parse_duration),
+            )
+            .unwrap_or(Duration::from_secs(5)),
+    }
+}
+
 fn cors(cx: &mut Cx<'_>, raw: &RawCors) -> CorsConfig {
     let strings = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     CorsConfig {
@@ -1548,22 +1599,7 @@ pub(super) fn validate(
         show_users: flag(raw.admin.show_users.as_ref(), false),
     };
     let upstream = upstream(cx, raw);
-    let server = ServerConfig {
-        threads: cx
-            .value(
-                "server.threads",
-                raw.server.threads.as_ref(),
-                at_least(1, ""),
-            )
-            .unwrap_or(2),
-        drain_timeout: cx
-            .text(
-                "server.drain_timeout",
-                raw.server.drain_timeout.as_ref(),
-                parse_duration,
-            )
-            .unwrap_or(Duration::from_secs(10)),
-    };
+    let server = server(cx, &raw.server);
     let cors = cors(cx, &raw.cors);
     let mode = cx
         .text("auth.mode", raw.auth.mode.as_ref(), choice(AUTH_MODES))
@@ -1906,6 +1942,22 @@ claims = { tenant = "tid" }
     }
 
     #[test]
+    fn a_drain_timeout_shorter_than_delay_and_window_is_refused() {
+        let errors = invalid(&with_base(
+            "[server]\ndrain_delay = \"10s\"\ndrain_window = \"30s\"\ndrain_timeout = \"20s\"",
+        ));
+        let error = errors
+            .iter()
+            .find(|e| e.key == "server.drain_timeout")
+            .unwrap_or_else(|| panic!("no drain_timeout error in {errors:?}"));
+        assert_eq!(error.line, Some(4));
+        assert!(error.message.contains("40s"), "{error}");
+        valid(&with_base(
+            "[server]\ndrain_delay = \"0s\"\ndrain_window = \"0s\"\ndrain_timeout = \"1s\"",
+        ));
+    }
+
+    #[test]
     fn every_default() {
         let c = valid(&with_base(""));
         assert_eq!(c.listen.address, "0.0.0.0:8080".parse().expect("addr"));
@@ -1922,10 +1974,18 @@ claims = { tenant = "tid" }
         assert_eq!(c.upstream.connect_timeout.as_secs(), 2);
         assert_eq!(c.upstream.write_timeout.as_secs(), 30);
         assert!(c.upstream.hide_error_bodies);
+        let server = &c.server;
+        assert_eq!(server.threads, 2);
         assert_eq!(
-            (c.server.threads, c.server.drain_timeout.as_secs()),
-            (2, 10)
+            (
+                server.drain_delay.as_secs(),
+                server.drain_window.as_secs(),
+                server.drain_timeout.as_secs()
+            ),
+            (5, 20, 30)
         );
+        assert!(!server.watch_config);
+        assert_eq!(server.watch_interval.as_secs(), 5);
         assert!(c.cors.allowed_origins.is_empty());
         assert!(c.cors.allow_credentials && !c.cors.require_origin);
         assert_eq!(c.cors.allowed_methods, ["GET", "POST"]);

@@ -290,6 +290,7 @@ mod tests {
     fn identity(roles: &[&str], claims: Value) -> Identity {
         let claims: Map<String, Value> = serde_json::from_value(claims).expect("claims object");
         Identity {
+            key: crate::policy::auth::KeyId::of(b"test"),
             user: "alice".into(),
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
             expires_at: 0,

@@ -8,6 +8,7 @@
 //! (a handed-off stream's task writes its own when it ends).
 
 pub mod connection;
+pub mod lifecycle;
 mod pipeline;
 pub use pipeline::now_unix;
 mod respond;

@@ -2,17 +2,18 @@
 
 use std::sync::Arc;
 
-use tokio::sync::watch;
-
 use crate::config::{Config, StoreConfig};
 use crate::fleet::{RedisStore, StoreError};
 use crate::policy::auth::Verifier;
 use crate::policy::cors::CorsPolicy;
 use crate::policy::limits::{LimitStore, Limiter, MemoryStore};
 use crate::policy::routes::RouteTable;
+use crate::relay::lifecycle::TrustedKeys;
 use crate::relay::sse::slow::SlowBudget;
 use crate::relay::upstream::StreamConnector;
 use crate::telemetry::Metrics;
+
+use super::lifecycle::LifecycleControl;
 
 /// Why the proxy could not be set up from a valid-looking config.
 #[derive(Debug, thiserror::Error)]
@@ -41,16 +42,12 @@ pub struct State {
     /// The memory all SSE streams together may hold for clients that are behind
     /// (`sse.slow_buffer_total`): one budget for the process, so it lives here.
     pub slow_budget: SlowBudget,
-    /// Turns true when SIGTERM starts the drain.
-    pub shutdown: watch::Receiver<bool>,
+    /// The drain, and which keys streams may keep running on.
+    pub lifecycle: LifecycleControl,
 }
 
 impl State {
-    pub fn new(
-        config: Config,
-        metrics: Arc<Metrics>,
-        shutdown: watch::Receiver<bool>,
-    ) -> Result<State, SetupError> {
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<State, SetupError> {
         let verifier = match &config.auth.key {
             Some(_) => {
                 Some(Verifier::new(&config.auth).map_err(|e| SetupError::Auth(e.to_string()))?)
@@ -65,7 +62,9 @@ impl State {
             Some(fleet) => fleet.clone(),
             None => Arc::new(MemoryStore::new()),
         };
+        let trusted = TrustedKeys::new(verifier.iter().flat_map(Verifier::key_ids));
         Ok(State {
+            lifecycle: LifecycleControl::new(trusted, config.server.drain_window),
             limiter: Limiter::new(store, rand::random()),
             fleet,
             cors: CorsPolicy::new(&config.cors).map_err(|e| SetupError::Cors(e.to_string()))?,
@@ -74,7 +73,6 @@ impl State {
             slow_budget: SlowBudget::new(config.sse.slow_buffer_total, &metrics),
             verifier,
             metrics,
-            shutdown,
             config,
         })
     }

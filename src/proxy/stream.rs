@@ -25,6 +25,7 @@ use crate::config::{Compression, WebSocketConfig};
 use crate::policy::limits::{Admission, LimitKey, MessageCheck, StreamPermit};
 use crate::policy::Rejection;
 use crate::relay::client::{ClientConn, Framing};
+use crate::relay::lifecycle::LifecycleWatch;
 use crate::relay::upstream::{self, UpstreamConn, UpstreamError};
 use crate::relay::websocket::deflate::{DeflateParams, ExtensionError};
 use crate::relay::websocket::WsOptions;
@@ -197,8 +198,12 @@ pub async fn serve(
         ctx.outcome = Outcome::Failed;
         return Ok(true);
     };
+    let lifecycle = state
+        .lifecycle
+        .watch(ctx.identity.as_ref().map(|identity| identity.key));
     let access = ctx.hand_off();
     let stream = Stream {
+        lifecycle,
         connection: ctx.connection.take(),
         state: state.clone(),
         client: ClientConn::new(io, framing, early),
@@ -253,6 +258,7 @@ struct Stream {
     kind: StreamKind,
     route: Option<usize>,
     expires_at: Option<Instant>,
+    lifecycle: LifecycleWatch,
     access: AccessRecord,
 }
 
@@ -270,6 +276,7 @@ impl Stream {
             kind,
             route,
             expires_at,
+            lifecycle,
             access,
         } = self;
         async move {
@@ -280,7 +287,7 @@ impl Stream {
             let started = Instant::now();
             let sup = Supervision {
                 metrics,
-                shutdown: state.shutdown.clone(),
+                lifecycle,
                 expires_at,
                 evicted: Box::pin(permit.evicted()),
             };

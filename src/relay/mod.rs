@@ -12,6 +12,7 @@
 
 pub mod client;
 pub mod gate;
+pub mod lifecycle;
 pub mod sse;
 pub mod upstream;
 pub mod websocket;
@@ -21,16 +22,17 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use crate::telemetry::Metrics;
+use lifecycle::LifecycleWatch;
 
 /// What a relay loop watches besides its two sockets.
 pub struct Supervision<'a> {
     pub metrics: &'a Metrics,
-    /// Turns true on SIGTERM: streams end at a safe point so clients reconnect elsewhere.
-    pub shutdown: watch::Receiver<bool>,
+    /// The drain (streams end at a safe point, spread over the drain window, so clients
+    /// reconnect elsewhere and not all at once) and key revocation by a reload.
+    pub lifecycle: LifecycleWatch,
     /// When the client's token expires (only with `auth.close_on_expiry` and a verified token).
     pub expires_at: Option<Instant>,
     /// Resolves when the limiter evicts this stream to admit a newer one of the same user.
@@ -44,27 +46,23 @@ pub enum Interrupt {
     Evicted,
     /// The process is draining.
     Shutdown,
+    /// A reload stopped trusting the key that verified the stream's token.
+    Revoked,
 }
 
-/// The eviction and drain signals as one future, polled only when one of them fired (see
-/// [`gate`]), which relay loops poll on every turn. Eviction wins when both have fired.
+/// The eviction, drain and revocation signals as one future, polled only when one of them fired
+/// (see [`gate`]), which relay loops poll on every turn. Eviction wins when several have fired.
 pub fn interrupts<'b, 'a: 'b>(
     evicted: &'b mut Pin<Box<dyn Future<Output = ()> + Send + 'a>>,
-    mut shutdown: watch::Receiver<bool>,
+    lifecycle: &'b mut LifecycleWatch,
 ) -> gate::Gated<impl Future<Output = Interrupt> + Send + use<'a, 'b>> {
     gate::Gated::new(async move {
         tokio::select! {
             biased;
             () = evicted => Interrupt::Evicted,
-            () = shutdown_started(&mut shutdown) => Interrupt::Shutdown,
+            why = lifecycle.ended() => why,
         }
     })
-}
-
-/// Resolves once the process starts shutting down (or at once if it already has).
-pub async fn shutdown_started(rx: &mut watch::Receiver<bool>) {
-    // An Err means the sender is gone, which only happens when the process is going away.
-    let _ = rx.wait_for(|down| *down).await;
 }
 
 /// The one timer of a relay loop, armed for the loop's earliest deadline.

@@ -3,6 +3,7 @@
 //! state and runs the graceful drain.
 
 mod accept;
+mod drain;
 pub mod head;
 
 use std::sync::Arc;
@@ -12,13 +13,13 @@ use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
-use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::proxy::lifecycle::DrainTrigger;
 use crate::proxy::{State, StreamGuard};
 use crate::telemetry::{self, Metrics};
 
@@ -49,12 +50,15 @@ pub enum RunError {
 /// Runs the proxy until SIGTERM (graceful drain) or SIGINT (fast stop). Never returns on success.
 pub fn run(config: Config) -> Result<(), RunError> {
     telemetry::init_logging(&config.log).map_err(RunError::Logging)?;
-    let server = build(config)?;
-    server.run_forever()
+    let (server, state) = build(config)?;
+    server.run(RunArgs {
+        shutdown_signal: Box::new(drain::Signals::new(state)),
+    });
+    std::process::exit(0)
 }
 
-/// Builds the server without starting it (also used by `demo`).
-pub fn build(config: Config) -> Result<Server, RunError> {
+/// Builds the server without starting it, and the state its signal handling needs.
+pub fn build(config: Config) -> Result<(Server, Arc<State>), RunError> {
     let mut conf = ServerConf {
         threads: config.server.threads,
         // Pingora sleeps the whole grace period after SIGTERM; the supervisor exits the process
@@ -75,15 +79,13 @@ pub fn build(config: Config) -> Result<Server, RunError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let (drain_tx, drain_rx) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     let listen = config.listen.clone();
     let admin_addr = config.admin.address;
     let upstream = config.upstream.address;
-    let drain_timeout = config.server.drain_timeout;
     metrics.ops.config_loaded(&config.fingerprint, unix_now());
     tracing::info!(config = %config.fingerprint, "configuration loaded");
-    let state = Arc::new(State::new(config, metrics.clone(), drain_rx.clone())?);
+    let state = Arc::new(State::new(config, metrics.clone())?);
 
     let http = pingora::proxy::http_proxy(&server.configuration, StreamGuard::new(state.clone()));
     let mut proxy = Service::new(
@@ -113,15 +115,13 @@ pub fn build(config: Config) -> Result<Server, RunError> {
     let supervisor = background_service(
         "streamguard supervisor",
         Supervisor {
-            state,
-            drain_tx,
-            drain_timeout,
+            state: state.clone(),
         },
     );
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(supervisor);
-    Ok(server)
+    Ok((server, state))
 }
 
 /// How long the supervisor's readiness check waits for the upstream to accept a connection.
@@ -145,56 +145,40 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Sweeps limiter state, and on SIGTERM runs the drain: streams are told to end at a safe
-/// point, and the process exits as soon as none is left (or at `server.drain_timeout`).
+/// Sweeps limiter state and checks the upstream every few seconds; runs the drain once one is
+/// asked for (see `drain`).
 struct Supervisor {
     state: Arc<State>,
-    drain_tx: watch::Sender<bool>,
-    drain_timeout: Duration,
-}
-
-impl Supervisor {
-    fn active_streams(&self) -> i64 {
-        let m = &self.state.metrics;
-        m.sse.active.get() + m.websocket.active.get()
-    }
 }
 
 #[async_trait]
 impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        if let Some(store) = &self.state.fleet {
+        let state = &self.state;
+        if let Some(store) = &state.fleet {
             let store = Arc::clone(store);
             tokio::spawn(async move { store.run().await });
         }
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
-        let upstream = self.state.config.upstream.address;
+        let upstream = state.config.upstream.address;
         loop {
             tokio::select! {
                 _ = sweep.tick() => {}
-                _ = shutdown.wait_for(|down| *down) => break,
+                _ = state.lifecycle.drain_requested() => break,
+                // Pingora's own shutdown without a drain asked for (SIGQUIT): drain now.
+                _ = shutdown.wait_for(|down| *down) => {
+                    state.lifecycle.request_drain(DrainTrigger::Signal);
+                    break;
+                }
             }
-            self.state.limiter.sweep(std::time::Instant::now());
-            self.state
+            state.limiter.sweep(std::time::Instant::now());
+            state
                 .metrics
                 .limiter_keys
-                .set(self.state.limiter.tracked_keys() as i64);
+                .set(state.limiter.tracked_keys() as i64);
             let up = upstream_accepts(upstream).await;
-            self.state.metrics.ops.upstream_up.set(i64::from(up));
+            state.metrics.ops.upstream_up.set(i64::from(up));
         }
-        tracing::info!(streams = self.active_streams(), "SIGTERM: draining streams");
-        let ops = &self.state.metrics.ops;
-        ops.draining.set(1);
-        let _ = self.drain_tx.send(true);
-        let deadline = tokio::time::Instant::now() + self.drain_timeout;
-        while self.active_streams() > 0 && tokio::time::Instant::now() < deadline {
-            ops.drain_remaining.set(self.active_streams());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        ops.drain_remaining.set(self.active_streams());
-        // Give the relays a moment to flush their last frames before the sockets go.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        tracing::info!(left = self.active_streams(), "drain finished, exiting");
-        std::process::exit(0);
+        drain::run(state, shutdown).await
     }
 }

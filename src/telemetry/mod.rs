@@ -55,6 +55,8 @@ pub enum CloseReason {
     Invalid,
     Shutdown,
     Evicted,
+    /// A reload stopped trusting the key the stream's token was verified with.
+    Revoked,
     DeadPeer,
     Idle,
     TooBig,
@@ -68,7 +70,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub const ALL: [CloseReason; 18] = [
+    pub const ALL: [CloseReason; 19] = [
         CloseReason::ClientGone,
         CloseReason::UpstreamEnd,
         CloseReason::UpstreamGone,
@@ -79,6 +81,7 @@ impl CloseReason {
         CloseReason::Invalid,
         CloseReason::Shutdown,
         CloseReason::Evicted,
+        CloseReason::Revoked,
         CloseReason::DeadPeer,
         CloseReason::Idle,
         CloseReason::TooBig,
@@ -101,6 +104,7 @@ impl CloseReason {
             CloseReason::Invalid => "invalid",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Evicted => "evicted",
+            CloseReason::Revoked => "revoked",
             CloseReason::DeadPeer => "dead_peer",
             CloseReason::Idle => "idle",
             CloseReason::TooBig => "too_big",

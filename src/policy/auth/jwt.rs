@@ -18,6 +18,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
+use std::num::NonZeroU64;
 
 use crate::config::types::{AuthConfig, KeySource};
 
@@ -32,6 +33,24 @@ pub struct Identity {
     /// `exp`, in Unix seconds.
     pub expires_at: u64,
     pub claims: Map<String, Value>,
+    /// The key the token was verified with.
+    pub key: KeyId,
+}
+
+/// Which verification key checked a token: a hash of the key material, so a key keeps its id
+/// across reloads and a rotated or removed one is told apart (streams verified with a key the
+/// configuration no longer trusts end; see `relay::lifecycle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyId(NonZeroU64);
+
+impl KeyId {
+    /// The id of the key made of `material` (a secret, a PEM file, a JWK's JSON).
+    pub(crate) fn of(material: &[u8]) -> KeyId {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        material.hash(&mut hasher);
+        KeyId(NonZeroU64::new(hasher.finish()).unwrap_or(NonZeroU64::MIN))
+    }
 }
 
 /// How far ahead an expiry is acted on. No stream lives a century, and far enough out every
@@ -57,6 +76,7 @@ impl Identity {
         claims: Map<String, Value>,
         cfg: &Claims,
         expires_at: u64,
+        key: KeyId,
     ) -> Result<Identity, AuthError> {
         let user = claims
             .get(&cfg.user)
@@ -82,6 +102,7 @@ impl Identity {
             roles,
             expires_at,
             claims,
+            key,
         })
     }
 }
@@ -216,6 +237,7 @@ struct VerifyingKey {
     kid: Option<String>,
     key: DecodingKey,
     algorithms: Vec<Algorithm>,
+    id: KeyId,
 }
 
 enum KeySet {
@@ -273,7 +295,7 @@ impl Verifier {
         let keys = match cfg.key.as_ref().ok_or(AuthSetupError::MissingKey)? {
             KeySource::Secret(secret) => {
                 let key = DecodingKey::from_secret(secret);
-                let key = verifying_key(cfg, None, key, KeyFamily::Hmac, None)
+                let key = verifying_key(cfg, None, key, secret, KeyFamily::Hmac, None)
                     .ok_or_else(|| AuthSetupError::SecretWithoutHmac(algorithms.clone()))?;
                 KeySet::Single(Box::new(key))
             }
@@ -348,7 +370,15 @@ impl Verifier {
                 });
             }
         }
-        Identity::from_claims(claims, &self.claims, expires_at)
+        Identity::from_claims(claims, &self.claims, expires_at, key.id)
+    }
+
+    /// The ids of every key this verifier trusts.
+    pub fn key_ids(&self) -> Vec<KeyId> {
+        match &self.keys {
+            KeySet::Single(key) => vec![key.id],
+            KeySet::Jwks(keys) => keys.iter().map(|key| key.id).collect(),
+        }
     }
 
     /// `iss` (RFC 7519 §4.1.1: one string) must be `auth.issuer`, when that is set.
@@ -450,6 +480,7 @@ fn verifying_key(
     cfg: &AuthConfig,
     kid: Option<String>,
     key: DecodingKey,
+    material: &[u8],
     key_family: KeyFamily,
     only: Option<Algorithm>,
 ) -> Option<VerifyingKey> {
@@ -466,6 +497,7 @@ fn verifying_key(
         kid,
         key,
         algorithms,
+        id: KeyId::of(material),
     })
 }
 
@@ -480,7 +512,9 @@ fn pem_key(cfg: &AuthConfig, pem: &[u8]) -> Result<VerifyingKey, AuthSetupError>
     ];
     loaders
         .into_iter()
-        .find_map(|(key_family, load)| verifying_key(cfg, None, load(pem).ok()?, key_family, None))
+        .find_map(|(key_family, load)| {
+            verifying_key(cfg, None, load(pem).ok()?, pem, key_family, None)
+        })
         .ok_or_else(|| AuthSetupError::UnusablePem(cfg.algorithms.clone()))
 }
 
@@ -505,7 +539,16 @@ fn jwks_keys(cfg: &AuthConfig, set: &JwkSet) -> Result<Vec<VerifyingKey>, AuthSe
             kid: kid.clone(),
             source,
         })?;
-        keys.extend(verifying_key(cfg, kid, key, jwk_family(jwk), named_alg));
+        // The key's own JSON is its material: the same JWK keeps its id across reloads.
+        let material = serde_json::to_vec(jwk).unwrap_or_default();
+        keys.extend(verifying_key(
+            cfg,
+            kid,
+            key,
+            &material,
+            jwk_family(jwk),
+            named_alg,
+        ));
     }
     if keys.is_empty() {
         return Err(AuthSetupError::NoUsableJwk(cfg.algorithms.clone()));
@@ -667,6 +710,7 @@ mod tests {
             roles: Vec::new(),
             expires_at,
             claims: Map::new(),
+            key: KeyId::of(b"test"),
         }
     }
 

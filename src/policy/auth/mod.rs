@@ -17,7 +17,7 @@ pub mod session;
 pub mod token;
 
 pub use forward::{forward_plan, ForwardPlan, HeaderEdit};
-pub use jwt::{AuthError, AuthSetupError, Identity, Verifier};
+pub use jwt::{AuthError, AuthSetupError, Identity, KeyId, Verifier};
 pub use session::{session_clear_cookie, session_set_cookie};
 pub use token::{
     find_token, is_token_param, strip_query_params, strip_referer, strip_token_params,

@@ -35,17 +35,39 @@ use crate::telemetry::CloseReason;
 /// The event sent just before a stream closes because the client's token expired.
 pub const EXPIRED_EVENT: &[u8] =
     b"event: streamguard.expired\ndata: {\"reason\":\"token_expired\"}\n\n";
+/// The event sent just before a stream closes because a reload stopped trusting the key its token
+/// was verified with: the same event as an expiry (the client needs a fresh token either way).
+pub const REVOKED_EVENT: &[u8] =
+    b"event: streamguard.expired\ndata: {\"reason\":\"key_revoked\"}\n\n";
 /// The event sent to a stream closed to admit a newer stream of the same user.
 pub const EVICTED_EVENT: &[u8] = b"event: streamguard.evicted\ndata: {\"reason\":\"evicted\"}\n\n";
 
 /// How long a stream that must end waits for the upstream to finish a half-received event.
 const FINISH_EVENT_GRACE: Duration = Duration::from_secs(1);
 
+/// The reconnection delay a draining stream suggests when `sse.retry` is not set, randomized by
+/// `DRAIN_RETRY_JITTER`: clients of a draining process come back spread out, not in a herd.
+const DRAIN_RETRY: Duration = Duration::from_secs(3);
+const DRAIN_RETRY_JITTER: f64 = 0.5;
+
 /// The `retry:` field that starts every stream when `sse.retry` is set: randomized per
 /// connection within ±`retry_jitter` so a mass reconnect (deploy, failover) is spread out.
 pub fn retry_hint(cfg: &SseConfig) -> Option<Bytes> {
-    let base = cfg.retry?.as_millis() as f64;
-    let jitter = cfg.retry_jitter.clamp(0.0, 1.0);
+    Some(jittered_retry(cfg.retry?, cfg.retry_jitter))
+}
+
+/// The `retry:` field a draining stream ends with: `sse.retry` as configured, or a jittered
+/// default, so every client of a drain is told when to come back.
+pub fn drain_retry_hint(cfg: &SseConfig) -> Bytes {
+    match cfg.retry {
+        Some(retry) => jittered_retry(retry, cfg.retry_jitter),
+        None => jittered_retry(DRAIN_RETRY, DRAIN_RETRY_JITTER),
+    }
+}
+
+fn jittered_retry(retry: Duration, jitter: f64) -> Bytes {
+    let base = retry.as_millis() as f64;
+    let jitter = jitter.clamp(0.0, 1.0);
     let factor = if jitter > 0.0 {
         rand::rng().random_range((1.0 - jitter)..=(1.0 + jitter))
     } else {
@@ -53,7 +75,7 @@ pub fn retry_hint(cfg: &SseConfig) -> Option<Bytes> {
     };
     let ms = (base * factor).round().max(0.0) as u64;
     // A blank line after `retry:` dispatches nothing (no data), so this is not an event.
-    Some(Bytes::from(format!("retry: {ms}\n\n")))
+    Bytes::from(format!("retry: {ms}\n\n"))
 }
 
 /// The query parameter EventSource polyfills use to resume where the native `Last-Event-ID`
@@ -136,6 +158,7 @@ enum Ending {
     Expired,
     Evicted,
     Shutdown,
+    Revoked,
 }
 
 impl From<Interrupt> for Ending {
@@ -143,6 +166,7 @@ impl From<Interrupt> for Ending {
         match why {
             Interrupt::Evicted => Ending::Evicted,
             Interrupt::Shutdown => Ending::Shutdown,
+            Interrupt::Revoked => Ending::Revoked,
         }
     }
 }
@@ -153,6 +177,7 @@ impl Ending {
             Ending::Expired => CloseReason::Expired,
             Ending::Evicted => CloseReason::Evicted,
             Ending::Shutdown => CloseReason::Shutdown,
+            Ending::Revoked => CloseReason::Revoked,
         }
     }
 }
@@ -200,7 +225,7 @@ pub async fn relay(
     let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
     let mut alarm = Alarm::new(sleep, deadlines.earliest(&pump, ending));
-    let interrupts = super::interrupts(&mut sup.evicted, sup.shutdown.clone());
+    let interrupts = super::interrupts(&mut sup.evicted, &mut sup.lifecycle);
     tokio::pin!(interrupts);
 
     loop {
@@ -286,7 +311,8 @@ pub async fn relay(
                 let last = match why {
                     Ending::Expired => Some(Bytes::from_static(EXPIRED_EVENT)),
                     Ending::Evicted => Some(Bytes::from_static(EVICTED_EVENT)),
-                    Ending::Shutdown => retry_hint(cfg),
+                    Ending::Shutdown => Some(drain_retry_hint(cfg)),
+                    Ending::Revoked => Some(Bytes::from_static(REVOKED_EVENT)),
                 };
                 // Whatever a client that is behind has queued is whole units: the last words
                 // land at a boundary, after the notice of what it missed.

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use self::deflate::{DeflateParams, InflateError, Inflater};
 use self::frame::{close_payload, encode_frame, Direction, FrameDecoder, FrameError, Item, OpCode};
+use super::lifecycle::DrainProbe;
 use super::{Alarm, Interrupt, Supervision};
 use crate::config::{OnRateLimit, WebSocketConfig};
 use crate::policy::limits::{MessageCheck, Quota};
@@ -139,8 +140,9 @@ pub async fn relay(
     let sleep = tokio::time::sleep_until(Instant::now());
     tokio::pin!(sleep);
     let mut alarm = Alarm::new(sleep, None);
-    // A second receiver: the loop still reads `sup.shutdown` to pick close codes.
-    let interrupts = super::interrupts(&mut sup.evicted, sup.shutdown.clone());
+    // A second view: the loop still reads the drain state to pick close codes.
+    let draining = sup.lifecycle.probe();
+    let interrupts = super::interrupts(&mut sup.evicted, &mut sup.lifecycle);
     tokio::pin!(interrupts);
 
     loop {
@@ -191,6 +193,7 @@ pub async fn relay(
                 let close = match why {
                     Interrupt::Evicted => ProxyClose::new(close_code::POLICY_VIOLATION, "evicted", CloseReason::Evicted),
                     Interrupt::Shutdown => ProxyClose::new(close_code::GOING_AWAY, "server shutting down", CloseReason::Shutdown),
+                    Interrupt::Revoked => ProxyClose::new(close_code::POLICY_VIOLATION, "token revoked", CloseReason::Revoked),
                 };
                 pending_close = Some((close, Instant::now() + BOUNDARY_GRACE));
             }
@@ -274,7 +277,7 @@ pub async fn relay(
                         // The client is closing anyway; the upstream just did not answer.
                         return CloseReason::ClientGone;
                     }
-                    let shutting_down = *sup.shutdown.borrow();
+                    let shutting_down = draining.is_draining();
                     let (code, reason) = if shutting_down {
                         (close_code::GOING_AWAY, CloseReason::Shutdown)
                     } else {
@@ -339,7 +342,7 @@ pub async fn relay(
                                 if !dropping_message {
                                     if let Err(e) = write_upstream(upstream, &bytes).await {
                                         tracing::debug!(error = %e, "upstream write failed");
-                                        return upstream_vanished(client, &sup.shutdown, from_upstream.at_frame_boundary() && !upstream_sent_close).await;
+                                        return upstream_vanished(client, &draining, from_upstream.at_frame_boundary() && !upstream_sent_close).await;
                                     }
                                 }
                                 if message_end {
@@ -371,7 +374,7 @@ pub async fn relay(
                                 }
                                 if let Err(e) = write_upstream(upstream, &wire).await {
                                     tracing::debug!(error = %e, "upstream write failed");
-                                    return upstream_vanished(client, &sup.shutdown, from_upstream.at_frame_boundary() && !upstream_sent_close).await;
+                                    return upstream_vanished(client, &draining, from_upstream.at_frame_boundary() && !upstream_sent_close).await;
                                 }
                                 if opcode == OpCode::Close && upstream_sent_close {
                                     return CloseReason::UpstreamGone;
@@ -513,10 +516,10 @@ async fn client_vanished(upstream: &mut UpstreamConn, tell_upstream: bool) -> Cl
 /// that can be said without splitting a half-relayed upstream frame.
 async fn upstream_vanished(
     client: &mut ClientConn,
-    shutdown: &tokio::sync::watch::Receiver<bool>,
+    draining: &DrainProbe,
     tell_client: bool,
 ) -> CloseReason {
-    let (code, reason) = if *shutdown.borrow() {
+    let (code, reason) = if draining.is_draining() {
         (close_code::GOING_AWAY, CloseReason::Shutdown)
     } else {
         (close_code::INTERNAL_ERROR, CloseReason::UpstreamGone)
