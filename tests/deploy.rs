@@ -160,7 +160,6 @@ fn kubernetes_overlays_agree_with_the_drain_ports_and_secrets() {
 /// settings the manifests' arithmetic assumes. The key files it names are stood in for by
 /// temporary files at the same relative places.
 #[test]
-#[ignore = "needs [server] drain_delay, drain_window and watch_config (issue 17, on main): remove this line at the merge"]
 fn kubernetes_config_passes_streamguard_check() {
     const SECRETS: &str = "/var/run/secrets/streamguard/";
     for overlay in ["classic", "native-sidecar"] {
@@ -199,6 +198,70 @@ fn kubernetes_config_passes_streamguard_check() {
             "{overlay}: drain_timeout {timeout:?} < {spread:?}"
         );
     }
+}
+
+/// The hook the native-sidecar overlay gives the app, run as the kubelet would (from inside the
+/// pod, so from loopback) against a real proxy: it returns only once the proxy has drained
+/// (every stream ended, spread over the window), well within the grace period, and leaves the
+/// proxy running for the kubelet's SIGTERM that comes after the app's.
+#[tokio::test(flavor = "multi_thread")]
+async fn native_sidecar_prestop_hook_returns_when_the_proxy_has_drained() {
+    const DEPLOYED_ADMIN: &str = "127.0.0.1:9901";
+    let overlay = kubernetes_dir().join("overlays/native-sidecar");
+    let hook: Vec<String> = serde_json::from_str(&run_ok(&mut kube_py("prestop", &overlay)))
+        .unwrap_or_else(|e| panic!("the preStop command is not a list of strings: {e}"));
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start_with(
+        ProxyConfig::new(upstream.addr)
+            .section("auth", "mode = \"off\"")
+            .section(
+                "server",
+                "drain_delay = \"1s\"\ndrain_window = \"1s\"\ndrain_timeout = \"5s\"",
+            ),
+    )
+    .await;
+    let mut stream = SseClient::connect(proxy.addr, "/sse?events=1000&interval_ms=50", &[]).await;
+    assert_eq!(stream.status, 200);
+    stream.read_event(IO_TIMEOUT).await.expect("a first event");
+
+    let pointed: Vec<String> = hook
+        .iter()
+        .map(|part| part.replace(DEPLOYED_ADMIN, &proxy.admin.to_string()))
+        .collect();
+    assert_ne!(
+        pointed, hook,
+        "the hook does not call the admin port {DEPLOYED_ADMIN}"
+    );
+    let started = Instant::now();
+    let ran =
+        tokio::task::spawn_blocking(move || run(Command::new(&pointed[0]).args(&pointed[1..])))
+            .await
+            .unwrap_or_else(|e| panic!("running the hook: {e}"));
+    let took = started.elapsed();
+    assert!(
+        ran.success,
+        "the hook failed:\n{}{}",
+        ran.stdout, ran.stderr
+    );
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "the hook returned after {took:?}: not when a 1 s delay and 1 s window had passed"
+    );
+    assert!(
+        stream.wait_closed(Duration::from_millis(500)).await,
+        "the stream is still open after the hook returned"
+    );
+    let metrics = proxy.metrics().await;
+    assert_eq!(metric(&metrics, "streamguard_draining", &[]), Some(1.0));
+    assert_eq!(
+        metric(&metrics, "streamguard_drain_streams_remaining", &[]),
+        Some(0.0)
+    );
+    let mut proxy = proxy;
+    assert!(
+        proxy.wait_exit(Duration::from_millis(200)).await.is_none(),
+        "POST /drain must leave the process to the kubelet's SIGTERM"
+    );
 }
 
 // --- systemd ---------------------------------------------------------------------------------

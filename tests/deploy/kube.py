@@ -14,11 +14,13 @@ CI reaches package registries and nothing else, so nothing here talks to a clust
   preStop hooks, probes and Service against the ports proxy.toml listens on, Secret mounts
   against the files proxy.toml names, selectors against pod labels, the security context.
 - `config OVERLAY`: prints the proxy.toml an overlay deploys, for `streamguard check`.
+- `prestop OVERLAY`: prints the app container's preStop command (JSON), to run against a proxy.
 
 Exit status 0 when everything holds; otherwise 1, with one line per problem.
 """
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -508,13 +510,18 @@ def check_consistency(root):
 def main(argv):
     command, root = argv[1], argv[2]
     try:
-        if command == "config":
+        if command in ("config", "prestop"):
             objects = render(root)
             (deployment,) = [d for d in find(objects, "Deployment")
                              if any(c["name"] == PROXY_CONTAINER
                                     for c in pod_spec(d).get("containers", []) +
                                     pod_spec(d).get("initContainers", []))]
-            print(proxy_config(objects, deployment)[2], end="")
+            if command == "config":
+                print(proxy_config(objects, deployment)[2], end="")
+            else:
+                (app,) = [c for c in pod_spec(deployment)["containers"]
+                          if c["name"] != PROXY_CONTAINER]
+                print(json.dumps(prestop_command(app)))
             return 0
         check = {"schemas": check_schemas, "consistency": check_consistency}[command]
         problems, notes = check(root)
