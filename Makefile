@@ -17,8 +17,11 @@ NODE_APP := tests/apps/node
 # Socket.IO interop test needs python-socketio with its client extras; the hardening tests run a
 # WSGI app under Werkzeug and the WebSocket tests a Node `ws` app (node and npm, then its locked
 # packages); the status page test drives Debian's chromium; the fleet tests run a real
-# redis-server (and redis-cli) from the Debian package. The probes import exactly what the tests
-# import.
+# redis-server (and redis-cli) from the Debian package; the deploy tests check the Kubernetes
+# manifests with PyPI's kubernetes-validate, the alert rules with promtool (Debian's prometheus
+# package, installed without its recommends; on a host running systemd it also starts a
+# Prometheus server) and the systemd unit with systemd-analyze. The probes import exactly what
+# the tests import.
 test-deps: deps $(NODE_APP)/node_modules/.package-lock.json
 	@command -v openssl >/dev/null 2>&1 && command -v curl >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
@@ -36,6 +39,15 @@ test-deps: deps $(NODE_APP)/node_modules/.package-lock.json
 	@python3 -c "import socketio, aiohttp, requests, websocket" 2>/dev/null || \
 	  python3 -m pip install --quiet --disable-pip-version-check -r tests/socketio/requirements.txt \
 	  || python3 -m pip install --quiet --break-system-packages -r tests/socketio/requirements.txt
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v systemd-analyze >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq systemd >/dev/null; }
+	@python3 -c "import kubernetes_validate, yaml" 2>/dev/null || \
+	  python3 -m pip install --quiet --disable-pip-version-check -r tests/deploy/requirements.txt \
+	  || python3 -m pip install --quiet --break-system-packages -r tests/deploy/requirements.txt
 	@python3 -c "import werkzeug" 2>/dev/null || \
 	  python3 -m pip install --quiet --disable-pip-version-check -r tests/apps/wsgi/requirements.txt \
 	  || python3 -m pip install --quiet --break-system-packages -r tests/apps/wsgi/requirements.txt

@@ -559,10 +559,23 @@ async fn a_reload_removes_an_origin_and_keeps_the_user_counts() {
         held.push(sse);
     }
 
-    proxy.rewrite_config(&config(false).with_ports_of(&proxy));
+    proxy.rewrite_config(
+        &config(false)
+            .section("listen", "max_connections = 500")
+            .with_ports_of(&proxy),
+    );
     let resp = proxy.post_admin("/reload").await;
     assert_eq!(resp.status, 200, "{}", resp.text());
-    assert!(resp.text().contains("changed: cors"), "{}", resp.text());
+    assert!(
+        resp.text().contains("changed: listen, cors"),
+        "{}",
+        resp.text()
+    );
+    assert_eq!(
+        metric(&proxy.metrics().await, "streamguard_connections_max", &[]),
+        Some(500.0),
+        "the cap in force"
+    );
     let headers_a = [
         ("Origin", "https://a.example"),
         ("Authorization", alice.as_str()),

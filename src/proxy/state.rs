@@ -77,6 +77,14 @@ impl Policy {
         })
     }
 
+    /// Sets the gauges that report settings in force (alerts compare counts with them).
+    fn publish(&self, metrics: &Metrics) {
+        let listen = &self.config.listen;
+        metrics
+            .connections_max
+            .set(i64::from(listen.max_connections));
+    }
+
     /// The keys this policy's verifier trusts.
     pub fn trusted_keys(&self) -> TrustedKeys {
         TrustedKeys::new(self.verifier.iter().flat_map(Verifier::key_ids))
@@ -111,6 +119,7 @@ impl State {
         let slow_budget = SlowBudget::new(config.sse.slow_buffer_total, &metrics);
         let revoke_window = config.server.drain_window;
         let policy = Policy::new(config)?;
+        policy.publish(&metrics);
         Ok(State {
             lifecycle: LifecycleControl::new(policy.trusted_keys(), revoke_window),
             limiter: Limiter::new(store, rand::random()),
@@ -129,6 +138,7 @@ impl State {
     /// Puts `policy` in force for every request from now on; requests and streams that took
     /// the old one keep it.
     pub fn install(&self, policy: Policy) {
+        policy.publish(&self.metrics);
         self.policy.store(Arc::new(policy));
     }
 }

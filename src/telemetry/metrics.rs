@@ -54,6 +54,10 @@ pub struct Metrics {
     pub store: StoreMetrics,
     /// Client connections holding a slot of the connection gate, streams included.
     pub connections_active: IntGauge,
+    /// `listen.max_connections` of the gate in force, so a dashboard or an alert can compare
+    /// `connections_active` with it (the default comes from the open-file limit, which an
+    /// operator cannot see from outside).
+    pub connections_max: IntGauge,
     /// Connections the gate turned away, by `ConnectionRefusal::label`.
     pub connection_refusals: IntCounterVec,
     /// SSE streams whose client is behind: output is waiting in a per-stream buffer.
@@ -215,6 +219,13 @@ impl Metrics {
                 "Client connections open now, streams included.",
             )?,
         )?;
+        let connections_max = registered(
+            &registry,
+            IntGauge::new(
+                "streamguard_connections_max",
+                "Client connections the proxy accepts at once (listen.max_connections).",
+            )?,
+        )?;
         let connection_refusals = registered(
             &registry,
             IntCounterVec::new(
@@ -270,6 +281,7 @@ impl Metrics {
             status_watchers,
             store,
             connections_active,
+            connections_max,
             connection_refusals,
             slow_clients,
             slow_buffer_bytes,
