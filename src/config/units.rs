@@ -91,7 +91,7 @@ pub fn format_size(bytes: usize) -> String {
     let bytes = bytes as u64;
     SIZE_UNITS
         .iter()
-        .find(|(_, multiplier)| bytes != 0 && bytes % multiplier == 0)
+        .find(|(_, multiplier)| bytes != 0 && bytes.is_multiple_of(*multiplier))
         .map_or_else(
             || format!("{bytes}B"),
             |(name, multiplier)| format!("{}{name}", bytes / multiplier),
