@@ -489,3 +489,47 @@ async fn check_validates_the_store_and_redacts_its_password() {
     assert_eq!(out.status.code(), Some(2), "{errors}");
     assert!(errors.contains("limits.store.url"), "{errors}");
 }
+
+/// `listen.reuse_port`: two processes bind one port, the kernel spreads the connections over
+/// both, and with the Redis store they hold one set of limits between them.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_with_reuse_port_share_one_port_and_one_set_of_limits() {
+    const USERS: usize = 40;
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let shared =
+        replica(&up, &redis, "max_streams_per_user = 3", "").section("listen", "reuse_port = true");
+    let a = Proxy::start_with(shared.clone()).await;
+    let own_admin = format!("address = \"127.0.0.1:{}\"", common::free_port());
+    let b = Proxy::start_with(shared.section("admin", &own_admin)).await;
+    // Without the option the second bind fails and the harness moves it to a fresh port.
+    assert_eq!(a.addr, b.addr, "one port");
+
+    let tokens: Vec<_> = (0..USERS).map(|i| auth(&format!("user{i}"))).collect();
+    let mut held = Vec::new();
+    for token in &tokens {
+        held.push(admitted(a.addr, Kind::Sse, &[("Authorization", token.as_str())]).await);
+    }
+    let on_a = metric_now(&a, "streamguard_streams_active", &[]).await;
+    let on_b = metric_now(&b, "streamguard_streams_active", &[]).await;
+    assert_eq!(on_a + on_b, USERS as f64);
+    assert!(
+        on_a > 0.0 && on_b > 0.0,
+        "the kernel sent every connection to one process: {on_a} / {on_b}"
+    );
+
+    // One user, one port, two processes: exactly the cap.
+    let alice = auth("alice");
+    let h = [("Authorization", alice.as_str())];
+    let mut alices = Vec::new();
+    for _ in 0..3 {
+        alices.push(admitted(a.addr, Kind::Sse, &h).await);
+    }
+    for _ in 0..4 {
+        refused(a.addr, Kind::Sse, &h).await.assert_cap(429);
+    }
+    assert_eq!(leases(&redis, "alice"), 3);
+    for stream in held.iter_mut().chain(alices.iter_mut()) {
+        stream.assert_alive().await;
+    }
+}

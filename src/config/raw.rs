@@ -55,6 +55,7 @@ pub(super) struct RawListen {
     pub keepalive_timeout: Option<Text>,
     pub max_connections: Option<Spanned<i64>>,
     pub max_connections_per_ip: Option<Spanned<i64>>,
+    pub reuse_port: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

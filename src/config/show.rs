@@ -126,6 +126,7 @@ fn listen(listen: &ListenConfig) -> Entries {
             "max_connections_per_ip",
             listen.max_connections_per_ip.map(integer),
         ),
+        ("reuse_port", Some(Value::Boolean(listen.reuse_port))),
     ]
 }
 

@@ -68,6 +68,9 @@ pub struct ListenConfig {
     /// Client connections open at once from one address (IPv6: one /64); over it 429 (default
     /// unset: behind a load balancer every client shares its address).
     pub max_connections_per_ip: Option<u32>,
+    /// Bind the listener with `SO_REUSEPORT`, so several streamguard processes share the port
+    /// and the kernel spreads connections across them (default off).
+    pub reuse_port: bool,
 }
 
 /// `listen.underscores_in_headers`: CGI and WSGI servers fold `_` and `-` into the same variable

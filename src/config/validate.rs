@@ -874,6 +874,7 @@ fn listen(cx: &mut Cx<'_>, raw: &RawListen) -> ListenConfig {
             raw.max_connections_per_ip.as_ref(),
             at_least(1, no_limit),
         ),
+        reuse_port: flag(raw.reuse_port.as_ref(), false),
     }
 }
 

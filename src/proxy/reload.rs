@@ -207,6 +207,10 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
             "listen.tls_cert_file (TLS on or off)",
             old.listen.tls.is_some() != new.listen.tls.is_some(),
         ),
+        (
+            "listen.reuse_port",
+            old.listen.reuse_port != new.listen.reuse_port,
+        ),
         ("admin.address", old.admin.address != new.admin.address),
         ("server.threads", old.server.threads != new.server.threads),
         ("log.format", old.log.format != new.log.format),

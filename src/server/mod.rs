@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -99,7 +99,11 @@ pub fn build(config: Config, source: ConfigSource) -> Result<(Server, Arc<Reload
         "streamguard proxy".to_string(),
         accept::Front::new(Arc::new(http), state.clone()),
     );
-    let mut endpoint = ListenerConfig::tcp(listen.address.to_string()).l4_buffer(CLIENT_BUFFERS);
+    let mut socket = TcpSocketOptions::default();
+    socket.so_reuseport = Some(listen.reuse_port);
+    let mut endpoint = ListenerConfig::tcp(listen.address.to_string())
+        .l4_buffer(CLIENT_BUFFERS)
+        .tcp_socket_options(socket);
     if listen.tls.is_some() {
         // No files for Pingora to load: each handshake takes the certificate of the policy in
         // force, so a reload renews it (`proxy::tls`).
