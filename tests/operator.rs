@@ -83,6 +83,20 @@ async fn the_status_page_follows_streams_and_rejections_live_and_lets_go_when_cl
     let route = format!("{}.includes('sse')", text_of("routes"));
     assert_eq!(browser.eval(&page, &route).await, Value::Bool(true));
 
+    // A refused reload shows beside the configuration's hash.
+    let mut broken = std::fs::read_to_string(proxy.config_path()).expect("config");
+    broken.push_str("\n[sse]\nheartbeat = \"often\"\n");
+    proxy.rewrite_config_text(&broken);
+    assert_eq!(proxy.post_admin("/reload").await.status, 400);
+    let refused = format!("{}.includes('1 refused reloads')", text_of("config"));
+    if let Err(last) = browser
+        .wait_for(&page, &refused, Duration::from_secs(3))
+        .await
+    {
+        let shown = browser.eval(&page, &text_of("config")).await;
+        panic!("the refused reload is not shown ({last}): {shown}");
+    }
+
     // With show_users off, nothing on the page names a user or carries a token.
     let html = browser
         .eval(&page, "document.documentElement.outerHTML")
