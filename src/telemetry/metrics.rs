@@ -6,6 +6,7 @@ use prometheus::{
 };
 
 use super::ops::OpsMetrics;
+use super::registry::registered;
 use super::store::StoreMetrics;
 use super::{CloseReason, Direction, StreamKind};
 
@@ -315,15 +316,6 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
-}
-
-/// Registers `metric` and hands it back, so each metric is defined in one expression.
-pub(super) fn registered<C>(registry: &Registry, metric: C) -> prometheus::Result<C>
-where
-    C: prometheus::core::Collector + Clone + 'static,
-{
-    registry.register(Box::new(metric.clone()))?;
-    Ok(metric)
 }
 
 impl Default for Metrics {

@@ -14,6 +14,7 @@
 mod logging;
 mod metrics;
 mod ops;
+mod registry;
 mod store;
 
 pub use logging::{init_logging, set_level};

@@ -3,7 +3,7 @@
 
 use prometheus::{Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
-use super::metrics::registered;
+use super::registry::registered;
 
 /// How a reload ended: the `result` label of `streamguard_config_reloads_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

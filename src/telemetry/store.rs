@@ -2,7 +2,7 @@
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
-use super::metrics::registered;
+use super::registry::registered;
 
 /// The shared limit store's operations, for `streamguard_store_*`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
