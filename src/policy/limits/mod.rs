@@ -11,6 +11,7 @@ mod gcra;
 mod identity;
 mod permit;
 mod store;
+mod ticket;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +22,9 @@ use crate::config::types::{LimitsConfig, RateSpec};
 
 pub use gcra::Quota;
 pub use identity::{client_ip, forwarded_for, LimitKey};
-pub use permit::{StreamPermit, StreamTicket};
+pub use permit::StreamPermit;
 pub use store::{Acquire, LimitStore, MemoryStore, Pending, RateCheck, StreamLimits};
+pub use ticket::StreamTicket;
 
 /// Which limit turned a request or stream away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -24,7 +24,7 @@ use crate::config::types::OnUserLimit;
 
 use super::gcra::Quota;
 use super::identity::LimitKey;
-use super::permit::StreamTicket;
+use super::ticket::StreamTicket;
 
 /// Everything that applies to one stream admission (the route's effective `[limits]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
