@@ -17,6 +17,7 @@ pub use respond::raw_refusal;
 pub mod state;
 mod stream;
 pub mod tls;
+mod upstream_request;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -223,7 +224,7 @@ impl ProxyHttp for StreamGuard {
         upstream_request: &mut pingora::http::RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        pipeline::prepare_upstream(upstream_request, ctx, false)
+        upstream_request::prepare_upstream(upstream_request, ctx, false)
     }
 
     async fn upstream_peer(
@@ -309,7 +310,7 @@ impl ProxyHttp for StreamGuard {
             Some(rejection) if session.response_written().is_none() => {
                 tracing::warn!(error = %e.etype().as_str(), "upstream request failed");
                 // The client may be gone too; the status is recorded either way.
-                let _ = pipeline::fail(session, ctx, rejection).await;
+                let _ = respond::fail(session, ctx, rejection).await;
                 rejection.status()
             }
             _ => 0,

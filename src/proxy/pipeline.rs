@@ -10,14 +10,14 @@ use http::{header, HeaderValue, Method, Uri};
 use pingora::proxy::Session;
 use pingora::Result;
 
-use super::respond;
+use super::respond::{self, refuse};
 use super::stream;
 use super::Early;
 use super::{RequestCtx, State};
 use crate::config::AuthMode;
 use crate::policy::auth;
 use crate::policy::cors::CorsDecision;
-use crate::policy::headers::{self, Edit};
+use crate::policy::headers::{self};
 use crate::policy::limits::{client_ip, forwarded_for};
 use crate::policy::target::{self, Target};
 use crate::policy::Rejection;
@@ -250,34 +250,6 @@ pub async fn refuse_unannounced_stream(session: &mut Session, ctx: &mut RequestC
 /// Why an unannounced stream was refused, for the error and the debug line.
 pub const UNANNOUNCED_STREAM: &str = "event stream without Accept: text/event-stream";
 
-/// Writes a refusal and records it for the access log and metrics.
-pub async fn refuse(
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    rejection: Rejection,
-    retry_after: Option<std::time::Duration>,
-    detail: &str,
-) -> Result<bool> {
-    let policy = Arc::clone(&ctx.policy);
-    tracing::debug!(reason = rejection.metric_label(), detail, "request refused");
-    ctx.rejection = Some(rejection);
-    ctx.outcome = Outcome::Rejected;
-    ctx.status = rejection.status();
-    let cors = ctx.cors_origin.as_ref().map(|o| (&policy.cors, o));
-    respond::reject(session, rejection, cors, retry_after, ctx.token_in_url).await?;
-    Ok(true)
-}
-
-/// Writes the fixed answer for an upstream that could not be reached or failed mid-exchange:
-/// counted as a failed request, not as a policy refusal.
-pub async fn fail(session: &mut Session, ctx: &mut RequestCtx, rejection: Rejection) -> Result<()> {
-    let policy = Arc::clone(&ctx.policy);
-    ctx.outcome = Outcome::Failed;
-    ctx.status = rejection.status();
-    let cors = ctx.cors_origin.as_ref().map(|o| (&policy.cors, o));
-    respond::reject(session, rejection, cors, None, ctx.token_in_url).await
-}
-
 /// One security-log line. Carries the reason and the token-free path, never a token.
 fn security(session: &Session, event: &'static str, reason: &str, origin: Option<&str>) {
     let req = session.req_header();
@@ -361,90 +333,6 @@ fn valid_ws_key(key: &[u8]) -> bool {
         && key[..22]
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
-}
-
-/// Turns the checked client request into the request sent upstream, the same way for plain
-/// requests (Pingora's copy, from `upstream_request_filter`) and streams: the token goes where
-/// `auth.forward_as` says, then the forwarding and identity headers are set. These come last, on
-/// a request whose hop-by-hop headers are already gone (`headers::inspect`), so no `Connection`
-/// option can remove them again. `websocket` puts back the two headers an upgrade needs.
-pub fn prepare_upstream(
-    req: &mut pingora::http::RequestHeader,
-    ctx: &RequestCtx,
-    websocket: bool,
-) -> Result<()> {
-    let policy = Arc::clone(&ctx.policy);
-    let verified = match (&ctx.identity, &ctx.token) {
-        (Some(identity), Ok(Some(found))) => Some((identity, found.token.as_str())),
-        _ => None,
-    };
-    let target = req
-        .uri
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    let plan = auth::forward_plan(
-        &policy.config.auth,
-        &req.headers,
-        target,
-        verified.map(|v| v.1),
-    );
-    apply_edit(req, header::AUTHORIZATION, plan.authorization)?;
-    apply_edit(req, header::COOKIE, plan.cookie)?;
-    apply_edit(req, header::SEC_WEBSOCKET_PROTOCOL, plan.websocket_protocol)?;
-    apply_edit(req, header::REFERER, plan.referer)?;
-    if let Some(target) = plan.path_and_query {
-        let uri = Uri::try_from(target).map_err(|_| {
-            pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "rewritten target")
-        })?;
-        req.set_uri(uri);
-    }
-    let origin = headers::Origin {
-        peer: ctx.peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        trusted_proxies: &policy.config.limits.trusted_proxies,
-        tls: policy.config.listen.tls.is_some(),
-    };
-    let identity = verified.map(|(identity, _)| (identity.user.as_str(), &identity.roles[..]));
-    for edit in headers::upstream_edits(&req.headers, origin, identity) {
-        match edit {
-            Edit::Remove(name) => {
-                req.remove_header(&name);
-            }
-            Edit::Set(name, value) => {
-                req.insert_header(name, value)?;
-            }
-        }
-    }
-    if websocket {
-        req.insert_header(header::CONNECTION, "Upgrade")?;
-        req.insert_header(header::UPGRADE, "websocket")?;
-    }
-    if !target::is_consistent(req.raw_path(), req.uri.path_and_query()) {
-        // Every edit above goes through the parsed URI; a target that no longer matches it
-        // would mean the app is sent something the policy did not check.
-        return pingora::Error::e_explain(
-            pingora::ErrorType::InternalError,
-            "request-target differs from the checked URI",
-        );
-    }
-    Ok(())
-}
-
-fn apply_edit(
-    req: &mut pingora::http::RequestHeader,
-    name: http::HeaderName,
-    edit: auth::HeaderEdit,
-) -> Result<()> {
-    match edit {
-        auth::HeaderEdit::Keep => {}
-        auth::HeaderEdit::Remove => {
-            req.remove_header(&name);
-        }
-        auth::HeaderEdit::Set(value) => {
-            req.insert_header(name, value)?;
-        }
-    }
-    Ok(())
 }
 
 /// `POST auth.session.path` with a valid bearer token sets the httpOnly cookie; `DELETE`

@@ -10,10 +10,14 @@ use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
+use std::sync::Arc;
 use std::time::Duration;
+
+use super::RequestCtx;
 
 use crate::policy::cors::{upstream_cors_header_names, CorsPolicy};
 use crate::policy::Rejection;
+use crate::telemetry::Outcome;
 
 /// The body that replaces upstream 5xx bodies when `upstream.hide_error_bodies` is on.
 pub const UPSTREAM_ERROR_BODY: &str = "{\"error\":\"upstream error\"}";
@@ -208,6 +212,38 @@ pub fn event_stream_headers(resp: &mut ResponseHeader) -> pingora::Result<()> {
     resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
     resp.insert_header("x-accel-buffering", "no")?;
     Ok(())
+}
+
+/// Writes a refusal and records it for the access log and metrics.
+pub async fn refuse(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    rejection: Rejection,
+    retry_after: Option<std::time::Duration>,
+    detail: &str,
+) -> pingora::Result<bool> {
+    let policy = Arc::clone(&ctx.policy);
+    tracing::debug!(reason = rejection.metric_label(), detail, "request refused");
+    ctx.rejection = Some(rejection);
+    ctx.outcome = Outcome::Rejected;
+    ctx.status = rejection.status();
+    let cors = ctx.cors_origin.as_ref().map(|o| (&policy.cors, o));
+    reject(session, rejection, cors, retry_after, ctx.token_in_url).await?;
+    Ok(true)
+}
+
+/// Writes the fixed answer for an upstream that could not be reached or failed mid-exchange:
+/// counted as a failed request, not as a policy refusal.
+pub async fn fail(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    rejection: Rejection,
+) -> pingora::Result<()> {
+    let policy = Arc::clone(&ctx.policy);
+    ctx.outcome = Outcome::Failed;
+    ctx.status = rejection.status();
+    let cors = ctx.cors_origin.as_ref().map(|o| (&policy.cors, o));
+    reject(session, rejection, cors, None, ctx.token_in_url).await
 }
 
 #[cfg(test)]

@@ -18,8 +18,8 @@ use pingora::Result;
 use tokio::time::Instant;
 
 use super::connection::OpenConnection;
-use super::pipeline::{fail, refuse};
 use super::respond;
+use super::respond::{fail, refuse};
 use super::{AccessRecord, Policy, RequestCtx, State};
 use crate::config::{Compression, WebSocketConfig};
 use crate::policy::limits::{Admission, LimitKey, MessageCheck, StreamPermit};
@@ -71,7 +71,7 @@ pub async fn serve(
         }
         StreamKind::WebSocket => websocket_request(req, policy.config.websocket_for(ctx.route))?,
     }
-    super::pipeline::prepare_upstream(
+    super::upstream_request::prepare_upstream(
         session.req_header_mut(),
         ctx,
         kind == StreamKind::WebSocket,
