@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::http::{connect, read_response_head, read_some, BodyDecoder, Framing};
-use common::{metric, HttpConn, Proxy, Response, SseClient, Upstream, IO_TIMEOUT};
+use common::{metric, Certificate, HttpConn, Proxy, Response, SseClient, Upstream, IO_TIMEOUT};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -649,5 +649,73 @@ async fn bad_framing_and_oversized_heads_get_streamguards_answers() {
         !proxy.logs().contains("\"level\":\"ERROR\""),
         "client-triggered ERROR lines:\n{}",
         proxy.logs()
+    );
+}
+
+/// On a TLS listener the handshake is part of what a connection must finish within
+/// `request_head_timeout`, and it happens after the connection gate: sockets that connect and
+/// never say a word are closed at the deadline (not Pingora's 60 s) and hold a slot meanwhile,
+/// so one over `max_connections` gets the 503, through TLS.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_handshakes_count_against_the_cap_and_end_at_the_head_deadline() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certificate = Certificate::issue(dir.path(), "localhost");
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(
+        up.addr,
+        &format!(
+            "{AUTH_OFF}[listen]\n{}max_connections = 3\nrequest_head_timeout = \"2s\"\n",
+            certificate.listen_keys()
+        ),
+    )
+    .await;
+    let curl = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--max-time", "5", "--cacert"])
+            .arg(&certificate.cert)
+            .args(["-w", "\n%{http_code}"])
+            .arg(format!("https://{}{path}", proxy.addr))
+            .output()
+            .expect("curl is needed for the TLS test (make test installs it)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let opened = Instant::now();
+    let mut silent = Vec::new();
+    for i in 0..3 {
+        silent.push(
+            connect(proxy.addr)
+                .await
+                .unwrap_or_else(|e| panic!("silent {i}: {e}")),
+        );
+    }
+    wait_metric(&proxy, "streamguard_connections_active", &[], 3.0).await;
+    let over = tokio::task::block_in_place(|| curl("/echo/over"));
+    assert!(over.ends_with("\n503"), "{over}");
+    assert!(over.starts_with(TOO_MANY_CONNECTIONS), "{over}");
+
+    for (i, socket) in silent.iter_mut().enumerate() {
+        let left = Duration::from_secs(4).saturating_sub(opened.elapsed());
+        assert!(closed_within(socket, left).await, "silent {i} still open");
+    }
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "closed early: {waited:?}"
+    );
+    wait_metric(
+        &proxy,
+        "streamguard_rejections_total",
+        &[("reason", "head_timeout")],
+        3.0,
+    )
+    .await;
+    wait_metric(&proxy, "streamguard_connections_active", &[], 0.0).await;
+    let served = tokio::task::block_in_place(|| curl("/echo/in"));
+    assert!(served.ends_with("\n200"), "{served}");
+    assert_eq!(
+        up.stats.hits("/echo"),
+        1,
+        "only the one served request reached the app"
     );
 }

@@ -2005,43 +2005,13 @@ async fn probes_follow_the_upstream() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_listener_serves_the_pipeline_over_https() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    let made = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is needed to make a test certificate (make test installs it)");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-
+    let certificate = Certificate::issue(dir.path(), "localhost");
     let up = Upstream::start().await;
-    let config = ProxyConfig::new(up.addr).section(
-        "listen",
-        &format!(
-            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
-            cert.display(),
-            key.display()
-        ),
-    );
+    let config = ProxyConfig::new(up.addr).section("listen", &certificate.listen_keys());
     let proxy = Proxy::start_with(config).await;
     let token = mint_token("alice", &[], 600, json!({}));
     let url = format!("https://{}/echo?a=1", proxy.addr);
-    let ca = cert.clone();
+    let ca = certificate.cert.clone();
     let curl = move |auth: Option<String>| {
         let mut cmd = Command::new("curl");
         cmd.args(["-s", "--cacert"])

@@ -85,3 +85,8 @@ if [ ! -e "$stamp" ] || [ "$node_app/package-lock.json" -nt "$stamp" ] ||
   (cd "$node_app" && npm ci --no-audit --no-fund --loglevel=error)
   touch "$stamp"
 fi
+
+# Every package of the lock file, for every platform: the deploy tests replay the Docker build
+# stage with `cargo fetch --offline` and read `cargo metadata --offline`, which need the ones a
+# Linux build never downloads too. A no-op when the cache has them all.
+cargo fetch --locked --quiet

@@ -707,31 +707,7 @@ async fn watch_config_reloads_changed_files_and_refuses_a_broken_one_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reload_renews_the_tls_certificate() {
     let dir = tempfile::tempdir().expect("dir");
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    let issue = |name: &str| {
-        let made = std::process::Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-            ])
-            .args(["-nodes", "-days", "1", "-subj", &format!("/CN={name}")])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl (make test installs it)");
-        assert!(
-            made.status.success(),
-            "{}",
-            String::from_utf8_lossy(&made.stderr)
-        );
-    };
+    let issue = |name: &str| Certificate::issue(dir.path(), name);
     let presented = |addr: std::net::SocketAddr| {
         let out = std::process::Command::new("openssl")
             .args(["s_client", "-connect", &addr.to_string()])
@@ -744,16 +720,9 @@ async fn a_reload_renews_the_tls_certificate() {
             .unwrap_or_default()
             .to_owned()
     };
-    issue("first.example");
+    let certificate = issue("first.example");
     let up = Upstream::start().await;
-    let config = ProxyConfig::new(up.addr).section(
-        "listen",
-        &format!(
-            "tls_cert_file = \"{}\"\ntls_key_file = \"{}\"",
-            cert.display(),
-            key.display()
-        ),
-    );
+    let config = ProxyConfig::new(up.addr).section("listen", &certificate.listen_keys());
     let proxy = Proxy::start_with(config).await;
     assert!(presented(proxy.addr).contains("first.example"));
     issue("second.example");

@@ -4,16 +4,19 @@
 //! Pingora's HTTP/1 loop gives a connection as long as it likes: a request head may grow to
 //! 1 MiB, a head dribbled a byte at a time is read for as long as each byte comes within the
 //! read timeout, a kept-alive connection waits for its next request forever, and nothing caps
-//! how many connections there are. None of that is configurable, so this loop takes over the
-//! part before the proxy:
+//! how many connections there are; its TLS listener gives a handshake 60 seconds before any of
+//! that starts. None of that is configurable, so this loop takes over the part before the proxy:
 //!
 //! 1. the connection takes a slot in the connection gate (globally and per client address),
 //!    or gets a fixed 503/429 and is closed;
-//! 2. each request head is read here ([`super::head`]), into a buffer capped at
+//! 2. on a TLS listener the handshake happens here, after the gate and inside the first
+//!    head's deadline, so a client that never finishes it holds its slot no longer than one
+//!    that never finishes a head (the listener itself is plain TCP);
+//! 3. each request head is read here ([`super::head`]), into a buffer capped at
 //!    `listen.max_request_head`, under a total deadline that no byte restarts
 //!    (`listen.request_head_timeout`), after waiting at most `listen.keepalive_timeout` for
 //!    the first byte of a kept-alive connection's next request;
-//! 3. the complete, checked head is handed to a fresh Pingora session as bytes already read,
+//! 4. the complete, checked head is handed to a fresh Pingora session as bytes already read,
 //!    which Pingora parses without touching the socket, and the proxy runs as before; a
 //!    connection Pingora hands back for reuse comes round again.
 //!
@@ -29,7 +32,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
@@ -60,6 +65,8 @@ const MAX_LINGERING: usize = 64;
 pub struct Front {
     proxy: Arc<HttpProxy<StreamGuard>>,
     state: Arc<State>,
+    /// The TLS side of a TLS listener (whose sockets arrive as plain TCP).
+    tls: Option<Acceptor>,
     gate: ConnectionGate,
     lingering: AtomicUsize,
 }
@@ -76,26 +83,30 @@ enum NextHead {
 }
 
 impl Front {
-    pub fn new(proxy: Arc<HttpProxy<StreamGuard>>, state: Arc<State>) -> Front {
+    pub fn new(
+        proxy: Arc<HttpProxy<StreamGuard>>,
+        state: Arc<State>,
+        tls: Option<Acceptor>,
+    ) -> Front {
         Front {
             proxy,
             state,
+            tls,
             gate: ConnectionGate::default(),
             lingering: AtomicUsize::new(0),
         }
     }
 
-    /// Serves HTTP/1.x requests until the connection closes, is refused or goes idle.
+    /// Serves HTTP/1.x requests until the connection closes, is refused or goes idle. The
+    /// first head is due by `due`, whenever its first byte comes.
     async fn serve_http1(
         &self,
         mut io: Stream,
         connection: Arc<OpenConnection>,
+        due: Instant,
         shutdown: &ShutdownWatch,
     ) {
         let listen = &self.state.policy().config.listen;
-        // The first head is due within request_head_timeout of the connection, whenever its
-        // first byte comes: a client that connects has that long to say who it is.
-        let due = Instant::now() + listen.request_head_timeout;
         let (mut first_byte_by, mut head_due) = (due, Some(due));
         loop {
             let buf = match self
@@ -198,8 +209,43 @@ impl Front {
             .await;
     }
 
-    /// Turns a connection away at the gate.
-    async fn refuse_connection(&self, io: Stream, refusal: ConnectionRefusal) {
+    /// Completes the TLS handshake of a TLS listener's connection by `due`. `None`: the
+    /// client failed it or ran out of time (counted and logged like a head that came too late).
+    async fn handshake(&self, acceptor: &Acceptor, io: Stream, due: Instant) -> Option<Stream> {
+        // The listener is plain TCP (see `server::build`), so this is always a TCP socket.
+        let tcp = io.into_any().downcast::<TcpStream>().ok()?;
+        match timeout_at(due, acceptor.tls_handshake(*tcp)).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                let rejection = Rejection::HeadTimeout;
+                let metrics = &self.state.metrics;
+                metrics
+                    .rejections
+                    .with_label_values(&[rejection.metric_label()])
+                    .inc();
+                metrics
+                    .requests
+                    .with_label_values(&[Outcome::Rejected.label()])
+                    .inc();
+                tracing::warn!(
+                    target: SECURITY_TARGET,
+                    security = true,
+                    event = "tls_handshake_timeout",
+                    status = rejection.status(),
+                    "security event"
+                );
+                None
+            }
+        }
+    }
+
+    /// Turns a connection away at the gate; `None` when there is no way to answer it (a TLS
+    /// client whose handshake could not be afforded or did not finish).
+    async fn refuse_connection(&self, io: Option<Stream>, refusal: ConnectionRefusal) {
         self.state
             .metrics
             .connection_refusals
@@ -210,7 +256,9 @@ impl Front {
         tracing::debug!(reason = refusal.label(), "connection refused");
         let retry_after = self.state.limiter.cap_retry_after();
         let answer = raw_refusal(Rejection::from(refusal), Some(retry_after));
-        self.answer_and_close(io, &answer, BytesMut::new()).await;
+        if let Some(io) = io {
+            self.answer_and_close(io, &answer, BytesMut::new()).await;
+        }
     }
 
     /// Writes a fixed answer and closes so that the client can read it: the write side is shut
@@ -254,17 +302,43 @@ impl ServerApp for Front {
             max: listen.max_connections,
             per_address: listen.max_connections_per_ip,
         };
+        // A client that connects has request_head_timeout to finish its handshake and say who
+        // it is.
+        let due = Instant::now() + listen.request_head_timeout;
         let address = caps.per_address.and_then(|_| peer(&io)).map(|p| p.ip());
         let slot = match self.gate.admit(caps, address) {
             Ok(slot) => slot,
             Err(refusal) => {
+                let io = match &self.tls {
+                    None => Some(io),
+                    // The refusal can only be read through TLS. The handshake it needs is
+                    // short and comes out of the same small budget as lingering, so a flood
+                    // of refused connections cannot buy handshakes.
+                    Some(acceptor) => {
+                        let affordable =
+                            self.lingering.fetch_add(1, Ordering::AcqRel) < MAX_LINGERING;
+                        let io = match affordable {
+                            true => {
+                                let by = Instant::now() + ANSWER_WITHIN;
+                                self.handshake(acceptor, io, by).await
+                            }
+                            false => None,
+                        };
+                        self.lingering.fetch_sub(1, Ordering::AcqRel);
+                        io
+                    }
+                };
                 self.refuse_connection(io, refusal).await;
                 return None;
             }
         };
         let connection = OpenConnection::new(slot, &self.state.metrics.connections_active);
+        let io = match &self.tls {
+            None => io,
+            Some(acceptor) => self.handshake(acceptor, io, due).await?,
+        };
         if matches!(io.selected_alpn_proto(), None | Some(ALPN::H1)) {
-            self.serve_http1(io, connection, shutdown).await;
+            self.serve_http1(io, connection, due, shutdown).await;
             return None;
         }
         // Anything else negotiated by ALPN (HTTP/2, once a listener offers it) goes to

@@ -95,23 +95,28 @@ pub fn build(config: Config, source: ConfigSource) -> Result<(Server, Arc<Reload
     let reloader = Arc::new(Reloader::new(state.clone(), source));
 
     let http = pingora::proxy::http_proxy(&server.configuration, StreamGuard::new(state.clone()));
+    // The listener is plain TCP even with TLS on: the front does the handshake itself, after
+    // the connection gate and within the first head's deadline (`accept`). There are no files
+    // to load here: each handshake takes the certificate of the policy in force, so a reload
+    // renews it (`proxy::tls`).
+    let tls = match listen.tls {
+        Some(_) => {
+            let mut settings =
+                TlsSettings::intermediate("", "").map_err(|e| RunError::Tls(e.to_string()))?;
+            settings.set_cert_resolver(Arc::new(PolicyCertificate::new(state.clone())));
+            Some(settings.build())
+        }
+        None => None,
+    };
     let mut proxy = Service::new(
         "streamguard proxy".to_string(),
-        accept::Front::new(Arc::new(http), state.clone()),
+        accept::Front::new(Arc::new(http), state.clone(), tls),
     );
     let mut socket = TcpSocketOptions::default();
     socket.so_reuseport = Some(listen.reuse_port);
-    let mut endpoint = ListenerConfig::tcp(listen.address.to_string())
+    let endpoint = ListenerConfig::tcp(listen.address.to_string())
         .l4_buffer(CLIENT_BUFFERS)
         .tcp_socket_options(socket);
-    if listen.tls.is_some() {
-        // No files for Pingora to load: each handshake takes the certificate of the policy in
-        // force, so a reload renews it (`proxy::tls`).
-        let mut settings =
-            TlsSettings::intermediate("", "").map_err(|e| RunError::Tls(e.to_string()))?;
-        settings.set_cert_resolver(Arc::new(PolicyCertificate::new(state.clone())));
-        endpoint = endpoint.tls(settings);
-    }
     proxy.add_listener(endpoint);
 
     let mut admin = Service::new(
