@@ -1024,13 +1024,26 @@ async fn dashboard_and_alerts_use_the_metrics_a_running_proxy_exports() {
     assert!(missing.is_empty(), "{DASHBOARD} does not show {missing:?}");
 }
 
-/// `streamguard_connections_max` reports the gate's cap, so alerts can compare with it.
+/// `streamguard_connections_max` and `streamguard_streams_max` report the caps in force, so
+/// alerts can compare with them; a reload changes them.
 #[tokio::test(flavor = "multi_thread")]
-async fn connections_max_reports_the_cap_in_force() {
+async fn the_caps_in_force_are_reported() {
     let upstream = Upstream::start().await;
-    let proxy = Proxy::start(upstream.addr, "[listen]\nmax_connections = 321\n").await;
-    assert_eq!(
-        metric(&proxy.metrics().await, "streamguard_connections_max", &[]),
-        Some(321.0)
-    );
+    let caps = |streams: &str| {
+        ProxyConfig::new(upstream.addr)
+            .section("listen", "max_connections = 321")
+            .section("limits", streams)
+    };
+    let proxy = Proxy::start_with(caps("")).await;
+    let reported = |text: &str| {
+        (
+            metric(text, "streamguard_connections_max", &[]),
+            metric(text, "streamguard_streams_max", &[]),
+        )
+    };
+    assert_eq!(reported(&proxy.metrics().await), (Some(321.0), Some(0.0)));
+    proxy.rewrite_config(&caps("max_streams = 77").with_ports_of(&proxy));
+    let resp = proxy.post_admin("/reload").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(reported(&proxy.metrics().await), (Some(321.0), Some(77.0)));
 }

@@ -83,6 +83,8 @@ impl Policy {
         metrics
             .connections_max
             .set(i64::from(listen.max_connections));
+        let max_streams = self.config.limits.max_streams;
+        metrics.streams_max.set(max_streams.map_or(0, i64::from));
     }
 
     /// The keys this policy's verifier trusts.

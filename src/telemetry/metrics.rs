@@ -59,6 +59,7 @@ pub struct Metrics {
     /// `connections_active` with it (the default comes from the open-file limit, which an
     /// operator cannot see from outside).
     pub connections_max: IntGauge,
+    pub streams_max: IntGauge,
     /// Connections the gate turned away, by `ConnectionRefusal::label`.
     pub connection_refusals: IntCounterVec,
     /// SSE streams whose client is behind: output is waiting in a per-stream buffer.
@@ -227,6 +228,13 @@ impl Metrics {
                 "Client connections the proxy accepts at once (listen.max_connections).",
             )?,
         )?;
+        let streams_max = registered(
+            &registry,
+            IntGauge::new(
+                "streamguard_streams_max",
+                "Streams the proxy holds at once (limits.max_streams); 0: no cap.",
+            )?,
+        )?;
         let connection_refusals = registered(
             &registry,
             IntCounterVec::new(
@@ -283,6 +291,7 @@ impl Metrics {
             store,
             connections_active,
             connections_max,
+            streams_max,
             connection_refusals,
             slow_clients,
             slow_buffer_bytes,
