@@ -5,6 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::streams::ws_until_close;
 use common::*;
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -421,7 +422,8 @@ fn token_signed_with(secret: &str, sub: &str) -> String {
 
 /// A reload that rotates the HS256 secret: tokens signed with the old one are refused for new
 /// requests at once, and the streams they opened end within `drain_window`, spread out and at
-/// an event boundary, with an event saying why; streams of the new key stay.
+/// an event boundary, with an event saying why (a WebSocket with close 1008 "token revoked");
+/// streams of the new key stay.
 #[tokio::test(flavor = "multi_thread")]
 async fn rotating_the_secret_refuses_old_tokens_and_ends_their_streams_within_the_window() {
     const NEW_SECRET: &str = "the-rotated-integration-secret-9876543210-abcdef";
@@ -451,6 +453,9 @@ async fn rotating_the_secret_refuses_old_tokens_and_ends_their_streams_within_th
         assert!(sse.read_event(IO_TIMEOUT).await.is_some());
         old_streams.push(sse);
     }
+    let (mut old_ws, _) = ws_connect(proxy.addr, "/ws/echo", &[("Authorization", &old)])
+        .await
+        .expect("a WebSocket of the old key");
     assert_eq!(
         get(proxy.addr, "/echo", &[("Authorization", &new)])
             .await
@@ -501,6 +506,10 @@ async fn rotating_the_secret_refuses_old_tokens_and_ends_their_streams_within_th
             })
         })
         .collect();
+    let ws_closed = tokio::spawn(async move {
+        let close = ws_until_close(&mut old_ws, WINDOW + Duration::from_secs(5)).await;
+        (close, Instant::now())
+    });
     let mut offsets = Vec::new();
     for end in ends {
         let (at, ended, body) = end.await.expect("task");
@@ -531,8 +540,11 @@ async fn rotating_the_secret_refuses_old_tokens_and_ends_their_streams_within_th
             "streamguard_stream_closes_total",
             &[("reason", "revoked")]
         ),
-        Some(20.0)
+        Some(21.0)
     );
+    let (close, at) = ws_closed.await.expect("task");
+    assert_eq!(close, Ok((1008, "token revoked".to_owned())));
+    assert!(at - signalled <= WINDOW + Duration::from_millis(750));
 }
 
 /// A reload that removes an origin refuses it from the next request on, while the per-user
