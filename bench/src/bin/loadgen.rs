@@ -89,6 +89,12 @@ struct Target {
     origin: Option<String>,
     tokens: Vec<String>,
     src_ips: usize,
+    /// Which user each stream is: child i of c numbers its streams from `--base` (i * per * 4,
+    /// room for churn's reopenings) and gives its k-th stream user i + k * c, so N streams over
+    /// the children are N distinct users when `--users` is N (one process: user = stream).
+    stream_base: usize,
+    child_index: usize,
+    children: usize,
     /// Share of the streams that stop reading after their head (`--stalled`).
     stalled: f64,
 }
@@ -115,6 +121,9 @@ impl Target {
             origin: args.str("origin").map(str::to_owned),
             tokens: mint_tokens(args),
             src_ips: args.get("src-ips", 16),
+            stream_base: args.get("base", 0),
+            child_index: args.get("child-index", 0),
+            children: args.get("children", 1),
             stalled: args.get("stalled", 0.0),
         }
     }
@@ -126,7 +135,8 @@ impl Target {
     }
 
     fn token(&self, n: usize) -> Option<&str> {
-        (!self.tokens.is_empty()).then(|| self.tokens[n % self.tokens.len()].as_str())
+        let user = self.child_index + n.saturating_sub(self.stream_base) * self.children;
+        (!self.tokens.is_empty()).then(|| self.tokens[user % self.tokens.len()].as_str())
     }
 
     fn http_request(&self, n: usize, close: bool) -> Vec<u8> {
@@ -669,6 +679,8 @@ impl Kids {
             let mut cmd = tokio::process::Command::new(&exe);
             cmd.arg("child").arg("--kind").arg(kind);
             cmd.arg("--base").arg((i * per * 4).to_string());
+            cmd.arg("--child-index").arg(i.to_string());
+            cmd.arg("--children").arg(count.to_string());
             cmd.arg("--deadline").arg((deadline + 10.0).to_string());
             for key in ["url", "origin", "jwt-alg", "jwt-key", "users", "src-ips", "stalled"] {
                 if let Some(v) = args.str(key) {
