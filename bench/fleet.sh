@@ -195,13 +195,13 @@ for round in $(seq "$ROUNDS"); do
       --jwt-alg HS256 --jwt-key "$HS_SECRET" --users 1000 --name s5.hs256 --deadline 40 \
       --out "$WORK/$tag.json" 2>>"$WORK/loadgen.log" || log "$tag: loadgen failed (see loadgen.log)"
     echo "$before $(redis_counts)" >"$WORK/$tag-redis.txt"
+    save_metrics "$tag" # the proxies' counters over the same run as the Redis counters
     # Latency without queueing: 64 loops saturate a core (the proxy's or the generator's), so
     # their p50 is mostly time in a queue; two loops leave both cores idle most of the time.
     taskset -c 0 timeout 60 "$LOADGEN" setup --label "$sc" --round "$round" --watch-pid "$(watch_list)" \
       --concurrency 2 --warm 0.5 --window 4 --url "http://127.0.0.1:$PROXY_PORT/short" --origin "$ORIGIN" \
       --jwt-alg HS256 --jwt-key "$HS_SECRET" --users 1000 --name s5lat.hs256 --deadline 40 \
       --out "$WORK/$tag-lat.json" 2>>"$WORK/loadgen.log" || log "$tag: loadgen (2 loops) failed (see loadgen.log)"
-    save_metrics "$tag"
     stop_scenario
   done
 done
@@ -256,12 +256,14 @@ tag=hold15k
 if start_scenario reuse "$tag"; then
   rcli flushall >/dev/null
   taskset -c 0 timeout 120 "$LOADGEN" sse --label reuse --round 1 --watch-pid "$(watch_list)" \
-    --connect-rate 2500 --settle 1 --url "http://127.0.0.1:$PROXY_PORT/sse" --origin "$ORIGIN" \
+    --connect-rate 1000 --settle 1 --url "http://127.0.0.1:$PROXY_PORT/sse" --origin "$ORIGIN" \
     --jwt-alg HS256 --jwt-key "$HS_SECRET" --users 15000 --steps 15000 --idle-window 32 --idle-name idle \
     --name hold --deadline 100 --out "$WORK/$tag.json" 2>>"$WORK/loadgen.log" &
   GEN=$!
   PIDS+=($GEN)
-  sleep 10
+  # A 15 s ramp (1,000 a second: faster, admissions queue behind the generator on the shared
+  # core past the 50 ms timeout), then 25 s of the idle window.
+  sleep 20
   r0=$(redis_counts); t0=$(date +%s.%N)
   sleep 25
   r1=$(redis_counts); t1=$(date +%s.%N)
