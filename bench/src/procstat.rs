@@ -6,7 +6,8 @@
 //!   not in it).
 //! - Open files: entries of /proc/<pid>/fd.
 //!
-//! A "tree" is the pid and all its descendants, so nginx's master plus worker count together.
+//! A "tree" is the pid and all its descendants, so nginx's master plus worker count together;
+//! several roots (processes sharing a port with SO_REUSEPORT) are summed into one sample.
 
 use std::fs;
 
@@ -39,8 +40,8 @@ impl Sample {
     }
 }
 
-/// The pid and its descendants (by scanning /proc for parent pids).
-pub fn tree(root: u32) -> Vec<u32> {
+/// The roots and their descendants (by scanning /proc for parent pids once), each pid once.
+pub fn tree(roots: &[u32]) -> Vec<u32> {
     let mut parents: Vec<(u32, u32)> = Vec::new();
     if let Ok(dir) = fs::read_dir("/proc") {
         for entry in dir.flatten() {
@@ -52,11 +53,20 @@ pub fn tree(root: u32) -> Vec<u32> {
             }
         }
     }
-    let mut out = vec![root];
+    let mut out: Vec<u32> = Vec::with_capacity(roots.len());
+    for &r in roots {
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    }
     let mut i = 0;
     while i < out.len() {
         let p = out[i];
-        out.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        for &(c, _) in parents.iter().filter(|(c, pp)| *pp == p && *c != p) {
+            if !out.contains(&c) {
+                out.push(c);
+            }
+        }
         i += 1;
     }
     out
@@ -69,11 +79,17 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(after.split_whitespace().map(str::to_owned).collect())
 }
 
-/// Samples the tree rooted at `root`; `None` when the root is gone.
-pub fn sample(root: u32) -> Option<Sample> {
+/// Samples the trees rooted at `roots`, summed; `None` when there is no root or one is gone
+/// (a sum missing a process would pass for a drop in its cost).
+pub fn sample(roots: &[u32]) -> Option<Sample> {
+    if roots.is_empty() {
+        return None;
+    }
+    for &r in roots {
+        stat_fields(r)?;
+    }
     let mut s = Sample::default();
-    stat_fields(root)?;
-    for pid in tree(root) {
+    for pid in tree(roots) {
         let Some(f) = stat_fields(pid) else { continue };
         // utime and stime are fields 14 and 15 of stat; index 11 and 12 after the name.
         let ticks: u64 = [11, 12]

@@ -20,8 +20,8 @@
 //!   nginx and HAProxy from the same round, the targets checked.
 //!
 //! Every event carries the upstream's CLOCK_MONOTONIC stamp; latency = arrival - stamp, in a
-//! microsecond hdrhistogram. CPU, RSS and open files come from /proc of `--watch-pid` and its
-//! descendants. Every run stops by `--deadline` seconds, writing what it has (`incomplete`).
+//! microsecond hdrhistogram. CPU, RSS and open files come from /proc of `--watch-pid` (one pid
+//! or a comma-separated list, summed) and its descendants. Every run stops by `--deadline` seconds, writing what it has (`incomplete`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -36,7 +36,7 @@ use sg_bench::args::Args;
 use sg_bench::clock::mono_ns;
 use sg_bench::http::{classify, parse_head, BodyDecoder, Head, LineScanner, SseLine};
 use sg_bench::net::{connect_from, connect_slow_link, io_cause, source_addr};
-use sg_bench::procstat::{self, Sample};
+use sg_bench::procstat;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
@@ -89,6 +89,12 @@ struct Target {
     origin: Option<String>,
     tokens: Vec<String>,
     src_ips: usize,
+    /// Which user each stream is: child i of c numbers its streams from `--base` (i * per * 4,
+    /// room for churn's reopenings) and gives its k-th stream user i + k * c, so N streams over
+    /// the children are N distinct users when `--users` is N (one process: user = stream).
+    stream_base: usize,
+    child_index: usize,
+    children: usize,
     /// Share of the streams that stop reading after their head (`--stalled`).
     stalled: f64,
 }
@@ -115,6 +121,9 @@ impl Target {
             origin: args.str("origin").map(str::to_owned),
             tokens: mint_tokens(args),
             src_ips: args.get("src-ips", 16),
+            stream_base: args.get("base", 0),
+            child_index: args.get("child-index", 0),
+            children: args.get("children", 1),
             stalled: args.get("stalled", 0.0),
         }
     }
@@ -126,7 +135,8 @@ impl Target {
     }
 
     fn token(&self, n: usize) -> Option<&str> {
-        (!self.tokens.is_empty()).then(|| self.tokens[n % self.tokens.len()].as_str())
+        let user = self.child_index + n.saturating_sub(self.stream_base) * self.children;
+        (!self.tokens.is_empty()).then(|| self.tokens[user % self.tokens.len()].as_str())
     }
 
     fn http_request(&self, n: usize, close: bool) -> Vec<u8> {
@@ -669,6 +679,8 @@ impl Kids {
             let mut cmd = tokio::process::Command::new(&exe);
             cmd.arg("child").arg("--kind").arg(kind);
             cmd.arg("--base").arg((i * per * 4).to_string());
+            cmd.arg("--child-index").arg(i.to_string());
+            cmd.arg("--children").arg(count.to_string());
             cmd.arg("--deadline").arg((deadline + 10.0).to_string());
             for key in ["url", "origin", "jwt-alg", "jwt-key", "users", "src-ips", "stalled"] {
                 if let Some(v) = args.str(key) {
@@ -836,8 +848,10 @@ fn write_output(args: &Args, mode: &str, out: &Output, incomplete: bool) {
     }
 }
 
-fn watch_sample(pid: u32) -> Option<Sample> {
-    (pid != 0).then(|| procstat::sample(pid)).flatten()
+/// `--watch-pid PID[,PID...]`: the proxy processes whose CPU, RSS and open files are summed
+/// (several processes sharing one port); 0 stands for none (no proxy in front).
+fn watch_pids(args: &Args) -> Vec<u32> {
+    args.list::<u32>("watch-pid").into_iter().filter(|&p| p != 0).collect()
 }
 
 /// Sets the bench upstream's broadcast rate (and event size) through its control endpoint.
@@ -893,12 +907,12 @@ async fn parent(mode: &str, args: &Args) -> i32 {
 }
 
 /// One measured window: RESET, CPU sample, wait, CPU sample, REPORT.
-async fn window(kids: &mut Kids, pid: u32, secs: f64) -> (WindowTotals, Option<f64>, f64) {
+async fn window(kids: &mut Kids, pid: &[u32], secs: f64) -> (WindowTotals, Option<f64>, f64) {
     kids.same("RESET").await;
-    let s0 = watch_sample(pid);
+    let s0 = procstat::sample(pid);
     let t0 = std::time::Instant::now();
     sleep(Duration::from_secs_f64(secs)).await;
-    let s1 = watch_sample(pid);
+    let s1 = procstat::sample(pid);
     let wall = t0.elapsed().as_secs_f64();
     let totals = merge_reports(&kids.same("REPORT").await);
     let cpu = s0.zip(s1).map(|(a, b)| b.cpu_secs_since(&a));
@@ -906,7 +920,7 @@ async fn window(kids: &mut Kids, pid: u32, secs: f64) -> (WindowTotals, Option<f
 }
 
 async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
-    let pid: u32 = args.get("watch-pid", 0);
+    let pid = watch_pids(args);
     let steps: Vec<usize> = args.list("steps");
     let max_n = steps.iter().copied().max().unwrap_or(0);
     let per: usize = args.get("per-process", 5000);
@@ -929,13 +943,13 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
         }
     }
     sleep(Duration::from_millis(300)).await;
-    let base = watch_sample(pid);
+    let base = procstat::sample(&pid);
     let mut held = 0usize;
 
     // Steps: open up to N, settle, sample memory and files.
     let snapshot = |label: String, status: &Value, held: usize, out: &mut Output| {
         let open = status["open"].as_u64().unwrap_or(0);
-        let now = watch_sample(pid);
+        let now = procstat::sample(&pid);
         let mut step = json!({"step": label, "wanted": held, "status": status});
         if let (Some(b), Some(s), true) = (base, now, memory_metrics) {
             step["rss_kb"] = json!(s.rss_kb);
@@ -989,7 +1003,7 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
     let idle: f64 = args.get("idle-window", 0.0);
     if idle > 0.0 && held > 0 {
         let idle_name = args.str_or("idle-name", "s6").to_owned();
-        let (w, cpu, wall) = window(&mut kids, pid, idle).await;
+        let (w, cpu, wall) = window(&mut kids, &pid, idle).await;
         let mut o = out.borrow_mut();
         if let Some(cpu) = cpu {
             o.metric(format!("{idle_name}.cpu_pct_core@{held}"), cpu / wall * 100.0);
@@ -1035,7 +1049,7 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
         if let Some(c) = stall_control {
             upstream_stall(c, true).await;
         }
-        let (w, cpu, wall) = window(&mut kids, pid, secs).await;
+        let (w, cpu, wall) = window(&mut kids, &pid, secs).await;
         let stall_us = match stall_control {
             Some(c) => upstream_stall(c, false).await,
             None => None,
@@ -1230,7 +1244,7 @@ async fn setup_worker(t: Rc<Target>, sh: Rc<SetupShared>, worker: usize, workers
 }
 
 async fn setup_plan(args: &Args, out: Rc<RefCell<Output>>) -> i32 {
-    let pid: u32 = args.get("watch-pid", 0);
+    let pid = watch_pids(args);
     let workers: usize = args.get("concurrency", 64);
     let warm: f64 = args.get("warm", 1.0);
     let secs: f64 = args.get("window", 5.0);
@@ -1248,10 +1262,10 @@ async fn setup_plan(args: &Args, out: Rc<RefCell<Output>>) -> i32 {
         .collect();
     sleep(Duration::from_secs_f64(warm)).await;
     sh.measuring.set(true);
-    let s0 = watch_sample(pid);
+    let s0 = procstat::sample(&pid);
     let t0 = std::time::Instant::now();
     sleep(Duration::from_secs_f64(secs)).await;
-    let s1 = watch_sample(pid);
+    let s1 = procstat::sample(&pid);
     let wall = t0.elapsed().as_secs_f64();
     sh.measuring.set(false);
     sh.stop.set(true);
