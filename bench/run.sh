@@ -253,6 +253,8 @@ connect_timeout = "5s"
 
 [server]
 threads = 1
+drain_delay = "0s"
+drain_window = "0s"
 drain_timeout = "1s"
 
 [log]

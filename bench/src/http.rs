@@ -58,12 +58,18 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[derive(Debug)]
 enum Chunk {
     /// Reading the hex size line; `ext` once a `;` extension started.
-    Size { value: u64, digits: usize, ext: bool },
+    Size {
+        value: u64,
+        digits: usize,
+        ext: bool,
+    },
     Data(u64),
     /// Skipping the CRLF after a chunk's data.
     DataEnd,
     /// After the last chunk: trailer lines until an empty one; `line` = bytes on this line.
-    Trailer { line: usize },
+    Trailer {
+        line: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -229,7 +235,10 @@ fn trim_cr(line: &[u8]) -> &[u8] {
 #[derive(Debug, PartialEq, Eq)]
 pub enum SseLine {
     /// `data: <seq> <ns>`: a bench event.
-    Event { seq: u64, ns: u64 },
+    Event {
+        seq: u64,
+        ns: u64,
+    },
     /// `:...`: a comment (the proxy's heartbeats).
     Comment,
     Other,
@@ -264,7 +273,8 @@ mod tests {
     #[test]
     fn chunked_body_split_anywhere_decodes_whole() {
         let h = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
-        let wire = b"b\r\ndata: 1 2\n\n\r\n3;x=y\r\ndat\r\nB\r\na: 3 4\n\n: p\r\n0\r\nX-T: 1\r\n\r\n";
+        let wire =
+            b"b\r\ndata: 1 2\n\n\r\n3;x=y\r\ndat\r\nB\r\na: 3 4\n\n: p\r\n0\r\nX-T: 1\r\n\r\n";
         for split in 1..wire.len() {
             let mut d = BodyDecoder::new(&h);
             let mut out = Vec::new();

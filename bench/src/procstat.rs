@@ -45,10 +45,15 @@ pub fn tree(roots: &[u32]) -> Vec<u32> {
     let mut parents: Vec<(u32, u32)> = Vec::new();
     if let Ok(dir) = fs::read_dir("/proc") {
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
-            if let Some(ppid) = stat_fields(pid).and_then(|f| f.get(1).and_then(|s| s.parse().ok())) {
+            if let Some(ppid) = stat_fields(pid).and_then(|f| f.get(1).and_then(|s| s.parse().ok()))
+            {
                 parents.push((pid, ppid));
             }
         }
@@ -99,7 +104,9 @@ pub fn sample(roots: &[u32]) -> Option<Sample> {
         s.cpu_ticks += ticks;
         s.cpu_ns += schedstat_ns(pid);
         s.rss_kb += vm_rss_kb(pid).unwrap_or(0);
-        s.fds += fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0);
+        s.fds += fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|d| d.count() as u64)
+            .unwrap_or(0);
         s.processes += 1;
     }
     Some(s)
@@ -111,7 +118,11 @@ fn schedstat_ns(pid: u32) -> u64 {
     };
     dir.flatten()
         .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .filter_map(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+        })
         .sum()
 }
 

@@ -15,7 +15,13 @@ use serde_json::{json, Map, Value};
 
 use crate::args::Args;
 
-const ORDER: &[&str] = &["direct", "streamguard-on", "streamguard-off", "nginx", "haproxy"];
+const ORDER: &[&str] = &[
+    "direct",
+    "streamguard-on",
+    "streamguard-off",
+    "nginx",
+    "haproxy",
+];
 const OURS: &[&str] = &["streamguard-on", "streamguard-off"];
 const REFS: &[&str] = &["nginx", "haproxy"];
 
@@ -71,15 +77,22 @@ fn load(dir: &Path) -> Result<Loaded, String> {
         .collect();
     entries.sort();
     for path in entries {
-        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
         let Ok(doc) = serde_json::from_str::<Value>(&text) else {
             notes.push(format!("{}: not JSON, skipped", path.display()));
             continue;
         };
-        let Some(metrics) = doc["metrics"].as_object() else { continue };
+        let Some(metrics) = doc["metrics"].as_object() else {
+            continue;
+        };
         let target = doc["target"].as_str().unwrap_or("unlabeled").to_owned();
         let round = doc["round"].as_u64().unwrap_or(0);
-        let file = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+        let file = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
         if doc["incomplete"].as_bool() == Some(true) {
             incomplete.push(file.clone());
         }
@@ -112,7 +125,9 @@ fn read_meta(path: &str) -> Vec<(String, String)> {
 }
 
 fn is_latency(name: &str) -> bool {
-    ["p50_us", "p99_us", "p999_us"].iter().any(|p| name.contains(p))
+    ["p50_us", "p99_us", "p999_us"]
+        .iter()
+        .any(|p| name.contains(p))
 }
 
 /// Adds `<metric> added` = value - direct's value of the same round, for latency metrics.
@@ -122,7 +137,9 @@ fn with_added(mut table: Table) -> Table {
         if !is_latency(name) {
             continue;
         }
-        let Some(direct) = by_target.get("direct") else { continue };
+        let Some(direct) = by_target.get("direct") else {
+            continue;
+        };
         for (target, rounds) in by_target.iter().filter(|(t, _)| t.as_str() != "direct") {
             for (round, v) in rounds {
                 if let Some(d) = direct.get(round) {
@@ -154,7 +171,11 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     }
     v.sort_by(|a, b| a.total_cmp(b));
     let m = v.len() / 2;
-    Some(if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 })
+    Some(if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    })
 }
 
 fn stats(rounds: &BTreeMap<u64, f64>) -> Option<Stats> {
@@ -168,7 +189,11 @@ fn stats(rounds: &BTreeMap<u64, f64>) -> Option<Stats> {
 }
 
 /// Median over rounds of ours/reference, both from the same round.
-fn ratio(by_target: &BTreeMap<String, BTreeMap<u64, f64>>, ours: &str, reference: &str) -> Option<f64> {
+fn ratio(
+    by_target: &BTreeMap<String, BTreeMap<u64, f64>>,
+    ours: &str,
+    reference: &str,
+) -> Option<f64> {
     let a = by_target.get(ours)?;
     let b = by_target.get(reference)?;
     let v: Vec<f64> = a
@@ -213,12 +238,30 @@ fn cell(s: Option<Stats>) -> String {
 }
 
 const SCENARIOS: &[(&str, &str)] = &[
-    ("s1", "S1 idle memory: userspace RSS and open files per idle SSE stream"),
-    ("s2", "S2 fan-out: max events/s with no loss and p99 < 50 ms; proxy CPU per delivered event"),
-    ("s3", "S3 latency (arrival - upstream stamp); `added` = minus direct, same round"),
-    ("s4", "S4 WebSocket: echo round trip, CPU per echoed message, RSS per idle socket"),
-    ("s5", "S5 connection setup: new one-event streams per second (JWT HS256/RS256, none)"),
-    ("s6", "S6 heartbeats: proxy CPU on idle streams (heartbeat every 15 s)"),
+    (
+        "s1",
+        "S1 idle memory: userspace RSS and open files per idle SSE stream",
+    ),
+    (
+        "s2",
+        "S2 fan-out: max events/s with no loss and p99 < 50 ms; proxy CPU per delivered event",
+    ),
+    (
+        "s3",
+        "S3 latency (arrival - upstream stamp); `added` = minus direct, same round",
+    ),
+    (
+        "s4",
+        "S4 WebSocket: echo round trip, CPU per echoed message, RSS per idle socket",
+    ),
+    (
+        "s5",
+        "S5 connection setup: new one-event streams per second (JWT HS256/RS256, none)",
+    ),
+    (
+        "s6",
+        "S6 heartbeats: proxy CPU on idle streams (heartbeat every 15 s)",
+    ),
     (
         "s2slow",
         "S2 slow clients: 10 ev/s of 4 KiB events, `stalled` = 10 % of the streams stop reading, \
@@ -240,7 +283,11 @@ struct Check {
 }
 
 fn med(table: &Table, metric: &str, target: &str) -> Option<f64> {
-    table.get(metric)?.get(target).and_then(stats).map(|s| s.median)
+    table
+        .get(metric)?
+        .get(target)
+        .and_then(stats)
+        .map(|s| s.median)
 }
 
 /// The metric with `prefix` whose `@N` is largest (steps differ between quick and full runs).
@@ -261,12 +308,17 @@ fn largest_step(table: &Table, prefix: &str, suffix: &str) -> Option<String> {
 fn checks(table: &Table) -> Vec<Check> {
     let on = "streamguard-on";
     let mut out = Vec::new();
-    let mut compare = |what: String, metric: Option<String>, reference: &str, lower_is_better: bool| {
+    let mut compare = |what: String,
+                       metric: Option<String>,
+                       reference: &str,
+                       lower_is_better: bool| {
         let Some(m) = metric else { return };
         let a = med(table, &m, on);
         let b = med(table, &m, reference);
         let verdict = match (a, b) {
-            (Some(a), Some(b)) if (lower_is_better && a <= b) || (!lower_is_better && a > b) => "met",
+            (Some(a), Some(b)) if (lower_is_better && a <= b) || (!lower_is_better && a > b) => {
+                "met"
+            }
             (Some(_), Some(_)) => "NOT met",
             _ => "no data",
         };
@@ -285,12 +337,23 @@ fn checks(table: &Table) -> Vec<Check> {
     );
     compare(
         "S2 CPU per event at 10 ev/s no worse than nginx's".into(),
-        table.keys().find(|k| k.starts_with("s2.cpu_us_per_event@") && k.ends_with("x10")).cloned(),
+        table
+            .keys()
+            .find(|k| k.starts_with("s2.cpu_us_per_event@") && k.ends_with("x10"))
+            .cloned(),
         "nginx",
         true,
     );
-    for k in table.keys().filter(|k| k.starts_with("s3.p99_us@") && k.ends_with(" added")) {
-        compare("S3 added p99 no worse than nginx's".into(), Some(k.clone()), "nginx", true);
+    for k in table
+        .keys()
+        .filter(|k| k.starts_with("s3.p99_us@") && k.ends_with(" added"))
+    {
+        compare(
+            "S3 added p99 no worse than nginx's".into(),
+            Some(k.clone()),
+            "nginx",
+            true,
+        );
     }
     compare(
         "S5 JWT-checked setups per proxy-core second above HAProxy's".into(),
@@ -336,10 +399,19 @@ fn checks(table: &Table) -> Vec<Check> {
     out
 }
 
-fn markdown(table: &Table, meta: &[(String, String)], notes: &[String], incomplete: &[String]) -> String {
+fn markdown(
+    table: &Table,
+    meta: &[(String, String)],
+    notes: &[String],
+    incomplete: &[String],
+) -> String {
     let targets = targets(table);
     let mut md = String::new();
-    let date = meta.iter().find(|(k, _)| k == "date").map(|(_, v)| v.as_str()).unwrap_or("");
+    let date = meta
+        .iter()
+        .find(|(k, _)| k == "date")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
     let _ = writeln!(md, "# streamguard benchmark {date}\n");
     for (k, v) in meta.iter().filter(|(k, _)| k != "date") {
         let _ = writeln!(md, "- **{k}**: {v}");
@@ -356,10 +428,20 @@ fn markdown(table: &Table, meta: &[(String, String)], notes: &[String], incomple
     );
 
     let _ = writeln!(md, "## Targets from the issue\n");
-    let _ = writeln!(md, "| check | streamguard-on | reference | verdict |\n|---|---|---|---|");
+    let _ = writeln!(
+        md,
+        "| check | streamguard-on | reference | verdict |\n|---|---|---|---|"
+    );
     for c in checks(table) {
         let f = |v: Option<f64>| v.map(fmt).unwrap_or_else(|| "–".into());
-        let _ = writeln!(md, "| {} | {} | {} | {} |", c.what, f(c.ours), f(c.reference), c.verdict);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            c.what,
+            f(c.ours),
+            f(c.reference),
+            c.verdict
+        );
     }
 
     let mut ratio_cols = Vec::new();
@@ -371,7 +453,10 @@ fn markdown(table: &Table, meta: &[(String, String)], notes: &[String], incomple
         }
     }
     for (prefix, title) in SCENARIOS {
-        let names: Vec<&String> = table.keys().filter(|k| k.starts_with(&format!("{prefix}."))).collect();
+        let names: Vec<&String> = table
+            .keys()
+            .filter(|k| k.starts_with(&format!("{prefix}.")))
+            .collect();
         if names.is_empty() {
             continue;
         }
@@ -395,14 +480,24 @@ fn markdown(table: &Table, meta: &[(String, String)], notes: &[String], incomple
                 let _ = write!(row, " {} |", cell(by_target.get(t).and_then(stats)));
             }
             for (o, r) in &ratio_cols {
-                let _ = write!(row, " {} |", ratio(by_target, o, r).map(fmt).unwrap_or_else(|| "–".into()));
+                let _ = write!(
+                    row,
+                    " {} |",
+                    ratio(by_target, o, r)
+                        .map(fmt)
+                        .unwrap_or_else(|| "–".into())
+                );
             }
             let _ = writeln!(md, "{row}");
         }
     }
     let other: Vec<&String> = table
         .keys()
-        .filter(|k| !SCENARIOS.iter().any(|(p, _)| k.starts_with(&format!("{p}."))))
+        .filter(|k| {
+            !SCENARIOS
+                .iter()
+                .any(|(p, _)| k.starts_with(&format!("{p}.")))
+        })
         .collect();
     if !other.is_empty() {
         let _ = writeln!(md, "\n## Other metrics\n");
@@ -422,7 +517,12 @@ fn markdown(table: &Table, meta: &[(String, String)], notes: &[String], incomple
     md
 }
 
-fn json_doc(table: &Table, meta: &[(String, String)], notes: &[String], incomplete: &[String]) -> Value {
+fn json_doc(
+    table: &Table,
+    meta: &[(String, String)],
+    notes: &[String],
+    incomplete: &[String],
+) -> Value {
     let mut metrics = Map::new();
     for (name, by_target) in table {
         let mut m = Map::new();
@@ -466,7 +566,10 @@ mod tests {
     #[test]
     fn ratios_pair_rounds_and_take_the_median() {
         let mut by: BTreeMap<String, BTreeMap<u64, f64>> = BTreeMap::new();
-        by.insert("streamguard-on".into(), [(1, 10.0), (2, 30.0), (3, 8.0)].into());
+        by.insert(
+            "streamguard-on".into(),
+            [(1, 10.0), (2, 30.0), (3, 8.0)].into(),
+        );
         by.insert("nginx".into(), [(1, 20.0), (2, 10.0), (4, 1.0)].into());
         // Round 3 and 4 have no partner; ratios 0.5 and 3.0 -> median 1.75.
         assert_eq!(ratio(&by, "streamguard-on", "nginx"), Some(1.75));

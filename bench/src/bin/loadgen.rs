@@ -131,7 +131,8 @@ impl Target {
     /// Whether stream `n` is one of the `--stalled` share: every stream where the running
     /// count of stalled streams steps up, so they are spread evenly.
     fn is_stalled(&self, n: usize) -> bool {
-        self.stalled > 0.0 && ((n + 1) as f64 * self.stalled).floor() > (n as f64 * self.stalled).floor()
+        self.stalled > 0.0
+            && ((n + 1) as f64 * self.stalled).floor() > (n as f64 * self.stalled).floor()
     }
 
     fn token(&self, n: usize) -> Option<&str> {
@@ -167,7 +168,10 @@ fn mint_tokens(args: &Args) -> Vec<String> {
     };
     let key_arg = args.str_or("jwt-key", "");
     let (alg, key) = match alg {
-        "HS256" => (Algorithm::HS256, EncodingKey::from_secret(key_arg.as_bytes())),
+        "HS256" => (
+            Algorithm::HS256,
+            EncodingKey::from_secret(key_arg.as_bytes()),
+        ),
         "RS256" => {
             let pem = std::fs::read(key_arg).unwrap_or_else(|e| {
                 eprintln!("cannot read --jwt-key {key_arg}: {e}");
@@ -322,16 +326,14 @@ async fn child_loop(ctx: Rc<ChildCtx>) -> i32 {
                 // Close every (1/f)-th stream, spread over users and source addresses.
                 let step = (target / k.max(1)).max(1);
                 let mut closed = 0;
-                let mut i = 0;
                 let mut kept = Vec::with_capacity(target);
-                for s in streams.drain(..) {
+                for (i, s) in streams.drain(..).enumerate() {
                     if closed < k && i % step == 0 {
                         let _ = s.send(());
                         closed += 1;
                     } else {
                         kept.push(s);
                     }
-                    i += 1;
                 }
                 streams = kept;
                 // Wait until the closed tasks have ended (their counters settle).
@@ -382,7 +384,11 @@ async fn child_loop(ctx: Rc<ChildCtx>) -> i32 {
             }
             _ => format!("ERR unknown command {line:?}"),
         };
-        if stdout.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+        if stdout
+            .write_all(format!("{reply}\n").as_bytes())
+            .await
+            .is_err()
+        {
             return 1;
         }
         let _ = stdout.flush().await;
@@ -568,7 +574,9 @@ async fn ws_task(ctx: Rc<ChildCtx>, n: usize, mut stop: oneshot::Receiver<()>) {
         if let Some(tok) = t.token(n) {
             h.insert(
                 "authorization",
-                format!("Bearer {tok}").parse().map_err(|_| "bad_token".to_string())?,
+                format!("Bearer {tok}")
+                    .parse()
+                    .map_err(|_| "bad_token".to_string())?,
             );
         }
         match tokio_tungstenite::client_async(req, s).await {
@@ -656,7 +664,13 @@ async fn ws_task(ctx: Rc<ChildCtx>, n: usize, mut stop: oneshot::Receiver<()>) {
 fn short_err(s: &str) -> String {
     s.chars()
         .take(40)
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -682,7 +696,9 @@ impl Kids {
             cmd.arg("--child-index").arg(i.to_string());
             cmd.arg("--children").arg(count.to_string());
             cmd.arg("--deadline").arg((deadline + 10.0).to_string());
-            for key in ["url", "origin", "jwt-alg", "jwt-key", "users", "src-ips", "stalled"] {
+            for key in [
+                "url", "origin", "jwt-alg", "jwt-key", "users", "src-ips", "stalled",
+            ] {
                 if let Some(v) = args.str(key) {
                     cmd.arg(format!("--{key}={v}"));
                 }
@@ -707,7 +723,14 @@ impl Kids {
         }
         let mut replies = Vec::new();
         for kid in self.0.iter_mut() {
-            replies.push(kid.lines.next_line().await.ok().flatten().unwrap_or_default());
+            replies.push(
+                kid.lines
+                    .next_line()
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default(),
+            );
         }
         replies
     }
@@ -720,7 +743,10 @@ impl Kids {
     async fn close(mut self) {
         let _ = timeout(Duration::from_secs(10), self.same("CLOSE")).await;
         for kid in self.0.iter_mut() {
-            if timeout(Duration::from_secs(2), kid.proc.wait()).await.is_err() {
+            if timeout(Duration::from_secs(2), kid.proc.wait())
+                .await
+                .is_err()
+            {
                 let _ = kid.proc.start_kill();
             }
         }
@@ -733,7 +759,9 @@ fn merge_status(replies: &[String]) -> Value {
     let mut failed: BTreeMap<String, u64> = BTreeMap::new();
     let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
     for r in replies {
-        let Some(v) = r.strip_prefix("DONE ").and_then(|j| serde_json::from_str::<Value>(j).ok())
+        let Some(v) = r
+            .strip_prefix("DONE ")
+            .and_then(|j| serde_json::from_str::<Value>(j).ok())
         else {
             *failed.entry("child_no_reply".into()).or_default() += 1;
             continue;
@@ -778,7 +806,9 @@ fn merge_reports(replies: &[String]) -> WindowTotals {
         hist: new_hist(),
     };
     for r in replies {
-        let Some(v) = r.strip_prefix("REPORT ").and_then(|j| serde_json::from_str::<Value>(j).ok())
+        let Some(v) = r
+            .strip_prefix("REPORT ")
+            .and_then(|j| serde_json::from_str::<Value>(j).ok())
         else {
             continue;
         };
@@ -851,7 +881,10 @@ fn write_output(args: &Args, mode: &str, out: &Output, incomplete: bool) {
 /// `--watch-pid PID[,PID...]`: the proxy processes whose CPU, RSS and open files are summed
 /// (several processes sharing one port); 0 stands for none (no proxy in front).
 fn watch_pids(args: &Args) -> Vec<u32> {
-    args.list::<u32>("watch-pid").into_iter().filter(|&p| p != 0).collect()
+    args.list::<u32>("watch-pid")
+        .into_iter()
+        .filter(|&p| p != 0)
+        .collect()
 }
 
 /// Sets the bench upstream's broadcast rate (and event size) through its control endpoint.
@@ -865,16 +898,22 @@ async fn set_rate(control: &str, rate: f64, size: usize) -> Result<(), String> {
 /// The longest the bench upstream's writes waited since the last reset, in microseconds
 /// (`/stall`); `reset` starts a new window.
 async fn upstream_stall(control: &str, reset: bool) -> Option<u64> {
-    let body = control_get(control, if reset { "/stall?reset=1" } else { "/stall" }).await.ok()?;
+    let body = control_get(control, if reset { "/stall?reset=1" } else { "/stall" })
+        .await
+        .ok()?;
     serde_json::from_str::<Value>(&body).ok()?["longest_write_us"].as_u64()
 }
 
 /// `GET path` on the bench upstream's control port: the body of a 200.
 async fn control_get(control: &str, path: &str) -> Result<String, String> {
-    let addr: SocketAddr = control.parse().map_err(|_| format!("bad --control {control}"))?;
+    let addr: SocketAddr = control
+        .parse()
+        .map_err(|_| format!("bad --control {control}"))?;
     let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {control}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut resp = Vec::new();
     let _ = timeout(Duration::from_secs(5), s.read_to_end(&mut resp)).await;
     let text = String::from_utf8_lossy(&resp);
@@ -897,9 +936,9 @@ async fn parent(mode: &str, args: &Args) -> i32 {
     };
     let incomplete = finished.is_none();
     if incomplete {
-        out.borrow_mut()
-            .notes
-            .push(format!("deadline of {deadline}s reached; results are partial"));
+        out.borrow_mut().notes.push(format!(
+            "deadline of {deadline}s reached; results are partial"
+        ));
         eprintln!("sg-loadgen: deadline reached");
     }
     write_output(args, mode, &out.borrow(), incomplete);
@@ -927,7 +966,9 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
     let count = max_n.div_ceil(per).max(1);
     let connect_rate: f64 = args.get("connect-rate", 2000.0);
     let settle: f64 = args.get("settle", 1.0);
-    let name = args.str_or("name", if mode == "ws" { "s4" } else { "s1" }).to_owned();
+    let name = args
+        .str_or("name", if mode == "ws" { "s4" } else { "s1" })
+        .to_owned();
     let control = args.str("control").map(str::to_owned);
     let deadline = args.get("deadline", 300.0);
     let event_size: usize = args.get("event-size", 0);
@@ -996,7 +1037,12 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
                 .await,
         );
         sleep(Duration::from_secs_f64(settle)).await;
-        snapshot(format!("{held}+churn{}", (churn * 100.0).round()), &status, held, &mut out.borrow_mut());
+        snapshot(
+            format!("{held}+churn{}", (churn * 100.0).round()),
+            &status,
+            held,
+            &mut out.borrow_mut(),
+        );
     }
 
     // Idle window: the proxy's own work on quiet streams (heartbeats).
@@ -1006,13 +1052,22 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
         let (w, cpu, wall) = window(&mut kids, &pid, idle).await;
         let mut o = out.borrow_mut();
         if let Some(cpu) = cpu {
-            o.metric(format!("{idle_name}.cpu_pct_core@{held}"), cpu / wall * 100.0);
+            o.metric(
+                format!("{idle_name}.cpu_pct_core@{held}"),
+                cpu / wall * 100.0,
+            );
             if w.heartbeats > 0 {
-                o.metric(format!("{idle_name}.cpu_us_per_heartbeat@{held}"), cpu * 1e6 / w.heartbeats as f64);
+                o.metric(
+                    format!("{idle_name}.cpu_us_per_heartbeat@{held}"),
+                    cpu * 1e6 / w.heartbeats as f64,
+                );
             }
         }
         let per_stream_15s = w.heartbeats as f64 / w.open.max(1) as f64 / (wall / 15.0);
-        o.metric(format!("{idle_name}.heartbeats_per_stream_per_15s@{held}"), per_stream_15s);
+        o.metric(
+            format!("{idle_name}.heartbeats_per_stream_per_15s@{held}"),
+            per_stream_15s,
+        );
         o.steps.push(json!({"step": "idle", "seconds": wall, "cpu_s": cpu, "heartbeats": w.heartbeats, "open": w.open}));
     }
 
@@ -1027,7 +1082,11 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
     let mut plan_steps: Vec<(f64, f64, bool)> = Vec::new();
     for r in &rates {
         let (rate, secs) = r.split_once(':').unwrap_or((r.as_str(), "3"));
-        plan_steps.push((rate.parse().unwrap_or(1.0), secs.parse().unwrap_or(3.0), false));
+        plan_steps.push((
+            rate.parse().unwrap_or(1.0),
+            secs.parse().unwrap_or(3.0),
+            false,
+        ));
     }
     plan_steps.extend(ladder.iter().map(|&r| (r, ladder_window, true)));
     let mut max_eps: Option<f64> = None;
@@ -1057,8 +1116,16 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
         let key = format!("{held}x{rate}");
         // Stalled streams read nothing: what is offered is what the reading ones should get.
         let reading = w.open.saturating_sub(w.stalled);
-        let offered = if mode == "ws" { w.sent as f64 } else { reading as f64 * rate * wall };
-        let p99 = if w.hist.is_empty() { f64::INFINITY } else { w.hist.value_at_quantile(0.99) as f64 };
+        let offered = if mode == "ws" {
+            w.sent as f64
+        } else {
+            reading as f64 * rate * wall
+        };
+        let p99 = if w.hist.is_empty() {
+            f64::INFINITY
+        } else {
+            w.hist.value_at_quantile(0.99) as f64
+        };
         let delivered_eps = w.events as f64 / wall;
         // Ticks are discrete: a window may hold one tick fewer per stream than rate x seconds.
         let slack = if mode == "ws" { 0.0 } else { reading as f64 };
@@ -1076,30 +1143,48 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
         }
         if mode == "ws" {
             if !w.hist.is_empty() {
-                o.metric(format!("{metric_name}.rtt_p50_us@{key}"), w.hist.value_at_quantile(0.5) as f64);
+                o.metric(
+                    format!("{metric_name}.rtt_p50_us@{key}"),
+                    w.hist.value_at_quantile(0.5) as f64,
+                );
                 o.metric(format!("{metric_name}.rtt_p99_us@{key}"), p99);
             }
             if let Some(cpu) = cpu {
                 if w.events > 0 {
-                    o.metric(format!("{metric_name}.cpu_us_per_msg@{key}"), cpu * 1e6 / w.events as f64);
+                    o.metric(
+                        format!("{metric_name}.cpu_us_per_msg@{key}"),
+                        cpu * 1e6 / w.events as f64,
+                    );
                 }
             }
         } else if !is_ladder {
             if !w.hist.is_empty() {
-                o.metric(format!("{metric_name}.p50_us@{key}"), w.hist.value_at_quantile(0.5) as f64);
+                o.metric(
+                    format!("{metric_name}.p50_us@{key}"),
+                    w.hist.value_at_quantile(0.5) as f64,
+                );
                 o.metric(format!("{metric_name}.p99_us@{key}"), p99);
-                o.metric(format!("{metric_name}.p999_us@{key}"), w.hist.value_at_quantile(0.999) as f64);
+                o.metric(
+                    format!("{metric_name}.p999_us@{key}"),
+                    w.hist.value_at_quantile(0.999) as f64,
+                );
             }
             if let Some(cpu) = cpu {
                 if w.events > 0 {
-                    o.metric(format!("{metric_name}.cpu_us_per_event@{key}"), cpu * 1e6 / w.events as f64);
+                    o.metric(
+                        format!("{metric_name}.cpu_us_per_event@{key}"),
+                        cpu * 1e6 / w.events as f64,
+                    );
                 }
             }
             o.metric(format!("{metric_name}.gaps@{key}"), w.gaps as f64);
         } else {
             if let Some(cpu) = cpu {
                 if w.events > 0 {
-                    o.metric(format!("{metric_name}.cpu_us_per_event@{key}"), cpu * 1e6 / w.events as f64);
+                    o.metric(
+                        format!("{metric_name}.cpu_us_per_event@{key}"),
+                        cpu * 1e6 / w.events as f64,
+                    );
                 }
             }
             if p99.is_finite() {
@@ -1125,9 +1210,14 @@ async fn plan(mode: &str, args: &Args, out: Rc<RefCell<Output>>) -> i32 {
     }
     if !ladder.is_empty() && held > 0 {
         let mut o = out.borrow_mut();
-        o.metric(format!("{ladder_name}.max_eps@{held}"), max_eps.unwrap_or(0.0));
+        o.metric(
+            format!("{ladder_name}.max_eps@{held}"),
+            max_eps.unwrap_or(0.0),
+        );
         if !ladder_failed {
-            o.notes.push(format!("{ladder_name}: every ladder step passed; max_eps@{held} is a lower bound"));
+            o.notes.push(format!(
+                "{ladder_name}: every ladder step passed; max_eps@{held} is a lower bound"
+            ));
         }
     }
     if mode == "ws" {
@@ -1188,7 +1278,9 @@ async fn one_setup(t: &Target, n: usize) -> Result<(), String> {
                 return Err("head_eof".into());
             }
             buf.extend_from_slice(&chunk[..k]);
-            let Some(head) = parse_head(&buf)? else { continue };
+            let Some(head) = parse_head(&buf)? else {
+                continue;
+            };
             if head.status != 200 {
                 return Err(format!("http_{}", head.status));
             }
@@ -1231,7 +1323,10 @@ async fn setup_worker(t: Rc<Target>, sh: Rc<SetupShared>, worker: usize, workers
             match r {
                 Ok(()) => {
                     add(&sh.ok, 1);
-                    let _ = sh.hist.borrow_mut().record(((mono_ns() - t0) / 1000).max(1));
+                    let _ = sh
+                        .hist
+                        .borrow_mut()
+                        .record(((mono_ns() - t0) / 1000).max(1));
                 }
                 Err(cause) => sh.failed.borrow_mut().add(cause),
             }
@@ -1277,9 +1372,13 @@ async fn setup_plan(args: &Args, out: Rc<RefCell<Output>>) -> i32 {
     let mut o = out.borrow_mut();
     o.metric(format!("{name}.setups_per_s"), ok as f64 / wall);
     let failed = sh.failed.borrow();
-    o.metric(format!("{name}.failed"), failed.0.values().sum::<u64>() as f64);
+    o.metric(
+        format!("{name}.failed"),
+        failed.0.values().sum::<u64>() as f64,
+    );
     if !failed.0.is_empty() {
-        o.notes.push(format!("{name}: failed setups {}", failed.json()));
+        o.notes
+            .push(format!("{name}: failed setups {}", failed.json()));
     }
     if let Some(cpu) = cpu {
         o.metric(format!("{name}.proxy_core_pct"), cpu / wall * 100.0);
@@ -1290,13 +1389,22 @@ async fn setup_plan(args: &Args, out: Rc<RefCell<Output>>) -> i32 {
     }
     let hist = sh.hist.borrow();
     if !hist.is_empty() {
-        o.metric(format!("{name}.setup_p50_us"), hist.value_at_quantile(0.5) as f64);
-        o.metric(format!("{name}.setup_p99_us"), hist.value_at_quantile(0.99) as f64);
+        o.metric(
+            format!("{name}.setup_p50_us"),
+            hist.value_at_quantile(0.5) as f64,
+        );
+        o.metric(
+            format!("{name}.setup_p99_us"),
+            hist.value_at_quantile(0.99) as f64,
+        );
     }
     o.steps.push(json!({
         "step": "setup", "seconds": wall, "ok": ok, "failed": failed.json(), "cpu_s": cpu,
         "concurrency": workers, "latency": lat_json(&hist),
     }));
-    eprintln!("sg-loadgen: setup {name}: {ok} ok in {wall:.1}s, failed {:?}, cpu {cpu:?}", failed.0);
+    eprintln!(
+        "sg-loadgen: setup {name}: {ok} ok in {wall:.1}s, failed {:?}, cpu {cpu:?}",
+        failed.0
+    );
     0
 }

@@ -31,9 +31,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::task::Poll;
 use std::net::SocketAddr;
 use std::rc::{Rc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -103,7 +103,9 @@ impl Stalls {
         let mut waiting = 0;
         let mut longest = self.longest.get();
         self.writing.borrow_mut().retain(|w| {
-            let Some(cell) = w.upgrade() else { return false };
+            let Some(cell) = w.upgrade() else {
+                return false;
+            };
             let started = cell.get();
             if started != 0 {
                 waiting += 1;
@@ -259,10 +261,26 @@ async fn connection(mut stream: TcpStream, state: Rc<State>) {
         let size = param("size").map_or(Some(0), |v| v.parse::<usize>().ok());
         match (rate, size) {
             (Some(r), Some(size)) if r >= 0.0 && r.is_finite() && size <= 1 << 20 => {
-                state.rate.send_replace(Rate { per_second: r, burst, size });
-                plain(&mut stream, 200, &format!("rate {r} burst {burst} size {size}\n")).await;
+                state.rate.send_replace(Rate {
+                    per_second: r,
+                    burst,
+                    size,
+                });
+                plain(
+                    &mut stream,
+                    200,
+                    &format!("rate {r} burst {burst} size {size}\n"),
+                )
+                .await;
             }
-            _ => plain(&mut stream, 400, "use /rate?r=<events per second>[&size=<bytes>]\n").await,
+            _ => {
+                plain(
+                    &mut stream,
+                    400,
+                    "use /rate?r=<events per second>[&size=<bytes>]\n",
+                )
+                .await
+            }
         }
     } else if let Some(query) = path.strip_prefix("/stall") {
         let now = mono_ns();
