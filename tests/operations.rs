@@ -607,6 +607,71 @@ async fn a_reload_removes_an_origin_and_keeps_the_user_counts() {
     }
 }
 
+/// A reload keeps what the limiter knows (a user's connect rate), and open streams keep the
+/// settings they started with: a stream opened with heartbeats goes on getting them after a
+/// reload that turns heartbeats off, while a stream opened after it gets none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_keeps_rate_state_and_open_streams_keep_their_settings() {
+    let up = Upstream::start().await;
+    let config = |heartbeat: &str| {
+        ProxyConfig::new(up.addr)
+            .section("auth", "mode = \"required\"")
+            .section(
+                "sse",
+                &format!("heartbeat = \"{heartbeat}\"\nstale_after = \"0s\""),
+            )
+            .section("limits", "connects_per_user = \"2/minute\"")
+    };
+    let proxy = Proxy::start_with(config("1s")).await;
+    let open = |user: &str| {
+        let auth = common::streams::bearer(user);
+        let addr = proxy.addr;
+        async move {
+            SseClient::connect(
+                addr,
+                "/sse?events=1&then=quiet",
+                &[("Authorization", &auth)],
+            )
+            .await
+        }
+    };
+    let mut old = open("alice").await;
+    assert_eq!(old.status, 200);
+    assert!(old.read_event(IO_TIMEOUT).await.is_some());
+    assert_eq!(open("alice").await.status, 200, "alice's second connect");
+
+    proxy.rewrite_config(&config("0s").with_ports_of(&proxy));
+    let resp = proxy.post_admin("/reload").await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(
+        open("alice").await.status,
+        429,
+        "the reload forgot alice's two connects this minute"
+    );
+    assert_eq!(
+        metric(
+            &proxy.metrics().await,
+            "streamguard_rejections_total",
+            &[("reason", "connect_rate")]
+        ),
+        Some(1.0)
+    );
+
+    let mut new = open("bob").await;
+    assert_eq!(new.status, 200);
+    assert!(new.read_event(IO_TIMEOUT).await.is_some());
+    assert_eq!(
+        old.read_event(Duration::from_secs(3)).await.as_deref(),
+        Some(": ping"),
+        "the stream opened before the reload lost its heartbeat"
+    );
+    assert_eq!(
+        new.read_event(Duration::from_millis(2500)).await,
+        None,
+        "a stream opened after the reload got a heartbeat"
+    );
+}
+
 /// What a reload refuses, and how it says so: a broken file (key and line, in the answer and
 /// the log), a key only a restart can change, a command from a browser. Each leaves the
 /// running configuration in place and is counted by result.
