@@ -1147,6 +1147,54 @@ async fn token_expiry_ends_a_stream_whose_upstream_outpaces_the_client() {
     .await;
 }
 
+/// Eviction, like expiry and drain, lands after a whole event while the stream is buffered.
+#[tokio::test(flavor = "multi_thread")]
+async fn eviction_ends_a_stream_whose_upstream_outpaces_the_client_at_an_event_boundary() {
+    let up = Upstream::start().await;
+    let proxy = launch(
+        ProxyConfig::new(up.addr)
+            .section("auth", "mode = \"required\"")
+            .section("sse", "heartbeat = \"0s\"\nstale_after = \"0s\"")
+            .section("sse", KEEP_SLOW_CLIENTS)
+            .section(
+                "limits",
+                "max_streams_per_user = 1\non_user_limit = \"evict_oldest\"",
+            ),
+    )
+    .await;
+    let bearer = format!(
+        "Bearer {}",
+        mint_token("alice", &[], 600, serde_json::Value::Null)
+    );
+    let mut flooded = SseClient::connect(proxy.addr, FLOOD, &[("Authorization", &bearer)]).await;
+    assert_eq!(flooded.status, 200);
+    // Stop reading for a moment so the proxy holds a backlog when the eviction comes.
+    flooded.next_chunk(IO_TIMEOUT).await.expect("first bytes");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let newer = SseClient::connect(
+        proxy.addr,
+        "/sse?events=1&then=quiet",
+        &[("Authorization", &bearer)],
+    )
+    .await;
+    assert_eq!(newer.status, 200, "the newer stream evicts the flooded one");
+    let tail = read_slowly_until_end(&mut flooded, Duration::from_secs(8)).await;
+    assert!(
+        flooded.body_complete(),
+        "the evicted stream should end cleanly"
+    );
+    let tail = String::from_utf8_lossy(&tail);
+    assert!(
+        tail.ends_with("\n\nevent: streamguard.evicted\ndata: {\"reason\":\"evicted\"}\n\n"),
+        "the eviction event must follow a whole event and end the stream: ...{:?}",
+        &tail[tail.len().saturating_sub(200)..]
+    );
+    wait_metrics(&proxy, "an evicted close", |t| {
+        sse_closes(t, "evicted") == 1.0
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_drains_a_stream_whose_upstream_outpaces_the_client() {
     let up = Upstream::start().await;
