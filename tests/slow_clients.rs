@@ -383,6 +383,57 @@ async fn a_stalled_client_is_closed_with_the_retry_hint_and_the_app_is_never_hel
     );
 }
 
+/// In close mode the process-wide budget closes streams too: two stalled clients, each far
+/// below its own `client_buffer`, share a `slow_buffer_total` smaller than one buffer; both are
+/// closed with the retry hint once it is full, and never hold more than it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_budget_closes_stalled_streams_that_are_within_their_own_buffer() {
+    let up = Upstream::start().await;
+    let proxy = launch(config(
+        &up,
+        "client_buffer = \"1MiB\"\nslow_buffer_total = \"96KiB\"\nwrite_timeout = \"20s\"\n\
+         retry = \"1500ms\"",
+    ))
+    .await;
+    let mut stalled = vec![
+        stalled_client(&proxy, "stalled-1").await,
+        stalled_client(&proxy, "stalled-2").await,
+    ];
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_app_never_held_back(&up);
+    let text = proxy.metrics().await;
+    let buffered = gauge(&text, "streamguard_slow_buffer_bytes");
+    assert!(
+        buffered > 0.0 && buffered <= 96.0 * 1024.0,
+        "buffered {buffered} bytes under a 96 KiB budget"
+    );
+    for (i, sse) in stalled.iter_mut().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut body = Vec::new();
+        while let Some(chunk) = sse
+            .next_chunk(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            body.extend(chunk.data);
+        }
+        assert!(sse.body_complete(), "stalled {i}: the stream ends cleanly");
+        let mut blocks = Vec::new();
+        while let Some(block) = common::split_event(&mut body) {
+            blocks.push(block);
+        }
+        assert!(body.is_empty(), "stalled {i}: a half block at the end");
+        assert_eq!(blocks.last().map(String::as_str), Some("retry: 1500"));
+    }
+    let text = wait_metrics(
+        &proxy,
+        Duration::from_secs(5),
+        "two slow_client closes",
+        |t| slow_closes(t) == 2.0,
+    )
+    .await;
+    assert_eq!(gauge(&text, "streamguard_slow_buffer_bytes"), 0.0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_reads_nothing_is_dropped_after_write_timeout_even_when_skipping() {
     let up = Upstream::start().await;
