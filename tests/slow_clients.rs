@@ -395,7 +395,7 @@ async fn a_full_budget_closes_stalled_streams_that_are_within_their_own_buffer()
          retry = \"1500ms\"",
     ))
     .await;
-    let mut stalled = vec![
+    let mut stalled = [
         stalled_client(&proxy, "stalled-1").await,
         stalled_client(&proxy, "stalled-2").await,
     ];
