@@ -4,6 +4,7 @@
 
 mod accept;
 mod drain;
+mod h2;
 pub mod head;
 
 use std::sync::Arc;
@@ -88,6 +89,7 @@ pub fn build(config: Config, source: ConfigSource) -> Result<(Server, Arc<Reload
 
     let metrics = Arc::new(Metrics::new());
     let listen = config.listen.clone();
+    let http2_on_tls = config.http2.enabled;
     let admin_addr = config.admin.address;
     metrics.ops.config_loaded(&config.fingerprint);
     tracing::info!(config = %config.fingerprint, "configuration loaded");
@@ -110,6 +112,10 @@ pub fn build(config: Config, source: ConfigSource) -> Result<(Server, Arc<Reload
         let mut settings =
             TlsSettings::intermediate("", "").map_err(|e| RunError::Tls(e.to_string()))?;
         settings.set_cert_resolver(Arc::new(PolicyCertificate::new(state.clone())));
+        if http2_on_tls {
+            // ALPN `h2` then `http/1.1`: never `h2` alone, WebSocket needs HTTP/1.1.
+            settings.enable_h2();
+        }
         endpoint = endpoint.tls(settings);
     }
     proxy.add_listener(endpoint);
