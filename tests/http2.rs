@@ -703,3 +703,68 @@ async fn chromium_opens_ten_event_sources_on_one_origin_over_h2_with_the_session
     );
     browser.close(page).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_per_connection_are_capped_and_only_a_connection_without_any_goes_idle() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start_with(
+        h2c_config(&upstream).section("http2", "max_concurrent_streams = 3\nidle_timeout = \"1s\""),
+    )
+    .await;
+    let auth = bearer(&mint_token(USER, &[], 600, Value::Null));
+    let path = "/sse?events=1&then=quiet";
+    let mut busy = H2Conn::connect(proxy.addr).await;
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        streams.push(busy.get(proxy.addr, path, &sse_headers(&auth)).await);
+    }
+    assert_eq!(busy.send.current_max_send_streams(), 3);
+    assert!(
+        !busy.send.is_extended_connect_protocol_enabled(),
+        "no WebSocket over HTTP/2 (RFC 8441) is advertised"
+    );
+    // A fourth waits for a slot: the three relayed streams hold theirs.
+    let (fourth, _send) = busy
+        .open(proxy.addr, path, &sse_headers(&auth))
+        .await
+        .expect("queued");
+    tokio::pin!(fourth);
+    let early = tokio::time::timeout(Duration::from_millis(700), &mut fourth).await;
+    assert!(early.is_err(), "a fourth stream was served at once");
+    streams[0].reset();
+    let late = tokio::time::timeout(Duration::from_secs(5), &mut fourth).await;
+    assert!(
+        matches!(late, Ok(Ok(ref r)) if r.status() == 200),
+        "the reset freed a slot: {late:?}"
+    );
+
+    // A connection with no stream gets GOAWAY after idle_timeout (checked every half of it);
+    // the one carrying only relayed SSE streams stays.
+    let idle = H2Conn::connect(proxy.addr).await;
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(4), || idle.driver.is_finished()).await,
+        "the idle connection was not closed"
+    );
+    let closed_after = started.elapsed();
+    assert!(
+        closed_after >= Duration::from_millis(900),
+        "closed too early: {closed_after:?}"
+    );
+    assert!(!busy.driver.is_finished(), "the busy connection was closed");
+    expect_unit(
+        &mut streams[1],
+        "a heartbeat on the busy connection",
+        is_heartbeat,
+    )
+    .await;
+    assert_eq!(
+        metric_of(
+            &proxy,
+            "streamguard_http2_goaways_total",
+            &[("reason", "idle")]
+        )
+        .await,
+        1.0
+    );
+}
