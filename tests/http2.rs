@@ -631,8 +631,11 @@ async fn curl_gets_h2_over_tls_and_websocket_keeps_http1_on_the_same_port() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn chromium_opens_ten_event_sources_on_one_origin_over_h2_with_the_session_cookie() {
+/// A page of the proxy's origin in a fresh headless Chromium that trusts the test certificate:
+/// it swaps a bearer token for the session cookie, opens ten `EventSource`s with it, and counts
+/// the events each one gets. The counts after `wait` and the SSE streams open then, the proxy,
+/// and its upstream.
+async fn ten_event_sources(http2: bool, wait: Duration) -> ((Vec<u64>, f64), Proxy, Upstream) {
     let dir = tempfile::tempdir().expect("dir");
     let (cert, key, spki) = certificate(dir.path());
     let upstream = Upstream::start().await;
@@ -641,6 +644,7 @@ async fn chromium_opens_ten_event_sources_on_one_origin_over_h2_with_the_session
     let proxy = Proxy::start_with(
         config
             .section("cors", &format!("allowed_origins = [\"{origin}\"]"))
+            .section("http2", &format!("enabled = {http2}"))
             .route("path = \"/demo/page\"\nauth = \"off\""),
     )
     .await;
@@ -670,38 +674,62 @@ async fn chromium_opens_ten_event_sources_on_one_origin_over_h2_with_the_session
         }})()"
     );
     assert_eq!(browser.eval(&page, &script).await, Value::from(204));
-    browser
-        .wait_for(
-            &page,
-            "window.got.every(n => n >= 3)",
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap_or_else(|v| panic!("not every EventSource got its events: {v}"));
-    let got = browser.eval(&page, "JSON.stringify(window.got)").await;
-    assert_eq!(
-        metric_of(&proxy, "streamguard_streams_active", &[("kind", "sse")]).await,
-        10.0,
-        "{got}"
+    let _ = browser
+        .wait_for(&page, "window.got.every(n => n >= 3)", wait)
+        .await;
+    let got = browser.eval(&page, "window.got").await;
+    let counts = got
+        .as_array()
+        .map(|a| a.iter().map(|n| n.as_u64().unwrap_or(0)).collect())
+        .unwrap_or_default();
+    let open = metric_of(&proxy, "streamguard_streams_active", &[("kind", "sse")]).await;
+    browser.close(page).await;
+    ((counts, open), proxy, upstream)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chromium_opens_ten_event_sources_on_one_origin_over_h2_with_the_session_cookie() {
+    let ((counts, open), proxy, upstream) = ten_event_sources(true, Duration::from_secs(10)).await;
+    assert!(
+        counts.len() == 10 && counts.iter().all(|n| *n >= 3),
+        "{counts:?}"
     );
+    assert_eq!(open, 10.0);
     assert!(
         metric_of(&proxy, "streamguard_http2_streams_total", &[]).await >= 11.0,
         "the page, the session and ten streams went over h2"
     );
-    // No token in any URL the app saw: the cookie carried it.
+    assert_eq!(
+        metric_of(&proxy, "streamguard_http2_connections_total", &[]).await,
+        1.0,
+        "one connection carries them all"
+    );
+    // No token in any URL the app saw: the cookie carried it, and it was forwarded as a header.
     let seen = upstream
         .stats
         .last_request("/sse")
         .expect("the app got them");
     assert!(!seen.target.contains("token"), "{}", seen.target);
     assert!(
+        seen.header("authorization")
+            .is_some_and(|v| v.starts_with("Bearer ")),
+        "{:?}",
         seen.headers
-            .iter()
-            .any(|(name, value)| name.eq_ignore_ascii_case("authorization")
-                && value.contains(&token)),
-        "the app got the token as a header"
     );
-    browser.close(page).await;
+}
+
+/// The same page with h2 off: HTTP/1.1 gives an origin six connections, and each
+/// `EventSource` holds one.
+#[tokio::test(flavor = "multi_thread")]
+async fn over_http1_the_same_page_gets_only_six_event_sources() {
+    let ((counts, open), proxy, _upstream) = ten_event_sources(false, Duration::from_secs(3)).await;
+    let served = counts.iter().filter(|n| **n > 0).count();
+    assert_eq!(served, 6, "{counts:?}");
+    assert_eq!(open, 6.0);
+    assert_eq!(
+        metric_of(&proxy, "streamguard_http2_connections_total", &[]).await,
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -767,4 +795,44 @@ async fn streams_per_connection_are_capped_and_only_a_connection_without_any_goe
         .await,
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_keeps_sending_malformed_requests_is_ended() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start_with(h2c_config(&upstream).section("auth", "mode = \"off\"")).await;
+    let mut conn = H2Conn::connect(proxy.addr).await;
+    // `Host` naming another authority than `:authority`: refused (400) before the proxy sees it.
+    let conflicting = [("host", "elsewhere.example")];
+    let mut answered = 0;
+    for _ in 0..40 {
+        match conn.try_get(proxy.addr, "/echo", &conflicting).await {
+            Ok(stream) => {
+                assert_eq!(stream.status, 400);
+                answered += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    assert!(
+        (31..40).contains(&answered),
+        "{answered} malformed requests answered on one connection"
+    );
+    assert!(
+        wait_until(Duration::from_secs(4), || conn.driver.is_finished()).await,
+        "the connection was not ended"
+    );
+    assert_eq!(
+        metric_of(
+            &proxy,
+            "streamguard_http2_goaways_total",
+            &[("reason", "malformed")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(upstream.stats.hits("/echo"), 0);
+    // Others are served.
+    let mut other = H2Conn::connect(proxy.addr).await;
+    assert_eq!(other.get(proxy.addr, "/echo", &[]).await.status, 200);
 }
