@@ -404,6 +404,42 @@ async fn a_client_that_stops_reading_one_stream_loses_it_and_its_siblings_carry_
         event_field(u, "id").is_some()
     })
     .await;
+
+    // A client that grants no flow-control credit at all (SETTINGS_INITIAL_WINDOW_SIZE 0): the
+    // head goes out, no event can, and the stream closes as slow_client after write_timeout.
+    // Every stream of that connection is in the same state: that window is the client's own
+    // setting for all of them.
+    let mut builder = ::h2::client::Builder::new();
+    builder.initial_window_size(0);
+    let mut frozen_conn = H2Conn::connect_with(proxy.addr, builder).await;
+    let mut frozen = frozen_conn
+        .get(proxy.addr, "/sse?events=1&then=quiet", &sse_headers(&auth))
+        .await;
+    assert_eq!(frozen.status, 200);
+    let opened = Instant::now();
+    let (units, end) = frozen.read_to_end(Duration::from_secs(5)).await;
+    assert!(units.is_empty(), "{units:?}");
+    assert!(matches!(end, Some(End::Reset(_))), "{end:?}");
+    let took = opened.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "closed after {took:?} (write_timeout 1s)"
+    );
+    assert_eq!(
+        metric_until(
+            &proxy,
+            "streamguard_stream_closes_total",
+            &[("kind", "sse"), ("reason", "slow_client")],
+            Duration::from_secs(2),
+            |v| v == 2.0,
+        )
+        .await,
+        2.0
+    );
+    expect_unit(&mut sibling, "the sibling's event after that", |u| {
+        event_field(u, "id").is_some()
+    })
+    .await;
 }
 
 /// The proxy's resident memory, from /proc.
