@@ -876,3 +876,61 @@ async fn a_connection_that_keeps_sending_malformed_requests_is_ended() {
     let mut other = H2Conn::connect(proxy.addr).await;
     assert_eq!(other.get(proxy.addr, "/echo", &[]).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_and_token_lifting_hold_for_streams_over_h2() {
+    let upstream = Upstream::start().await;
+    let proxy = Proxy::start_with(
+        h2c_config(&upstream).section("cors", "allowed_origins = [\"https://app.example\"]"),
+    )
+    .await;
+    let token = mint_token(USER, &[], 600, Value::Null);
+    let mut conn = H2Conn::connect(proxy.addr).await;
+    let accept = ("accept", "text/event-stream");
+    let refused = conn
+        .get(
+            proxy.addr,
+            &format!("/sse?events=1&then=quiet&token={token}"),
+            &[accept, ("origin", "https://evil.example")],
+        )
+        .await;
+    assert_eq!(refused.status, 403);
+    let unauthenticated = conn.get(proxy.addr, "/sse?events=1", &[accept]).await;
+    assert_eq!(unauthenticated.status, 401);
+    assert_eq!(upstream.stats.hits("/sse"), 0);
+
+    let mut stream = conn
+        .get(
+            proxy.addr,
+            &format!("/sse?events=1&then=quiet&token={token}"),
+            &[accept, ("origin", "https://app.example")],
+        )
+        .await;
+    assert_eq!(stream.status, 200);
+    assert_eq!(
+        stream
+            .headers
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        stream
+            .headers
+            .get("referrer-policy")
+            .and_then(|v| v.to_str().ok()),
+        Some("no-referrer")
+    );
+    expect_unit(&mut stream, "the event", |u| event_field(u, "id").is_some()).await;
+    let seen = upstream.stats.last_request("/sse").expect("the app got it");
+    assert!(!seen.target.contains("token"), "{}", seen.target);
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {token}").as_str())
+    );
+    let lines = proxy.access_lines();
+    assert!(
+        lines.iter().all(|l| !l.to_string().contains(&token)),
+        "the token reached an access line"
+    );
+}

@@ -18,9 +18,9 @@
 //!
 //! The `h2` settings start from Pingora's `default_h2_options()` (a 64 KiB header list, which
 //! is also what bounds a CONTINUATION flood) with `http2.max_concurrent_streams` and
-//! `http2.max_send_buffer`; the `h2` crate's own defaults bound reset floods (at most 20 streams
-//! reset before they were accepted, 1,024 local error resets). Extended CONNECT is never
-//! enabled: WebSocket stays on HTTP/1.1.
+//! `http2.max_send_buffer`, and the reset-flood bounds below. A stream reset after it was
+//! accepted costs no policy work and no upstream request (`proxy::stream::reset_by_client`).
+//! Extended CONNECT is never enabled: WebSocket stays on HTTP/1.1.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +41,13 @@ use crate::telemetry::GoAway;
 /// Malformed streams (refused before the proxy saw them) one connection may send: Pingora's
 /// own accept loop allows as many.
 const MAX_REJECTED_STREAMS: usize = 32;
+/// Streams the client reset before the loop accepted them, held at once; past it the `h2`
+/// codec ends the connection (ENHANCE_YOUR_CALM): the rapid-reset bound (CVE-2023-44487). The
+/// `h2` crate's own default, set here so that a change of default cannot loosen it.
+const MAX_PENDING_ACCEPT_RESETS: usize = 20;
+/// Streams the codec itself may reset for a client's protocol errors before it ends the
+/// connection (the `h2` crate's default).
+const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 /// How long a connection sent GOAWAY for being idle or abusive has to close by itself before
 /// it is dropped: a client that never answers the GOAWAY's PING must not keep it.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -72,7 +79,9 @@ pub(super) async fn serve(
     let mut options = default_h2_options();
     options
         .max_concurrent_streams(cfg.max_concurrent_streams)
-        .max_send_buffer_size(cfg.max_send_buffer);
+        .max_send_buffer_size(cfg.max_send_buffer)
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
     let handshake = timeout(
         policy.config.listen.request_head_timeout,
         handshake(io, Some(options)),
@@ -93,55 +102,59 @@ pub(super) async fn serve(
     let drain = state.lifecycle.drain_requested();
     tokio::pin!(drain);
     let mut down = shutdown.clone();
-    // Set once a GOAWAY is sent: when the connection must be gone by (`None` for a drain,
-    // which ends it with its last stream, or with the process).
-    let mut closing: Option<Option<Instant>> = None;
+    // One GOAWAY per connection. After an idle or malformed one the connection must be gone by
+    // `close_by`; a drain's connections end with their last stream, or with the process.
+    let mut goaway_sent = false;
+    let mut close_by: Option<Instant> = None;
     let mut rejected = 0usize;
-    let close_by = |closing: Option<Option<Instant>>| closing.flatten();
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = down.changed(), if closing.is_none() => {
-                goaway(&mut h2, metrics, GoAway::Drain, &mut closing, None);
+            _ = down.changed(), if !goaway_sent => {
+                goaway(&mut h2, metrics, GoAway::Drain);
+                goaway_sent = true;
                 continue;
             }
-            _ = &mut drain, if closing.is_none() => {
-                goaway(&mut h2, metrics, GoAway::Drain, &mut closing, None);
+            _ = &mut drain, if !goaway_sent => {
+                goaway(&mut h2, metrics, GoAway::Drain);
+                goaway_sent = true;
                 continue;
             }
-            () = &mut idle_check, if closing.is_none() => {
+            () = &mut idle_check, if !goaway_sent => {
                 let now = Instant::now();
                 // The loop's clone is the only one: no request and no stream on the connection.
                 if Arc::strong_count(&slot) > 1 {
                     busy_at = now;
                 } else if now >= busy_at + idle_timeout {
-                    goaway(&mut h2, metrics, GoAway::Idle, &mut closing, Some(now + CLOSE_GRACE));
+                    goaway(&mut h2, metrics, GoAway::Idle);
+                    goaway_sent = true;
+                    close_by = Some(now + CLOSE_GRACE);
                     continue;
                 }
                 idle_check.as_mut().reset(now + check_every);
                 continue;
             }
-            () = sleep_until(close_by(closing).unwrap_or_else(Instant::now)), if close_by(closing).is_some() => {
+            () = sleep_until(close_by.unwrap_or_else(Instant::now)), if close_by.is_some() => {
                 return;
             }
             accepted = HttpSession::from_h2_conn(&mut h2, digest.clone()) => accepted,
         };
         match accepted {
-            // The client closed, the connection broke, or a GOAWAY finished: the socket goes
-            // with `h2` (streams still relaying keep the connection task alive through their
-            // `h2` handles until they end).
+            // The client closed, the connection broke, or a GOAWAY finished with every stream
+            // ended: nothing is left to serve.
             Err(_) | Ok(None) => return,
             Ok(Some(H2Accept::Rejected)) => {
                 metrics.streams_rejected.inc();
                 rejected += 1;
-                if rejected >= MAX_REJECTED_STREAMS && closing.is_none() {
+                if rejected >= MAX_REJECTED_STREAMS && close_by.is_none() {
                     tracing::warn!(
                         rejected,
                         "ending an HTTP/2 connection that sent too many malformed requests"
                     );
                     metrics.goaway(GoAway::Malformed);
                     h2.abrupt_shutdown(Reason::ENHANCE_YOUR_CALM);
-                    closing = Some(Some(Instant::now() + CLOSE_GRACE));
+                    goaway_sent = true;
+                    close_by = Some(Instant::now() + CLOSE_GRACE);
                 }
             }
             Ok(Some(H2Accept::Session(mut session))) => {
@@ -163,18 +176,15 @@ pub(super) async fn serve(
     }
 }
 
-/// Sends a graceful GOAWAY (streams already open go on) and notes why.
+/// Sends a graceful GOAWAY (streams already open go on) and counts why.
 fn goaway(
     h2: &mut h2::server::Connection<Stream, bytes::Bytes>,
     metrics: &crate::telemetry::Http2Metrics,
     why: GoAway,
-    closing: &mut Option<Option<Instant>>,
-    close_by: Option<Instant>,
 ) {
     tracing::debug!(reason = why.label(), "HTTP/2 GOAWAY");
     metrics.goaway(why);
     h2.graceful_shutdown();
-    *closing = Some(close_by);
 }
 
 /// Lowers `gauge` when dropped, on every way out of [`serve`].
