@@ -61,9 +61,9 @@ start() { # NAME CPU SECONDS CMD...: pinned, under a hard timeout, in the backgr
   LAST_PID=$!
   PIDS+=("$LAST_PID")
 }
-stop() {
+stop() { # SIGINT: a fast stop for both proxies (SIGTERM would start streamguard's drain)
   local pid=$1 i keep=() p
-  kill -TERM "$pid" 2>/dev/null || true
+  kill -INT "$pid" 2>/dev/null || true
   for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   kill -KILL "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
@@ -114,7 +114,6 @@ address = "127.0.0.1:$UP_PORT"
 connect_timeout = "5s"
 [server]
 threads = 1
-drain_timeout = "1s"
 [log]
 level = "error"
 [auth]

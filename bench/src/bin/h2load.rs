@@ -157,7 +157,9 @@ async fn run(args: Args) -> i32 {
     0
 }
 
-/// Counts SSE units (`\n\n`-terminated) in a byte stream split anywhere.
+/// Counts SSE units in a byte stream split anywhere: each `\n\n` (the bench upstream ends its
+/// events so). Only that exact pair counts, so the `\r\n` after a chunk of an HTTP/1.1 body
+/// does not make a second end out of the event's.
 struct UnitCounter {
     last_newline: bool,
 }
@@ -166,13 +168,12 @@ impl UnitCounter {
     fn feed(&mut self, data: &[u8], events: &Cell<u64>) {
         let mut n = 0;
         for &b in data {
-            if b == b'\n' {
-                if self.last_newline {
-                    n += 1;
-                }
-                self.last_newline = true;
-            } else if b != b'\r' {
+            let newline = b == b'\n';
+            if newline && self.last_newline {
+                n += 1;
                 self.last_newline = false;
+            } else {
+                self.last_newline = newline;
             }
         }
         events.set(events.get() + n);
