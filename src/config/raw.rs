@@ -40,6 +40,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
+    pub http2: RawHttp2,
+    #[serde(default)]
     pub route: Vec<Spanned<RawRoute>>,
 }
 
@@ -56,6 +58,16 @@ pub(super) struct RawListen {
     pub max_connections: Option<Spanned<i64>>,
     pub max_connections_per_ip: Option<Spanned<i64>>,
     pub reuse_port: Option<Spanned<bool>>,
+    pub h2c: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp2 {
+    pub enabled: Option<Spanned<bool>>,
+    pub max_concurrent_streams: Option<Spanned<i64>>,
+    pub idle_timeout: Option<Text>,
+    pub max_send_buffer: Option<Text>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -24,7 +24,7 @@ pub fn show(config: &Config) -> String {
     let mut out = String::from(
         "# effective streamguard configuration: defaults filled in, secrets redacted\n",
     );
-    let sections: [(&str, Entries); 10] = [
+    let sections: [(&str, Entries); 11] = [
         ("listen", listen(&config.listen)),
         (
             "admin",
@@ -41,6 +41,7 @@ pub fn show(config: &Config) -> String {
         ("log", log(&config.log)),
         ("sse", sse(&config.sse, Scope::Process)),
         ("websocket", websocket(&config.websocket)),
+        ("http2", http2(&config.http2)),
     ];
     for (header, entries) in sections {
         table(&mut out, &format!("[{header}]"), entries);
@@ -127,6 +128,22 @@ fn listen(listen: &ListenConfig) -> Entries {
             listen.max_connections_per_ip.map(integer),
         ),
         ("reuse_port", Some(Value::Boolean(listen.reuse_port))),
+        ("h2c", Some(Value::Boolean(listen.h2c))),
+    ]
+}
+
+fn http2(h2: &Http2Config) -> Entries {
+    vec![
+        ("enabled", Some(Value::Boolean(h2.enabled))),
+        (
+            "max_concurrent_streams",
+            Some(integer(h2.max_concurrent_streams)),
+        ),
+        ("idle_timeout", Some(duration(h2.idle_timeout))),
+        (
+            "max_send_buffer",
+            Some(text(&format_size(h2.max_send_buffer))),
+        ),
     ]
 }
 
@@ -478,6 +495,9 @@ auth = "off"
             "[log]",
             "[sse]",
             "[websocket]",
+            "[http2]",
+            "max_send_buffer = \"64KiB\"",
+            "h2c = false",
             "[limits]",
             "[[route]]",
             "[route.sse]",

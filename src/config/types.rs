@@ -18,6 +18,7 @@ pub struct Config {
     pub sse: SseConfig,
     pub websocket: WebSocketConfig,
     pub limits: LimitsConfig,
+    pub http2: Http2Config,
     /// `[limits.store]`: one per process, whatever the route.
     pub store: StoreConfig,
     /// `[[route]]` tables in file order; the first match wins.
@@ -71,6 +72,36 @@ pub struct ListenConfig {
     /// Bind the listener with `SO_REUSEPORT`, so several streamguard processes share the port
     /// and the kernel spreads connections across them (default off).
     pub reuse_port: bool,
+    /// HTTP/2 with prior knowledge on a plain-text listener (`h2c`), for a load balancer that
+    /// speaks it; browsers never do (default off).
+    pub h2c: bool,
+}
+
+/// `[http2]`: HTTP/2 towards clients (ALPN `h2` on TLS listeners, and `listen.h2c`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http2Config {
+    /// Offer `h2` by ALPN on a TLS listener (default on; `http/1.1` is always offered too, for
+    /// WebSocket and older clients).
+    pub enabled: bool,
+    /// Streams one connection may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`); a
+    /// stream handed to a relay still counts (default 100).
+    pub max_concurrent_streams: u32,
+    /// How long a connection with no stream at all (SSE streams count) is kept (default 3m).
+    pub idle_timeout: Duration,
+    /// The most response bytes one stream may have waiting in the connection for a client that
+    /// does not read (default 64 KiB; the `h2` crate's own default is 400 KiB).
+    pub max_send_buffer: usize,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            enabled: true,
+            max_concurrent_streams: 100,
+            idle_timeout: Duration::from_secs(180),
+            max_send_buffer: 64 * 1024,
+        }
+    }
 }
 
 /// `listen.underscores_in_headers`: CGI and WSGI servers fold `_` and `-` into the same variable

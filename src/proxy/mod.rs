@@ -8,6 +8,7 @@
 //! (a handed-off stream's task writes its own when it ends).
 
 pub mod connection;
+pub mod h2_request;
 pub mod lifecycle;
 mod pipeline;
 pub mod reload;
@@ -203,6 +204,17 @@ impl ProxyHttp for StreamGuard {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.method = session.req_header().method.clone();
+        if session.is_http2() {
+            // An HTTP/2 request's connection slot travels in its extensions (`server::h2`):
+            // Pingora keeps a connection context for HTTP/1 only.
+            if ctx.connection.is_none() {
+                ctx.connection = session
+                    .req_header_mut()
+                    .extensions_mut()
+                    .remove::<Arc<OpenConnection>>();
+            }
+            h2_request::to_h1_form(session.req_header_mut())?;
+        }
         if let Err(early) = pipeline::normalize_target(session) {
             // A refused target is never logged: it might carry a token nothing lifted.
             ctx.log_uri = "-".to_owned();
@@ -215,6 +227,13 @@ impl ProxyHttp for StreamGuard {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if stream::reset_by_client(session) {
+            // Rapid reset: a stream opened and reset at once costs no policy work and no
+            // upstream request.
+            ctx.outcome = Outcome::Failed;
+            ctx.status = stream::CLIENT_CLOSED_REQUEST;
+            return Ok(true);
+        }
         pipeline::run(&self.state, session, ctx).await
     }
 

@@ -211,6 +211,10 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
             "listen.reuse_port",
             old.listen.reuse_port != new.listen.reuse_port,
         ),
+        (
+            "http2.enabled (ALPN h2 on the TLS listener)",
+            old.http2.enabled != new.http2.enabled,
+        ),
         ("admin.address", old.admin.address != new.admin.address),
         ("server.threads", old.server.threads != new.server.threads),
         ("log.format", old.log.format != new.log.format),
@@ -245,6 +249,7 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         ("sse", differs(&old.sse, &new.sse)),
         ("websocket", differs(&old.websocket, &new.websocket)),
         ("limits", differs(&old.limits, &new.limits)),
+        ("http2", differs(&old.http2, &new.http2)),
         ("route", differs(&old.routes, &new.routes)),
     ]
     .into_iter()

@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use futures_util::FutureExt;
 use http::header;
 use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession as HttpSession;
@@ -25,7 +26,9 @@ use crate::config::{Compression, WebSocketConfig};
 use crate::policy::limits::{Admission, LimitKey, MessageCheck, StreamPermit};
 use crate::policy::Rejection;
 use crate::relay::client::{ClientConn, Framing};
+use crate::relay::h2_client::H2Client;
 use crate::relay::lifecycle::LifecycleWatch;
+use crate::relay::side::ClientSide;
 use crate::relay::upstream::{self, UpstreamConn, UpstreamError};
 use crate::relay::websocket::deflate::{DeflateParams, ExtensionError};
 use crate::relay::websocket::WsOptions;
@@ -76,6 +79,14 @@ pub async fn serve(
         ctx,
         kind == StreamKind::WebSocket,
     )?;
+    if session.is_http2() {
+        if reset_by_client(session) {
+            ctx.outcome = Outcome::Failed;
+            ctx.status = CLIENT_CLOSED_REQUEST;
+            return Ok(true);
+        }
+        super::h2_request::for_upstream(session.req_header_mut());
+    }
     let mut up = match send_request(&policy, session, kind).await {
         Ok(up) => up,
         Err(e) => {
@@ -152,20 +163,9 @@ pub async fn serve(
         }
     }
 
-    let framing = match kind {
-        StreamKind::Sse => {
-            respond::event_stream_headers(&mut head)?;
-            // The connection ends with the stream: say so, and frame the body ourselves.
-            head.insert_header(header::CONNECTION, "close")?;
-            if session.req_header().version == http::Version::HTTP_10 {
-                Framing::Raw
-            } else {
-                head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-                Framing::Chunked
-            }
-        }
-        StreamKind::WebSocket => Framing::Raw,
-    };
+    if kind == StreamKind::Sse {
+        respond::event_stream_headers(&mut head)?;
+    }
     let expires_at = match &ctx.identity {
         Some(identity) if policy.config.auth.close_on_expiry => {
             // Measured against the sub-second clock: whole-second `now` would close up to 1 s late.
@@ -176,11 +176,17 @@ pub async fn serve(
         }
         _ => None,
     };
-    let Some((io, early)) = detach(session).await else {
-        // Only an HTTP/2 session could get here, and the listeners speak HTTP/1.1 only.
-        tracing::warn!("a stream could not be taken out of its HTTP session");
-        ctx.outcome = Outcome::Failed;
-        return Ok(true);
+    let client = match take_h2(session) {
+        Some(h2) => Client::H2(H2Client::new(h2, state.metrics.http2.client_resets.clone())),
+        None => {
+            let framing = h1_framing(kind, session.req_header().version, &mut head)?;
+            let Some((io, early)) = detach(session).await else {
+                tracing::warn!("a stream could not be taken out of its HTTP session");
+                ctx.outcome = Outcome::Failed;
+                return Ok(true);
+            };
+            Client::H1(ClientConn::new(io, framing, early))
+        }
     };
     let lifecycle = state
         .lifecycle
@@ -191,7 +197,7 @@ pub async fn serve(
         lifecycle,
         connection: ctx.connection.take(),
         state: state.clone(),
-        client: ClientConn::new(io, framing, early),
+        client,
         up,
         head,
         permit,
@@ -207,6 +213,51 @@ pub async fn serve(
         tokio::spawn(run);
     }
     Ok(true)
+}
+
+/// How an HTTP/1 client's stream body is delimited, with the head fields that say so.
+fn h1_framing(
+    kind: StreamKind,
+    version: http::Version,
+    head: &mut ResponseHeader,
+) -> Result<Framing> {
+    if kind == StreamKind::WebSocket {
+        return Ok(Framing::Raw);
+    }
+    // The connection ends with the stream: say so, and frame the body ourselves.
+    head.insert_header(header::CONNECTION, "close")?;
+    if version == http::Version::HTTP_10 {
+        return Ok(Framing::Raw);
+    }
+    head.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+    Ok(Framing::Chunked)
+}
+
+/// Takes an HTTP/2 stream out of Pingora's session, as [`detach`] takes an HTTP/1 socket: the
+/// session is left holding an empty placeholder, which Pingora finishes and drops with the
+/// rest of the request's state. `None` for any other session.
+fn take_h2(
+    session: &mut Session,
+) -> Option<Box<pingora::protocols::http::v2::server::HttpSession>> {
+    if !session.is_http2() {
+        return None;
+    }
+    let placeholder = HttpSession::new_http1(Box::new(std::io::Cursor::new(Vec::<u8>::new())));
+    let HttpSession::H2(h2) = std::mem::replace(&mut *session.downstream_session, placeholder)
+    else {
+        return None;
+    };
+    // The session (and the request head it holds) goes once the stream's task has written the
+    // response head (`H2Client::queue_head`).
+    Some(Box::new(h2))
+}
+
+/// The client side a stream is relayed to.
+enum Client {
+    /// An HTTP/1 connection, the stream's own.
+    H1(ClientConn),
+    /// One stream of an HTTP/2 connection (SSE only: WebSocket stays on HTTP/1.1).
+    H2(H2Client),
 }
 
 /// Takes the client connection out of Pingora's session, with any bytes already read past the
@@ -239,7 +290,7 @@ struct Stream {
     /// The configuration the stream was opened under, which it keeps across reloads (its route
     /// index refers to these routes).
     policy: Arc<Policy>,
-    client: ClientConn,
+    client: Client,
     up: UpstreamConn,
     head: Box<ResponseHeader>,
     permit: StreamPermit,
@@ -295,7 +346,10 @@ impl Stream {
             let retry_hint = (kind == StreamKind::Sse)
                 .then(|| sse::retry_hint(sse_cfg))
                 .flatten();
-            client.queue_head(&head, retry_hint.as_deref());
+            match &mut client {
+                Client::H1(c) => c.queue_head(&head, retry_hint.as_deref()),
+                Client::H2(c) => c.queue_head(&head, retry_hint.as_deref()),
+            }
             // Queued as bytes, the head is not needed again, and an idle stream should not keep
             // it: its two header maps, and Pingora's 4 KB request read buffer, which a CORS origin
             // echoed into it still shares (request header values are slices of that buffer).
@@ -304,11 +358,17 @@ impl Stream {
             // The WebSocket relay's state is boxed: inline, every stream would carry room for
             // it (it is the larger of the two), and SSE streams, the most numerous, would pay
             // about 0.5 KB each for it while idle.
-            let reason = match kind {
-                StreamKind::Sse => {
-                    sse::relay(&mut client, &mut up, sse_cfg, &state.slow_budget, sup).await
+            let budget = &state.slow_budget;
+            let reason = match (kind, &mut client) {
+                (StreamKind::Sse, Client::H1(c)) => {
+                    sse::relay(c, &mut up, sse_cfg, budget, sup).await
                 }
-                StreamKind::WebSocket => {
+                (StreamKind::Sse, Client::H2(c)) => {
+                    sse::relay(c, &mut up, sse_cfg, budget, sup).await
+                }
+                // `pipeline` never sees a WebSocket upgrade on HTTP/2 (no extended CONNECT).
+                (StreamKind::WebSocket, Client::H2(_)) => CloseReason::Error,
+                (StreamKind::WebSocket, Client::H1(client)) => {
                     let cfg = policy.config.websocket_for(route);
                     let messages_key = LimitKey::Messages(Box::new(permit.key().clone()));
                     let limiter = &state.limiter;
@@ -327,7 +387,7 @@ impl Stream {
                     if client.flush().await.is_err() {
                         CloseReason::ClientGone
                     } else {
-                        Box::pin(websocket::relay(&mut client, &mut up, opts, sup)).await
+                        Box::pin(websocket::relay(client, &mut up, opts, sup)).await
                     }
                 }
             };
@@ -354,7 +414,16 @@ impl Stream {
 }
 
 /// nginx's status for a request whose client closed the connection before the answer.
-const CLIENT_CLOSED_REQUEST: u16 = 499;
+pub(super) const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Whether an HTTP/2 client already reset this request's stream (or its connection failed):
+/// checked without waiting, before work a reset would waste (the policy, an upstream request).
+pub(super) fn reset_by_client(session: &mut Session) -> bool {
+    match &mut *session.downstream_session {
+        HttpSession::H2(h2) => h2.idle().now_or_never().is_some(),
+        _ => false,
+    }
+}
 
 /// Resolves when the client closes or resets its connection. Bytes it sends meanwhile are kept
 /// for the relay (the session hands them over with the socket, see [`detach`]), never dropped:

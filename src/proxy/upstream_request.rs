@@ -22,6 +22,9 @@ pub fn prepare_upstream(
     ctx: &RequestCtx,
     websocket: bool,
 ) -> Result<()> {
+    // HTTP/2 clients may split `cookie`; the app gets one field (and the token lifting below
+    // edits one).
+    super::h2_request::join_cookies(req)?;
     let policy = Arc::clone(&ctx.policy);
     let verified = match (&ctx.identity, &ctx.token) {
         (Some(identity), Ok(Some(found))) => Some((identity, found.token.as_str())),

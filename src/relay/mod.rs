@@ -12,7 +12,9 @@
 
 pub mod client;
 pub mod gate;
+pub mod h2_client;
 pub mod lifecycle;
+pub mod side;
 pub mod sse;
 pub mod upstream;
 pub mod websocket;

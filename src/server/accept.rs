@@ -66,9 +66,18 @@ pub struct Front {
     proxy: Arc<HttpProxy<StreamGuard>>,
     state: Arc<State>,
     /// The TLS side of a TLS listener (whose sockets arrive as plain TCP).
-    tls: Option<Acceptor>,
+    tls: Option<TlsSide>,
     gate: ConnectionGate,
     lingering: AtomicUsize,
+}
+
+/// The two TLS acceptors of a TLS listener, alike but for ALPN.
+pub struct TlsSide {
+    /// For admitted connections: `h2` then `http/1.1` when HTTP/2 is on.
+    pub serve: Acceptor,
+    /// For connections refused at the gate: `http/1.1` only, because the refusal is an HTTP/1.1
+    /// answer written before any protocol runs.
+    pub refuse: Acceptor,
 }
 
 /// What reading the next request head came to.
@@ -86,7 +95,7 @@ impl Front {
     pub fn new(
         proxy: Arc<HttpProxy<StreamGuard>>,
         state: Arc<State>,
-        tls: Option<Acceptor>,
+        tls: Option<TlsSide>,
     ) -> Front {
         Front {
             proxy,
@@ -309,7 +318,7 @@ impl ServerApp for Front {
         let slot = match self.gate.admit(caps, address) {
             Ok(slot) => slot,
             Err(refusal) => {
-                let io = match &self.tls {
+                let io = match self.tls.as_ref().map(|tls| &tls.refuse) {
                     None => Some(io),
                     // The refusal can only be read through TLS. The handshake it needs is
                     // short and comes out of the same small budget as lingering, so a flood
@@ -333,22 +342,59 @@ impl ServerApp for Front {
             }
         };
         let connection = OpenConnection::new(slot, &self.state.metrics.connections_active);
-        let io = match &self.tls {
+        let mut io = match &self.tls {
             None => io,
-            Some(acceptor) => self.handshake(acceptor, io, due).await?,
+            Some(tls) => self.handshake(&tls.serve, io, due).await?,
         };
+        let http2 = match io.selected_alpn_proto() {
+            Some(ALPN::H2) => true,
+            None if listen.h2c && self.tls.is_none() => {
+                let left = due.saturating_duration_since(Instant::now());
+                match h2c_preface(&mut io, left).await {
+                    Some(preface) => preface,
+                    None => return None,
+                }
+            }
+            _ => false,
+        };
+        if http2 {
+            let conn = super::h2::Connection {
+                io,
+                slot: connection,
+            };
+            super::h2::serve(&self.proxy, &self.state, conn, shutdown).await;
+            return None;
+        }
         if matches!(io.selected_alpn_proto(), None | Some(ALPN::H1)) {
             self.serve_http1(io, connection, due, shutdown).await;
             return None;
         }
-        // Anything else negotiated by ALPN (HTTP/2, once a listener offers it) goes to
-        // Pingora's own handling, which reads its own heads; the slot is held meanwhile.
+        // Anything else ALPN could negotiate (no listener offers more) goes to Pingora's own
+        // handling; the slot is held meanwhile.
         let _connection = connection;
         ServerApp::process_new(&self.proxy, io, shutdown).await
     }
 
     async fn cleanup(&self) {
         self.proxy.http_cleanup().await;
+    }
+}
+
+/// The first bytes of every HTTP/2 connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain-text connection starts with the HTTP/2 preface (`listen.h2c`), looked at
+/// without consuming it. Pingora's peek waits for 24 bytes without a deadline; this one has the
+/// request head's (`None`: nothing usable came in time, or the client left). Every HTTP/1.1
+/// request head is longer than the preface; only a `Host`-less HTTP/1.0 one can be shorter,
+/// and it waits for the deadline.
+async fn h2c_preface(io: &mut Stream, within: Duration) -> Option<bool> {
+    let mut first = [0u8; H2_PREFACE.len()];
+    match timeout(within, io.try_peek(&mut first)).await {
+        Ok(Ok(true)) => Some(&first == H2_PREFACE),
+        // A stream that cannot peek is not TCP: HTTP/1 as before.
+        Ok(Ok(false)) => Some(false),
+        _ => None,
     }
 }
 

@@ -4,14 +4,16 @@
 
 mod accept;
 mod drain;
+mod h2;
 pub mod head;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::tls::{Acceptor, TlsSettings};
 use pingora::listeners::{L4BufferSettings, ListenerConfig, TcpSocketOptions};
+use pingora::protocols::ALPN;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -88,6 +90,7 @@ pub fn build(config: Config, source: ConfigSource) -> Result<(Server, Arc<Reload
 
     let metrics = Arc::new(Metrics::new());
     let listen = config.listen.clone();
+    let http2_on_tls = config.http2.enabled;
     let admin_addr = config.admin.address;
     metrics.ops.config_loaded(&config.fingerprint);
     tracing::info!(config = %config.fingerprint, "configuration loaded");
@@ -101,10 +104,19 @@ pub fn build(config: Config, source: ConfigSource) -> Result<(Server, Arc<Reload
     // renews it (`proxy::tls`).
     let tls = match listen.tls {
         Some(_) => {
-            let mut settings =
-                TlsSettings::intermediate("", "").map_err(|e| RunError::Tls(e.to_string()))?;
-            settings.set_cert_resolver(Arc::new(PolicyCertificate::new(state.clone())));
-            Some(settings.build())
+            let acceptor = |alpn: ALPN| -> Result<Acceptor, RunError> {
+                let mut settings =
+                    TlsSettings::intermediate("", "").map_err(|e| RunError::Tls(e.to_string()))?;
+                settings.set_cert_resolver(Arc::new(PolicyCertificate::new(state.clone())));
+                settings.set_alpn(alpn);
+                Ok(settings.build())
+            };
+            // ALPN `h2` then `http/1.1`, never `h2` alone: WebSocket needs HTTP/1.1.
+            let serve = if http2_on_tls { ALPN::H2H1 } else { ALPN::H1 };
+            Some(accept::TlsSide {
+                serve: acceptor(serve)?,
+                refuse: acceptor(ALPN::H1)?,
+            })
         }
         None => None,
     };

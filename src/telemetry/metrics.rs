@@ -5,6 +5,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use super::http2::Http2Metrics;
 use super::ops::OpsMetrics;
 use super::registry::registered;
 use super::store::StoreMetrics;
@@ -68,6 +69,7 @@ pub struct Metrics {
     pub slow_buffer_bytes: IntGauge,
     /// Config reloads, the drain, the upstream's readiness.
     pub ops: OpsMetrics,
+    pub http2: Http2Metrics,
 }
 
 impl Metrics {
@@ -214,6 +216,7 @@ impl Metrics {
         )?;
         let store = StoreMetrics::register(&registry)?;
         let ops = OpsMetrics::register(&registry)?;
+        let http2 = Http2Metrics::register(&registry)?;
         let connections_active = registered(
             &registry,
             IntGauge::new(
@@ -296,6 +299,7 @@ impl Metrics {
             slow_clients,
             slow_buffer_bytes,
             ops,
+            http2,
         })
     }
 

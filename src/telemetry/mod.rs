@@ -8,15 +8,18 @@
 //! - [`logging`]: the `tracing` subscriber.
 //! - [`metrics`]: [`Metrics`], the registry and the per-kind stream handles.
 //! - [`store`]: the shared limit store's series.
+//! - [`http2`]: HTTP/2 connections and streams towards clients.
 //! - [`ops`]: what an operator watches around the process itself: config reloads, the drain,
 //!   the upstream's readiness.
 
+mod http2;
 mod logging;
 mod metrics;
 mod ops;
 mod registry;
 mod store;
 
+pub use http2::{GoAway, Http2Metrics};
 pub use logging::{init_logging, set_level};
 pub use metrics::{ActiveStream, KindMetrics, Metrics};
 pub use ops::{OpsMetrics, ReloadResult};

@@ -9,6 +9,7 @@
 
 pub mod apps;
 pub mod chromium;
+pub mod h2;
 pub mod http;
 pub mod node;
 pub mod proxy;

@@ -33,6 +33,23 @@ impl Certificate {
         Certificate { cert, key }
     }
 
+    /// The base64 SHA-256 of the public key: what Chromium's
+    /// `--ignore-certificate-errors-spki-list` takes.
+    pub fn spki(&self) -> String {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform der \
+                 | openssl dgst -sha256 -binary | base64",
+                self.cert.display()
+            ))
+            .output()
+            .expect("openssl");
+        let spki = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(!spki.is_empty(), "no SPKI hash for {}", self.cert.display());
+        spki
+    }
+
     /// The `[listen]` keys that serve this certificate.
     pub fn listen_keys(&self) -> String {
         format!(

@@ -89,6 +89,7 @@ pub(super) fn listen(cx: &mut Cx<'_>, raw: &RawListen) -> ListenConfig {
             at_least(1, no_limit),
         ),
         reuse_port: flag(raw.reuse_port.as_ref(), false),
+        h2c: flag(raw.h2c.as_ref(), false),
     }
 }
 

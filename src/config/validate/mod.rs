@@ -12,6 +12,7 @@
 mod auth;
 mod cors;
 mod cx;
+mod http2;
 mod limits;
 mod listen;
 mod routes;
@@ -112,6 +113,7 @@ pub(super) fn validate(
         streams::websocket(cx, "websocket", &raw.websocket, &WebSocketConfig::default());
     let limits = limits::limits(cx, "limits", &raw.limits, &LimitsConfig::default());
     let store = limits::store(cx, raw.limits.store.as_ref());
+    let http2 = http2::http2(cx, raw, &listen);
     let globals = routes::Globals {
         auth: mode,
         sse: &sse,
@@ -140,6 +142,7 @@ pub(super) fn validate(
             sse,
             websocket,
             limits,
+            http2,
             store,
             routes,
             fingerprint: super::source::fingerprint(text, &files),

@@ -863,3 +863,48 @@ fn origins_are_normalised() {
         assert!(origin(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn http2_defaults_values_and_errors_name_their_keys() {
+    let config = valid(&with_base(""));
+    assert_eq!(config.http2, Http2Config::default());
+    assert!(!config.listen.h2c);
+    let config = valid(&with_base(
+        "[listen]\nh2c = true\n[http2]\nmax_concurrent_streams = 250\n\
+         idle_timeout = \"30s\"\nmax_send_buffer = \"32KiB\"",
+    ));
+    assert!(config.listen.h2c);
+    assert_eq!(config.http2.max_concurrent_streams, 250);
+    assert_eq!(config.http2.idle_timeout, Duration::from_secs(30));
+    assert_eq!(config.http2.max_send_buffer, 32 * 1024);
+    for (case, key) in [
+        (
+            "[http2]\nmax_concurrent_streams = 0",
+            "http2.max_concurrent_streams",
+        ),
+        (
+            "[http2]\nmax_concurrent_streams = 20000",
+            "http2.max_concurrent_streams",
+        ),
+        ("[http2]\nidle_timeout = \"0s\"", "http2.idle_timeout"),
+        (
+            "[http2]\nmax_send_buffer = \"1KiB\"",
+            "http2.max_send_buffer",
+        ),
+        (
+            "[http2]\nmax_send_buffer = \"1GiB\"",
+            "http2.max_send_buffer",
+        ),
+        (
+            "[listen]\nh2c = true\n[http2]\nenabled = false",
+            "listen.h2c",
+        ),
+        (
+            "[listen]\nh2c = true\ntls_cert_file = \"cert.pem\"\ntls_key_file = \"cert.pem\"",
+            "listen.h2c",
+        ),
+    ] {
+        let errors = invalid(&with_base(case));
+        assert!(errors.iter().any(|e| e.key == key), "{case}: {errors:?}");
+    }
+}

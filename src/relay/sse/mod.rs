@@ -18,7 +18,8 @@
 pub mod parser;
 pub mod slow;
 
-use super::client::{ClientConn, ClientError, ClientEvent, Sent};
+use super::client::{ClientError, ClientEvent, Sent};
+use super::side::ClientSide;
 use super::upstream::{UpstreamConn, UpstreamError};
 use bytes::{Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -136,7 +137,11 @@ impl Deadlines {
     /// client is behind: bytes are waiting for it already), the stale check, the token's expiry
     /// (until the stream is ending), the end of the grace for a last event, and the write
     /// timeout of a client that is behind.
-    fn earliest(&self, pump: &Pump<'_, '_>, ending: Option<(Ending, Instant)>) -> Option<Instant> {
+    fn earliest<C: ClientSide>(
+        &self,
+        pump: &Pump<'_, '_, C>,
+        ending: Option<(Ending, Instant)>,
+    ) -> Option<Instant> {
         [
             self.heartbeat
                 .filter(|_| !pump.out.is_behind())
@@ -186,8 +191,8 @@ impl Ending {
 /// written: it goes out with the first events if the upstream already sent some. A client that
 /// falls behind gets a buffer from `budget` (the process-wide `slow_buffer_total`). Returns why
 /// the stream ended; the caller closes the upstream.
-pub async fn relay(
-    client: &mut ClientConn,
+pub async fn relay<C: ClientSide>(
+    client: &mut C,
     upstream: &mut UpstreamConn,
     cfg: &SseConfig,
     budget: &SlowBudget,
@@ -253,7 +258,7 @@ pub async fn relay(
                     // The upstream stayed mid-event past the grace period: end without that event.
                     pump.parser.discard_pending();
                 }
-                let quiet = |pump: &Pump<'_, '_>| {
+                let quiet = |pump: &Pump<'_, '_, C>| {
                     deadlines.stale_after.is_some_and(|after| now >= pump.last_upstream + after)
                 };
                 if quiet(&pump) {
@@ -332,8 +337,8 @@ pub async fn relay(
 /// When a rule closes the stream, the whole units that came before the offending one are still
 /// written, and nothing after it: what the client receives must not depend on how the upstream's
 /// bytes happened to be split into reads.
-fn forward(
-    out: &mut Writer<'_>,
+fn forward<C: ClientSide>(
+    out: &mut Writer<'_, C>,
     cfg: &SseConfig,
     segments: &mut Vec<Segment>,
 ) -> Result<(), CloseReason> {
@@ -441,8 +446,8 @@ const MAX_BYTES_PER_WRITE: usize = 64 * 1024;
 
 /// The data path of one stream: what moves events from the upstream to the client, in as few
 /// writes as it can.
-struct Pump<'a, 'w> {
-    out: Writer<'w>,
+struct Pump<'a, 'w, C> {
+    out: Writer<'w, C>,
     upstream: &'a mut UpstreamConn,
     parser: SseParser,
     segments: Vec<Segment>,
@@ -451,7 +456,7 @@ struct Pump<'a, 'w> {
     last_upstream: Instant,
 }
 
-impl Pump<'_, '_> {
+impl<C: ClientSide> Pump<'_, '_, C> {
     /// Queues the result of `first` (a read the loop already made) and of every read that
     /// completes without waiting, then writes it all at once, as far as the client takes it.
     /// `Err` carries why the stream ended (the client was given a clean end where it could be).
@@ -525,7 +530,8 @@ impl Pump<'_, '_> {
         // connection, open for as long as it takes it to read a whole buffer: the whole wait
         // is bounded too.
         let cap = Instant::now() + timeout;
-        let deadline = |out: &Writer<'_>| out.stall_deadline(timeout).map_or(cap, |at| at.min(cap));
+        let deadline =
+            |out: &Writer<'_, C>| out.stall_deadline(timeout).map_or(cap, |at| at.min(cap));
         let stall = tokio::time::sleep_until(deadline(&self.out));
         tokio::pin!(stall);
         let mut reading = true;
@@ -553,8 +559,8 @@ impl Pump<'_, '_> {
 
 /// The client side: writes without waiting, keeps what the client has not taken yet (within
 /// bounds, see [`slow`]), and remembers when it last wrote (for heartbeats).
-struct Writer<'a> {
-    client: &'a mut ClientConn,
+struct Writer<'a, C> {
+    client: &'a mut C,
     metrics: &'a crate::telemetry::Metrics,
     budget: &'a SlowBudget,
     last_write: Instant,
@@ -562,7 +568,7 @@ struct Writer<'a> {
     backlog: Option<Box<Backlog<'a>>>,
 }
 
-impl<'a> Writer<'a> {
+impl<'a, C: ClientSide> Writer<'a, C> {
     /// Queues bytes to go out with the next send.
     fn queue(&mut self, data: &[u8]) {
         self.metrics.sse.bytes_to_client.inc_by(data.len() as u64);
