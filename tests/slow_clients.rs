@@ -323,10 +323,11 @@ async fn a_stalled_client_is_closed_with_the_retry_hint_and_the_app_is_never_hel
     let fast = SseClient::connect(proxy.addr, &broadcast("fast"), &[]).await;
     let mut stalled = stalled_client(&proxy, "stalled").await;
     let flowing = tokio::spawn(read_flow(fast, Duration::from_secs(3), EVENT_SIZE));
-    // The kernel's buffers and the 64 KiB fill within a second; the stream is closed then.
+    // The kernel's buffers and the 64 KiB fill within a second; the stream is closed then,
+    // and its upstream connection released: how many events the app wrote to it before that
+    // depends on the kernel's buffer sizing, so only the app's write waits are checked.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_app_never_held_back(&up);
-    assert_written_alike(&up);
     let (_fast, flow) = flowing.await.expect("fast reader");
     assert!(
         flow.events > 100 && flow.longest_quiet < Duration::from_secs(1),
