@@ -59,7 +59,11 @@ async fn run(args: Args) -> i32 {
     };
     let proto = args.str_or("proto", "h2").to_owned();
     let n: usize = args.get("n", 1000);
-    let per: usize = if proto == "h1" { 1 } else { args.get("per", 100).max(1) };
+    let per: usize = if proto == "h1" {
+        1
+    } else {
+        args.get("per", 100).max(1)
+    };
     let pid: u32 = args.get("watch-pid", 0);
     let rate: f64 = args.get("rate", 0.0);
     let control = args.str("control").map(str::to_owned);
@@ -76,7 +80,7 @@ async fn run(args: Args) -> i32 {
         }
     }
     sleep(Duration::from_millis(300)).await;
-    let base = procstat::sample(pid);
+    let base = procstat::sample(&[pid]);
 
     // Open: connections at connect_rate / per a second, `per` streams on each.
     let connections = n.div_ceil(per);
@@ -101,7 +105,7 @@ async fn run(args: Args) -> i32 {
     let open = counts.open.get();
     metrics.insert(format!("s7.open@{key}"), json!(open));
     metrics.insert(format!("s7.failed@{key}"), json!(counts.failed.get()));
-    if let (Some(b), Some(s)) = (base, procstat::sample(pid)) {
+    if let (Some(b), Some(s)) = (base, procstat::sample(&[pid])) {
         if open > 0 {
             let per_stream = s.rss_kb.saturating_sub(b.rss_kb) as f64 / open as f64;
             metrics.insert(format!("s7.rss_kb_per_stream@{key}"), json!(per_stream));
@@ -122,16 +126,19 @@ async fn run(args: Args) -> i32 {
         sleep(Duration::from_secs_f64(args.get("warm", 2.0))).await;
         let window: f64 = args.get("window", 10.0);
         let e0 = counts.events.get();
-        let s0 = procstat::sample(pid);
+        let s0 = procstat::sample(&[pid]);
         let t0 = Instant::now();
         sleep(Duration::from_secs_f64(window)).await;
-        let s1 = procstat::sample(pid);
+        let s1 = procstat::sample(&[pid]);
         let wall = t0.elapsed().as_secs_f64();
         let events = counts.events.get() - e0;
         metrics.insert(format!("s7.eps@{key}x{rate}"), json!(events as f64 / wall));
         if let (Some(a), Some(b)) = (s0, s1) {
             let cpu = b.cpu_secs_since(&a);
-            metrics.insert(format!("s7.cpu_pct_core@{key}x{rate}"), json!(cpu / wall * 100.0));
+            metrics.insert(
+                format!("s7.cpu_pct_core@{key}x{rate}"),
+                json!(cpu / wall * 100.0),
+            );
             if events > 0 {
                 metrics.insert(
                     format!("s7.cpu_us_per_event@{key}x{rate}"),
@@ -193,7 +200,9 @@ async fn h1_stream(addr: SocketAddr, src: Option<std::net::Ipv4Addr>, counts: Rc
     }
     let mut buf = vec![0u8; 16 * 1024];
     let mut head = Vec::new();
-    let mut units = UnitCounter { last_newline: false };
+    let mut units = UnitCounter {
+        last_newline: false,
+    };
     let mut opened = false;
     loop {
         let read = match s.read(&mut buf).await {
@@ -264,7 +273,9 @@ async fn h2_connection(
             }
             counts.open.set(counts.open.get() + 1);
             let mut body = response.into_body();
-            let mut units = UnitCounter { last_newline: false };
+            let mut units = UnitCounter {
+                last_newline: false,
+            };
             while let Some(Ok(data)) = body.data().await {
                 let _ = body.flow_control().release_capacity(data.len());
                 units.feed(&data, &counts.events);
@@ -276,15 +287,23 @@ async fn h2_connection(
 
 /// `GET path` on the bench upstream's control port.
 async fn control_get(control: &str, path: &str) -> Result<(), String> {
-    let addr: SocketAddr = control.parse().map_err(|_| format!("bad --control {control}"))?;
+    let addr: SocketAddr = control
+        .parse()
+        .map_err(|_| format!("bad --control {control}"))?;
     let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let req = format!("GET {path} HTTP/1.1\r\nHost: {control}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).await.map_err(|e| e.to_string())?;
     if resp.starts_with(b"HTTP/1.1 200") {
         Ok(())
     } else {
-        Err(String::from_utf8_lossy(&resp).lines().next().unwrap_or("").to_owned())
+        Err(String::from_utf8_lossy(&resp)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned())
     }
 }
