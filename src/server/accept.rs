@@ -115,7 +115,6 @@ impl Front {
         due: Instant,
         shutdown: &ShutdownWatch,
     ) {
-        let listen = &self.state.policy().config.listen;
         let (mut first_byte_by, mut head_due) = (due, Some(due));
         loop {
             let buf = match self
@@ -139,7 +138,8 @@ impl Front {
             // keep-alive timing is the loop's own.
             let (stream, _settings) = reused.consume();
             io = stream;
-            first_byte_by = Instant::now() + listen.keepalive_timeout;
+            let keepalive = self.state.policy().config.listen.keepalive_timeout;
+            first_byte_by = Instant::now() + keepalive;
             head_due = None;
         }
     }
@@ -153,8 +153,12 @@ impl Front {
         head_due: Option<Instant>,
         shutdown: &ShutdownWatch,
     ) -> NextHead {
-        let listen = &self.state.policy().config.listen;
-        let max = listen.max_request_head;
+        // Copied out: a reference would keep the policy snapshot alive while the client takes
+        // its time, and a connection may outlive many reloads.
+        let (max, head_timeout) = {
+            let listen = &self.state.policy().config.listen;
+            (listen.max_request_head, listen.request_head_timeout)
+        };
         let mut buf = BytesMut::with_capacity(INITIAL_HEAD_BUFFER.min(max));
         let mut shutdown = shutdown.clone();
         let first = tokio::select! {
@@ -165,7 +169,7 @@ impl Front {
         if !matches!(first, Ok(Ok(n)) if n > 0) {
             return NextHead::Gone;
         }
-        let due = head_due.unwrap_or_else(|| Instant::now() + listen.request_head_timeout);
+        let due = head_due.unwrap_or_else(|| Instant::now() + head_timeout);
         let mut reader = HeadReader::new(max);
         loop {
             match reader.advance(&buf) {
@@ -306,14 +310,20 @@ impl ServerApp for Front {
     async fn process_new(self: &Arc<Self>, io: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
         // The peer address costs a system call (cached for the session), so it is asked for
         // only when a per-address cap needs it.
-        let listen = &self.state.policy().config.listen;
-        let caps = ConnectionCaps {
-            max: listen.max_connections,
-            per_address: listen.max_connections_per_ip,
+        // What this connection needs of the policy in force, copied out: a reference would
+        // keep that snapshot (keys, certificate, routes) alive for as long as the connection,
+        // through any number of reloads.
+        let (caps, head_timeout, h2c) = {
+            let listen = &self.state.policy().config.listen;
+            let caps = ConnectionCaps {
+                max: listen.max_connections,
+                per_address: listen.max_connections_per_ip,
+            };
+            (caps, listen.request_head_timeout, listen.h2c)
         };
         // A client that connects has request_head_timeout to finish its handshake and say who
         // it is.
-        let due = Instant::now() + listen.request_head_timeout;
+        let due = Instant::now() + head_timeout;
         let address = caps.per_address.and_then(|_| peer(&io)).map(|p| p.ip());
         let slot = match self.gate.admit(caps, address) {
             Ok(slot) => slot,
@@ -348,7 +358,7 @@ impl ServerApp for Front {
         };
         let http2 = match io.selected_alpn_proto() {
             Some(ALPN::H2) => true,
-            None if listen.h2c && self.tls.is_none() => {
+            None if h2c && self.tls.is_none() => {
                 let left = due.saturating_duration_since(Instant::now());
                 match h2c_preface(&mut io, left).await {
                     Some(preface) => preface,

@@ -67,8 +67,15 @@ pub(super) async fn serve(
     shutdown: &ShutdownWatch,
 ) {
     let Connection { io, slot } = conn;
-    let policy = state.policy();
-    let cfg = &policy.config.http2;
+    // Copied out of the policy in force: holding the snapshot would keep it (keys, certificate,
+    // routes) alive for as long as the connection, through any number of reloads.
+    let (cfg, handshake_within) = {
+        let policy = state.policy();
+        (
+            policy.config.http2.clone(),
+            policy.config.listen.request_head_timeout,
+        )
+    };
     let metrics = &state.metrics.http2;
     let digest = Arc::new(Digest {
         ssl_digest: io.get_ssl_digest(),
@@ -82,10 +89,7 @@ pub(super) async fn serve(
         .max_send_buffer_size(cfg.max_send_buffer)
         .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
         .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
-    let handshake = timeout(
-        policy.config.listen.request_head_timeout,
-        handshake(io, Some(options)),
-    );
+    let handshake = timeout(handshake_within, handshake(io, Some(options)));
     let Ok(Ok(mut h2)) = handshake.await else {
         tracing::debug!("HTTP/2 handshake failed or timed out");
         return;
