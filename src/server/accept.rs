@@ -200,6 +200,20 @@ impl Front {
         reason: &'static str,
         buf: BytesMut,
     ) {
+        self.count_refusal(rejection, "request_head_refused", reason, peer(&io));
+        self.answer_and_close(io, &raw_refusal(rejection, None), buf)
+            .await;
+    }
+
+    /// Counts a connection turned away before any request (like every refusal) and logs it as
+    /// a security event, with fixed words only.
+    fn count_refusal(
+        &self,
+        rejection: Rejection,
+        event: &'static str,
+        reason: &'static str,
+        client: Option<SocketAddr>,
+    ) {
         let metrics = &self.state.metrics;
         metrics
             .rejections
@@ -212,20 +226,19 @@ impl Front {
         tracing::warn!(
             target: SECURITY_TARGET,
             security = true,
-            event = "request_head_refused",
+            event,
             reason,
             status = rejection.status(),
-            client = %peer(&io).map(|p| p.to_string()).unwrap_or_default(),
+            client = %client.map(|p| p.to_string()).unwrap_or_default(),
             "security event"
         );
-        self.answer_and_close(io, &raw_refusal(rejection, None), buf)
-            .await;
     }
 
     /// Completes the TLS handshake of a TLS listener's connection by `due`. `None`: the
     /// client failed it or ran out of time (counted and logged like a head that came too late).
     async fn handshake(&self, acceptor: &Acceptor, io: Stream, due: Instant) -> Option<Stream> {
         // The listener is plain TCP (see `server::build`), so this is always a TCP socket.
+        let client = peer(&io);
         let tcp = io.into_any().downcast::<TcpStream>().ok()?;
         match timeout_at(due, acceptor.tls_handshake(*tcp)).await {
             Ok(Ok(tls)) => Some(Box::new(tls)),
@@ -235,22 +248,7 @@ impl Front {
             }
             Err(_) => {
                 let rejection = Rejection::HeadTimeout;
-                let metrics = &self.state.metrics;
-                metrics
-                    .rejections
-                    .with_label_values(&[rejection.metric_label()])
-                    .inc();
-                metrics
-                    .requests
-                    .with_label_values(&[Outcome::Rejected.label()])
-                    .inc();
-                tracing::warn!(
-                    target: SECURITY_TARGET,
-                    security = true,
-                    event = "tls_handshake_timeout",
-                    status = rejection.status(),
-                    "security event"
-                );
+                self.count_refusal(rejection, "tls_handshake_timeout", "timeout", client);
                 None
             }
         }
