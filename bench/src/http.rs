@@ -4,6 +4,13 @@
 //! Proxies re-frame bodies (nginx re-chunks, others pass the upstream's framing through), so the
 //! generator cannot skip chunk framing: a chunk boundary can fall inside an event line.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
 /// A parsed response head.
 #[derive(Debug, Clone)]
 pub struct Head {
@@ -259,6 +266,25 @@ pub fn classify(line: &[u8]) -> SseLine {
     ) {
         (Some(seq), Some(ns)) => SseLine::Event { seq, ns },
         _ => SseLine::Other,
+    }
+}
+
+/// `GET path` on the bench upstream's control port (rates, stall counters): the body of a 200.
+pub async fn control_get(control: &str, path: &str) -> Result<String, String> {
+    let addr: SocketAddr = control
+        .parse()
+        .map_err(|_| format!("bad --control {control}"))?;
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {control}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut resp = Vec::new();
+    let _ = timeout(Duration::from_secs(5), s.read_to_end(&mut resp)).await;
+    let text = String::from_utf8_lossy(&resp);
+    match text.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => Err(text.lines().next().unwrap_or("no answer").to_owned()),
     }
 }
 

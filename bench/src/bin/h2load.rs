@@ -21,10 +21,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{json, Map};
 use sg_bench::args::Args;
+use sg_bench::http::control_get;
 use sg_bench::net::{connect_from, source_addr};
 use sg_bench::procstat;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::LocalSet;
 use tokio::time::{sleep, Instant};
 
@@ -282,28 +282,5 @@ async fn h2_connection(
             }
             counts.open.set(counts.open.get() - 1);
         });
-    }
-}
-
-/// `GET path` on the bench upstream's control port.
-async fn control_get(control: &str, path: &str) -> Result<(), String> {
-    let addr: SocketAddr = control
-        .parse()
-        .map_err(|_| format!("bad --control {control}"))?;
-    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {control}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.map_err(|e| e.to_string())?;
-    if resp.starts_with(b"HTTP/1.1 200") {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&resp)
-            .lines()
-            .next()
-            .unwrap_or("")
-            .to_owned())
     }
 }

@@ -34,7 +34,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 use sg_bench::args::Args;
 use sg_bench::clock::mono_ns;
-use sg_bench::http::{classify, parse_head, BodyDecoder, Head, LineScanner, SseLine};
+use sg_bench::http::{classify, control_get, parse_head, BodyDecoder, Head, LineScanner, SseLine};
 use sg_bench::net::{connect_from, connect_slow_link, io_cause, source_addr};
 use sg_bench::procstat;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -902,25 +902,6 @@ async fn upstream_stall(control: &str, reset: bool) -> Option<u64> {
         .await
         .ok()?;
     serde_json::from_str::<Value>(&body).ok()?["longest_write_us"].as_u64()
-}
-
-/// `GET path` on the bench upstream's control port: the body of a 200.
-async fn control_get(control: &str, path: &str) -> Result<String, String> {
-    let addr: SocketAddr = control
-        .parse()
-        .map_err(|_| format!("bad --control {control}"))?;
-    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {control}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut resp = Vec::new();
-    let _ = timeout(Duration::from_secs(5), s.read_to_end(&mut resp)).await;
-    let text = String::from_utf8_lossy(&resp);
-    match text.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
-        _ => Err(text.lines().next().unwrap_or("no answer").to_owned()),
-    }
 }
 
 async fn parent(mode: &str, args: &Args) -> i32 {
