@@ -115,6 +115,62 @@ async fn stream_cap_is_exact_whichever_replica_each_stream_lands_on() {
     }
 }
 
+/// Releases are batched (a short wait before they go to Redis), so without more a user at the
+/// cap who closes a stream and opens another could be refused for the one they just closed: the
+/// next admission carries the user's ended streams and removes them first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_user_at_the_cap_who_closes_a_stream_can_open_another_at_once() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let a = Proxy::start_with(replica(&up, &redis, "max_streams_per_user = 1", "")).await;
+    let alice = auth("alice");
+    let h = [("Authorization", alice.as_str())];
+    let mut held = admitted(a.addr, Kind::Sse, &h).await;
+    // Several times over, so that the batch going out first by chance cannot pass for it.
+    for kind in [Kind::Sse, Kind::Ws].repeat(4) {
+        held.close().await;
+        wait_active(&a, 0.0, SOON).await;
+        held = admitted(a.addr, kind, &h).await;
+        assert_eq!(leases(&redis, "alice"), 1);
+    }
+    held.assert_alive().await;
+}
+
+/// Redis restarted between two admissions (a failover, say): the connection the proxy holds is
+/// dead, yet the next admission is still Redis's to decide, not `on_error`'s.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_admission_after_redis_restarted_is_decided_by_redis() {
+    let mut redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let cfg = replica(
+        &up,
+        &redis,
+        "max_streams_per_user = 1",
+        "on_error = \"closed\"",
+    );
+    let a = Proxy::start_with(cfg).await;
+    let alice = auth("alice");
+    let h = [("Authorization", alice.as_str())];
+    admitted(a.addr, Kind::Sse, &h).await.close().await;
+    wait_active(&a, 0.0, SOON).await;
+    redis.kill();
+    redis.restart();
+    // Should the breaker have seen the gap, it is closed again before the admission.
+    assert_metric(&a, "streamguard_store_up", &[], 1.0).await;
+    let errors = metric_now(&a, "streamguard_store_errors_total", &[("op", "admit")]).await;
+    let mut held = admitted(a.addr, Kind::Sse, &h).await;
+    assert_eq!(leases(&redis, "alice"), 1);
+    refused(a.addr, Kind::Sse, &h).await.assert_cap(429);
+    assert_metric(
+        &a,
+        "streamguard_store_errors_total",
+        &[("op", "admit")],
+        errors,
+    )
+    .await;
+    held.assert_alive().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn evict_oldest_closes_the_oldest_stream_on_the_other_replica() {
     let redis = RedisServer::start();

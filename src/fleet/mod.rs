@@ -14,6 +14,9 @@
 //! - **Eviction across replicas.** The admitting script publishes the evicted member on its
 //!   owner's channel (`<prefix>evict:<replica>`), and records it in the user's evicted set, so
 //!   the owner's next renewal evicts it even if the message was lost.
+//! - **Cheap on the request path.** An admission is one script call on a connection of the
+//!   runtime it runs on (no hand-off to another thread), and ended streams' releases wait to
+//!   ride on their user's next admission or a batched round trip (`releases`).
 //! - **When Redis is down or slow** (a failed call, or none within `timeout`), `on_error`
 //!   decides new streams: this replica's own limits, admit, or refuse. A [`breaker::Breaker`]
 //!   stops stream setups from waiting on a dead Redis, and a probe closes it again. Streams
@@ -25,17 +28,18 @@
 
 mod breaker;
 mod keys;
+mod releases;
 mod tasks;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, ScriptInvocation, Value};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::config::{OnStoreError, OnUserLimit, RedisStoreConfig};
 use crate::policy::limits::{
@@ -45,6 +49,7 @@ use crate::telemetry::{Metrics, StoreOp, SECURITY_TARGET};
 
 use self::breaker::{Breaker, Transition};
 use self::keys::Keys;
+use self::releases::Releases;
 
 /// Why the store could not be set up from a config that validated.
 #[derive(Debug, thiserror::Error)]
@@ -84,12 +89,6 @@ struct UserLeases {
     leases: Vec<Lease>,
 }
 
-/// A lease to remove from Redis: its stream ended.
-struct Release {
-    leases_key: String,
-    member: String,
-}
-
 /// The shared [`LimitStore`]. Cheap to share: everything lives behind one `Arc`, which the
 /// background tasks ([`RedisStore::run`]) and pending decisions hold too.
 pub struct RedisStore {
@@ -98,8 +97,12 @@ pub struct RedisStore {
 
 struct Shared {
     client: redis::Client,
-    /// Set by [`RedisStore::run`], on the runtime that lives as long as the process.
-    conn: OnceLock<ConnectionManager>,
+    conn_config: ConnectionManagerConfig,
+    /// One connection per runtime that calls the store, made there on first use, so its
+    /// driver task runs beside the requests that use it: an admission then costs no hand-off
+    /// to another thread and back (wake-ups and context switches that cost more than the
+    /// admission itself). A handful of entries: Pingora's runtimes live as long as the process.
+    conns: Mutex<HashMap<tokio::runtime::Id, ConnectionManager>>,
     keys: Keys,
     /// This process's name in members and its eviction channel: random, so a restarted
     /// replica never takes over the leases of the process it replaces.
@@ -117,9 +120,7 @@ struct Shared {
     /// only moves later, so nothing would pass before then anyway.
     refused: Mutex<HashMap<LimitKey, Instant>>,
     breaker: Mutex<Breaker>,
-    releases: mpsc::UnboundedSender<Release>,
-    /// Taken by [`RedisStore::run`].
-    releases_rx: Mutex<Option<mpsc::UnboundedReceiver<Release>>>,
+    releases: Releases,
     /// Asks for a renewal now: Redis came back, or the eviction channel reconnected.
     renew_now: Notify,
     metrics: Arc<Metrics>,
@@ -157,6 +158,36 @@ impl Admitted {
     }
 }
 
+/// Sends a request, and once more if the connection turned out dead, which the manager then
+/// replaces: an idle connection that Redis closed (its `timeout`, or a restart) must not make
+/// a healthy store count as down, nor send that one stream to `on_error`. The caller's timeout
+/// bounds both tries. (If the first reached Redis before the connection died, a duplicate lease
+/// is never renewed and lapses within `lease`.)
+pub(super) async fn once_more_if_reconnected<T, F, Fut>(mut send: F) -> redis::RedisResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    match send().await {
+        Err(e) if e.is_unrecoverable_error() => send().await,
+        other => other,
+    }
+}
+
+/// Every connection's settings. Our own timeout bounds every call; the manager's reconnect
+/// backoff stays short so a Redis that comes back is found within the probe period.
+fn connection_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
+        .set_response_timeout(None)
+        .set_number_of_retries(1)
+        .set_max_delay(tasks::PROBE_EVERY)
+}
+
+/// At most this many of a user's ended streams ride on their next admission; the background
+/// task removes any others.
+const CARRIED_RELEASES: usize = 64;
+
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
@@ -183,11 +214,11 @@ impl RedisStore {
         let client = redis::Client::open(info).map_err(|_| StoreError::Url("not usable".into()))?;
         let keys = Keys::new(&cfg.key_prefix);
         let replica = format!("{:016x}", rand::random::<u64>());
-        let (releases, releases_rx) = mpsc::unbounded_channel();
         Ok(RedisStore {
             shared: Arc::new(Shared {
                 client,
-                conn: OnceLock::new(),
+                conn_config: connection_config(cfg.timeout),
+                conns: Mutex::new(HashMap::new()),
                 channel: format!("{}{replica}", keys.channel_prefix()),
                 keys,
                 replica,
@@ -200,17 +231,16 @@ impl RedisStore {
                 leases: Mutex::new(HashMap::new()),
                 refused: Mutex::new(HashMap::new()),
                 breaker: Mutex::new(Breaker::default()),
-                releases,
-                releases_rx: Mutex::new(Some(releases_rx)),
+                releases: Releases::default(),
                 renew_now: Notify::new(),
                 metrics,
             }),
         })
     }
 
-    /// The store's background work: the connection, lease renewal, releases, the eviction
-    /// channel and the health probe. Spawn once, on a runtime that lives as long as the
-    /// process (the connection's driver task lives where it was made).
+    /// The store's background work: lease renewal, batched releases, the eviction channel and
+    /// the health probe. Spawn once, on a runtime that lives as long as the process (its
+    /// connection's driver task lives there).
     pub async fn run(&self) {
         tasks::run(Arc::clone(&self.shared)).await;
     }
@@ -218,7 +248,24 @@ impl RedisStore {
 
 impl Shared {
     fn available(&self) -> bool {
-        self.conn.get().is_some() && lock(&self.breaker).is_closed()
+        lock(&self.breaker).is_closed()
+    }
+
+    /// The connection of the runtime this runs on (see `conns`); `None` outside a runtime or
+    /// if the client cannot make one, which counts as the store failing.
+    fn conn(&self) -> Option<ConnectionManager> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?.id();
+        let mut conns = lock(&self.conns);
+        if let Some(conn) = conns.get(&runtime) {
+            return Some(conn.clone());
+        }
+        // Lazy: it connects on first use, and the manager reconnects on its own after that.
+        let conn =
+            ConnectionManager::new_lazy_with_config(self.client.clone(), self.conn_config.clone())
+                .map_err(|e| tracing::error!(error = %e, "cannot set up a limit store connection"))
+                .ok()?;
+        conns.insert(runtime, conn.clone());
+        Some(conn)
     }
 
     fn record(&self, transition: Transition) {
@@ -267,9 +314,16 @@ impl Shared {
         op: StoreOp,
         invocation: &ScriptInvocation<'_>,
     ) -> Option<T> {
-        let mut conn = self.conn.get()?.clone();
+        let Some(conn) = self.conn() else {
+            self.failed(op);
+            return None;
+        };
         let started = Instant::now();
-        match tokio::time::timeout(self.timeout, invocation.invoke_async(&mut conn)).await {
+        let send = || {
+            let mut conn = conn.clone();
+            async move { invocation.invoke_async(&mut conn).await }
+        };
+        match tokio::time::timeout(self.timeout, once_more_if_reconnected(send)).await {
             Ok(Ok(reply)) => {
                 self.metrics
                     .store
@@ -299,6 +353,16 @@ impl Shared {
             })
             .leases
             .push(lease);
+    }
+
+    /// Whether `member` is one of this replica's open streams.
+    fn is_open(&self, leases_key: &str, member: &str) -> bool {
+        let Some((_, seq)) = keys::parse_member(member, &self.replica) else {
+            return false;
+        };
+        lock(&self.leases)
+            .get(leases_key)
+            .is_some_and(|user| user.leases.iter().any(|l| l.seq == seq))
     }
 
     /// Evicts one of this replica's streams that another admission took the slot of.
@@ -358,6 +422,7 @@ impl Shared {
         let (interval, tolerance) = limits
             .connect_rate
             .map_or((0, 0), |q| (micros(q.interval).max(1), micros(q.tolerance)));
+        let released = self.releases.take_user(&user.leases, CARRIED_RELEASES);
         let mut invocation = self.scripts.admit.prepare_invoke();
         invocation
             .key(&user.leases)
@@ -370,8 +435,12 @@ impl Shared {
             .arg(u8::from(limits.on_user_limit == OnUserLimit::EvictOldest))
             .arg(interval)
             .arg(tolerance)
-            .arg(self.keys.channel_prefix());
+            .arg(self.keys.channel_prefix())
+            .arg(&released);
         let reply: Option<Vec<Value>> = self.call(StoreOp::Admit, &invocation).await;
+        if reply.is_none() {
+            self.releases.put_back(user.leases.clone(), released);
+        }
         match reply.map(Admitted::parse) {
             Some(Some(Admitted::Ok { member, mine })) => {
                 let admitted_us = keys::parse_member(&member, &self.replica).map_or(0, |m| m.0);
@@ -481,8 +550,7 @@ impl LimitStore for RedisStore {
         }
         drop(all);
         let member = keys::member(lease.admitted_us, &shared.replica, lease.seq);
-        // Only fails once the background task is gone (process exit): the lease lapses then.
-        let _ = shared.releases.send(Release { leases_key, member });
+        shared.releases.push(leases_key, member);
     }
 
     fn check_rate(&self, key: &LimitKey, quota: &Quota, now: Instant) -> Result<(), Duration> {

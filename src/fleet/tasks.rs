@@ -1,80 +1,53 @@
 //! The store's background work, in one task plus the eviction subscriber: lease renewal,
 //! releases, and the health probe that closes the breaker.
 //!
-//! Renewals and releases share one loop on purpose: a release queued while a renewal is in
-//! flight reaches Redis after it, so a renewal can never add back a lease that was just
-//! removed.
+//! A renewal adds back a member it finds missing (Redis may have restarted empty), so one that
+//! meets a stream's release on the way would bring the lease back: the release can reach Redis
+//! first, carried by an admission on another connection. Each renewal therefore ends by
+//! releasing again the members of its snapshot whose streams ended meanwhile.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use super::keys::{self, Keys};
-use super::{lock, Release, Shared};
+use super::releases::GATHER;
+use super::{lock, Shared};
 use crate::telemetry::StoreOp;
 
 /// Users per renewal script call, and calls per pipelined round trip.
 const USERS_PER_CALL: usize = 100;
 const CALLS_PER_ROUND_TRIP: usize = 8;
-/// Releases removed per pipelined round trip.
+/// Users whose releases go in one pipelined round trip.
 const RELEASES_PER_ROUND_TRIP: usize = 512;
-/// Releases kept while Redis is down; beyond that the oldest are left to lapse.
-const PENDING_RELEASES: usize = 65_536;
 /// How often a down store is probed, and how soon a lost eviction channel is dialled again.
-const PROBE_EVERY: Duration = Duration::from_millis(250);
+pub(super) const PROBE_EVERY: Duration = Duration::from_millis(250);
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
 
 pub(super) async fn run(shared: Arc<Shared>) {
-    let Some(mut releases) = lock(&shared.releases_rx).take() else {
-        return;
-    };
-    // Our own timeout bounds every call; the manager's reconnect backoff stays short so a
-    // Redis that comes back is found within the probe period.
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(shared.timeout.max(Duration::from_millis(500))))
-        .set_response_timeout(None)
-        .set_number_of_retries(1)
-        .set_max_delay(PROBE_EVERY);
-    match ConnectionManager::new_lazy_with_config(shared.client.clone(), config) {
-        Ok(conn) => {
-            let _ = shared.conn.set(conn);
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot set up the limit store's connection; new streams follow limits.store.on_error");
-            return;
-        }
-    }
     tokio::spawn(subscribe(Arc::clone(&shared)));
 
     let mut renew = tokio::time::interval(shared.lease / 3);
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut probe = tokio::time::interval(PROBE_EVERY);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pending: Vec<Release> = Vec::new();
     loop {
         tokio::select! {
             _ = renew.tick() => renew_leases(&shared).await,
             () = shared.renew_now.notified() => renew_leases(&shared).await,
-            Some(release) = releases.recv() => {
-                pending.push(release);
-                while pending.len() < PENDING_RELEASES {
-                    match releases.try_recv() {
-                        Ok(release) => pending.push(release),
-                        Err(_) => break,
-                    }
-                }
-                flush_releases(&shared, &mut pending).await;
+            () = shared.releases.arrived() => {
+                tokio::time::sleep(GATHER).await;
+                flush_releases(&shared).await;
             }
             _ = probe.tick() => {
                 if !lock(&shared.breaker).is_closed() {
                     health_probe(&shared).await;
                 }
                 // Releases kept while Redis was down go out once it is back.
-                if !pending.is_empty() && shared.available() {
-                    flush_releases(&shared, &mut pending).await;
+                if !shared.releases.is_empty() && shared.available() {
+                    flush_releases(&shared).await;
                 }
             }
         }
@@ -83,10 +56,9 @@ pub(super) async fn run(shared: Arc<Shared>) {
 
 /// A `PING`: an answer closes the breaker, a failure counts towards opening it.
 async fn health_probe(shared: &Shared) {
-    let Some(conn) = shared.conn.get() else {
-        return;
+    let Some(mut conn) = shared.conn() else {
+        return shared.failed(StoreOp::Ping);
     };
-    let mut conn = conn.clone();
     let ping = redis::cmd("PING");
     match tokio::time::timeout(shared.timeout, ping.query_async::<String>(&mut conn)).await {
         Ok(Ok(_)) => shared.succeeded(),
@@ -100,11 +72,14 @@ async fn round_trip<T: redis::FromRedisValue>(
     op: StoreOp,
     pipe: &redis::Pipeline,
 ) -> Result<T, Option<RedisError>> {
-    let conn = shared.conn.get().ok_or(None)?;
-    let mut conn: ConnectionManager = conn.clone();
+    let conn = shared.conn().ok_or(None)?;
     let started = Instant::now();
     let budget = shared.timeout.max(Duration::from_millis(250));
-    match tokio::time::timeout(budget, pipe.query_async::<T>(&mut conn)).await {
+    let send = || {
+        let mut conn = conn.clone();
+        async move { pipe.query_async::<T>(&mut conn).await }
+    };
+    match tokio::time::timeout(budget, super::once_more_if_reconnected(send)).await {
         Ok(Ok(reply)) => {
             shared
                 .metrics
@@ -118,31 +93,30 @@ async fn round_trip<T: redis::FromRedisValue>(
     }
 }
 
-/// Removes ended streams' leases; on failure they wait for Redis (or lapse).
-async fn flush_releases(shared: &Shared, pending: &mut Vec<Release>) {
+/// Removes ended streams' leases, one `ZREM` per user; on failure they wait for Redis (or
+/// lapse).
+async fn flush_releases(shared: &Shared) {
     if !shared.available() {
-        if pending.len() > PENDING_RELEASES {
-            pending.drain(..pending.len() - PENDING_RELEASES);
-        }
         return;
     }
-    while !pending.is_empty() {
-        let take = pending.len().min(RELEASES_PER_ROUND_TRIP);
+    let mut users = shared.releases.take_all();
+    while !users.is_empty() {
+        let batch: Vec<_> = users
+            .drain(..users.len().min(RELEASES_PER_ROUND_TRIP))
+            .collect();
         let mut pipe = redis::pipe();
-        for release in &pending[..take] {
-            pipe.zrem(&release.leases_key, &release.member).ignore();
+        for (leases_key, members) in &batch {
+            pipe.zrem(leases_key, members).ignore();
         }
-        match round_trip::<()>(shared, StoreOp::Release, &pipe).await {
-            Ok(()) => {
-                pending.drain(..take);
+        if let Err(e) = round_trip::<()>(shared, StoreOp::Release, &pipe).await {
+            if let Some(e) = e {
+                tracing::debug!(error = %e, "releasing leases failed");
             }
-            Err(e) => {
-                if let Some(e) = e {
-                    tracing::debug!(error = %e, "releasing leases failed");
-                }
-                shared.failed(StoreOp::Release);
-                return;
+            shared.failed(StoreOp::Release);
+            for (leases_key, members) in batch.into_iter().chain(users) {
+                shared.releases.put_back(leases_key, members);
             }
+            return;
         }
     }
 }
@@ -194,9 +168,8 @@ async fn renew_leases(shared: &Shared) {
                 // Redis restarted or its script cache was flushed: load and go again once. The
                 // other scripts are loaded too, so the next admission is one round trip again
                 // rather than three (EVALSHA, SCRIPT LOAD, EVALSHA) against its timeout.
-                let loaded = match shared.conn.get() {
-                    Some(conn) => {
-                        let mut conn = conn.clone();
+                let loaded = match shared.conn() {
+                    Some(mut conn) => {
                         let scripts = &shared.scripts;
                         let mut ok = true;
                         for script in [&scripts.renew, &scripts.admit, &scripts.message] {
@@ -218,6 +191,14 @@ async fn renew_leases(shared: &Shared) {
             shared.failed(StoreOp::Renew);
             return;
         };
+        // See the module's doc: members of streams that ended meanwhile go again.
+        for (leases_key, members) in round {
+            for member in members {
+                if !shared.is_open(leases_key, member) {
+                    shared.releases.push(leases_key.clone(), member.clone());
+                }
+            }
+        }
         for (call, evicted) in round.chunks(USERS_PER_CALL).zip(evicted) {
             for member in evicted {
                 // Members are unique to this replica, so the user is the one whose batch held it.

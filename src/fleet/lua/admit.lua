@@ -2,10 +2,14 @@
 -- 2 the user's connect TAT, 3 the user's evicted members (SET, read by their owners' renewals).
 -- ARGV: 1 replica id, 2 stream sequence number, 3 lease (us), 4 per-user cap (-1: none),
 -- 5 '1' to evict the oldest at the cap, 6 connect interval (us, 0: no rate), 7 tolerance (us),
--- 8 eviction channel prefix (the owner's id is appended).
+-- 8 eviction channel prefix (the owner's id is appended), 9... members of this replica's
+-- ended streams of this user, removed first.
 -- Returns {'ok', member, evicted member of this replica...}, {'rate', retry_us} or {'full'}.
 local now = now_us()
 local lease = tonumber(ARGV[3])
+if #ARGV > 8 then
+  redis.call('ZREM', KEYS[1], unpack(ARGV, 9))
+end
 -- Leases of replicas that died (or lost Redis for longer than a lease) count no more.
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local interval = tonumber(ARGV[6])
