@@ -200,6 +200,37 @@ async fn evict_oldest_closes_the_oldest_stream_on_the_other_replica() {
     assert_metric(&b, "streamguard_evictions_total", &[], 0.0).await;
 }
 
+/// Pub/sub reaches only a replica subscribed at that moment. The admitting script also records
+/// the eviction, so the owner's next renewal (every `lease / 3`) closes the stream anyway.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_eviction_whose_message_is_lost_closes_the_stream_at_the_next_renewal() {
+    let redis = RedisServer::start();
+    let up = Upstream::start().await;
+    let limits = "max_streams_per_user = 1\non_user_limit = \"evict_oldest\"";
+    let (a, b) = pair(&up, &redis, limits, "").await;
+    let alice = auth("alice");
+    let h = [("Authorization", alice.as_str())];
+    let oldest = admitted(a.addr, Kind::Sse, &h).await;
+    // Every subscription dropped; a replica dials again half a second later.
+    let dropped = Instant::now();
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let channels = redis.cli(&["PUBSUB", "CHANNELS", &format!("{PREFIX}*")]);
+    assert!(channels.trim().is_empty(), "still subscribed: {channels}");
+    let mut newer = admitted(b.addr, Kind::Sse, &h).await;
+    assert!(
+        dropped.elapsed() < Duration::from_millis(450),
+        "the admission took {:?}: A may have subscribed again before it",
+        dropped.elapsed()
+    );
+    oldest
+        .evicted(Duration::from_secs(2))
+        .await
+        .expect("A's stream closed by its renewal");
+    newer.assert_alive().await;
+    assert_eq!(leases(&redis, "alice"), 1);
+    assert_metric(&a, "streamguard_evictions_total", &[], 1.0).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn connect_rate_is_counted_across_both_replicas() {
     let redis = RedisServer::start();
