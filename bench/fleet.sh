@@ -54,10 +54,8 @@ log() { printf '[fleet %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 T0=$(date +%s)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# Every process started here is killed on exit, whatever happens.
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
+# Every process started here is in PIDS, killed on exit whatever happens; and wait_port.
+source "$BENCH/lib.sh"
 
 # ---- redis --------------------------------------------------------------------------------
 SOCK=$WORK/redis.sock
@@ -141,7 +139,6 @@ config redis 18081 18090 true 3 >"$WORK/sg-cap-a.toml"
 config redis 18082 18091 true 3 >"$WORK/sg-cap-b.toml"
 for f in "$WORK"/sg-*.toml; do "$SG" check -c "$f" >/dev/null; done
 
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 setting() { sed -n "s/^address = \"127.0.0.1:\([0-9]*\)\"/\1/p" "$1" | sed -n "${2}p"; } # cfg n -> port
 schedstat_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
 

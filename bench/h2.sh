@@ -44,49 +44,8 @@ RAW=$WORK/raw; LOGS=$WORK/logs
 mkdir -p "$RAW" "$LOGS" "$WORK/nginx/tmp" "$WORK/bin"
 log() { printf '[bench-h2 %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# Every process started here is killed by pid on exit.
-PIDS=()
-cleanup() {
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  PIDS=()
-}
-trap cleanup EXIT
-trap 'cleanup; exit 130' INT TERM
-start() { # NAME CPU SECONDS CMD...: pinned, under a hard timeout, in the background
-  local name=$1 cpu=$2 secs=$3
-  shift 3
-  taskset -c "$cpu" timeout -k 5 "$secs" "$@" >"$LOGS/$name.log" 2>&1 &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
-stop() { # SIGINT: a fast stop for both proxies (SIGTERM would start streamguard's drain)
-  local pid=$1 i keep=() p
-  kill -INT "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-child_of() { # the process `timeout` runs
-  local c i
-  for i in $(seq 1 50); do
-    c=$(ps -o pid= --ppid "$1" | head -n1 | tr -d ' ')
-    [ -n "$c" ] && { echo "$c"; return 0; }
-    sleep 0.1
-  done
-  echo "$1"
-}
-wait_port() {
-  local i
-  for i in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  return 1
-}
+# Process bookkeeping (start, stop, child_of, cleanup on exit) and wait_port.
+source "$BENCH/lib.sh"
 
 if [ "$BUILD" = 1 ]; then
   (cd "$ROOT" && cargo build --release --bin streamguard)
@@ -181,14 +140,15 @@ run_case() { # TARGET PROTO N PER RATE ROUND
   esac
   proxy=$LAST_PID
   pid=$(child_of "$proxy")
-  wait_port $PROXY_PORT || { log "$target did not start"; stop "$proxy"; stop "$up"; return 1; }
+  wait_port $PROXY_PORT || { log "$target did not start"; stop "$proxy" INT; stop "$up"; return 1; }
   sleep 0.5
   log "round $round: $target $proto: $n streams, $per per connection, $rate events/s"
   taskset -c $GEN_CPU timeout -k 5 120 "$H2LOAD" --proto "$proto" --addr 127.0.0.1:$PROXY_PORT \
     --n "$n" --per "$per" --watch-pid "$pid" --control 127.0.0.1:$UP_PORT --rate "$rate" \
     --warm $WARM --window $WINDOW --connect-rate $CONNECT_RATE --label "$target" --round "$round" \
     --out "$RAW/$name.json" >>"$LOGS/h2load.log" 2>&1 || log "sg-h2load exited $? ($name)"
-  stop "$proxy"
+  # SIGINT: a fast stop for both proxies (SIGTERM would start streamguard's drain).
+  stop "$proxy" INT
   stop "$up"
 }
 

@@ -106,67 +106,8 @@ RESULT_JSON=$OUTDIR/$DATE$SUFFIX.json
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# ---- process bookkeeping: every process we start, killed by pid on exit --------------------
-PIDS=()
-LAST_PID=
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${PIDS[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  PIDS=()
-}
-trap cleanup EXIT
-trap 'cleanup; exit 130' INT TERM
-
-# start NAME CPU SECONDS CMD...: runs CMD pinned to CPU under a hard timeout, in the background.
-start() {
-  local name=$1 cpu=$2 secs=$3
-  shift 3
-  taskset -c "$cpu" timeout -k 5 "$secs" "$@" >"$LOGS/$name.log" 2>&1 &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
-
-# stop PID: TERM (timeout forwards it to its child), then wait.
-stop() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || true
-  for i in $(seq 1 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  local keep=() p
-  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-
-# The process `timeout` runs (what /proc should be read for).
-child_of() {
-  local pid=$1 c i
-  for i in $(seq 1 50); do
-    c=$(ps -o pid= --ppid "$pid" | head -n1 | tr -d ' ')
-    [ -n "$c" ] && { echo "$c"; return 0; }
-    sleep 0.1
-  done
-  echo "$pid"
-}
-
-wait_port() {
-  local port=$1 i
-  for i in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  return 1
-}
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Process bookkeeping (start, stop, child_of, cleanup on exit) and wait_port.
+source "$BENCH/lib.sh"
 
 # ---- install and build ----------------------------------------------------------------------
 install_pkgs() {
