@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
 use common::streams::*;
+use common::tls::SignedCertificate;
 use common::{Proxy, ProxyConfig, Upstream};
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
@@ -19,16 +20,24 @@ use tokio_tungstenite::tungstenite::Message;
 const LEASE: &str = "1s";
 const PREFIX: &str = "sgtest:";
 
-/// One replica: the demo upstream, `limits`, the Redis store (`store` adds or overrides keys),
-/// 1 s heartbeats so held streams can be seen alive.
+/// One replica: the demo upstream, `limits`, the Redis store at `redis` with the tests' lease
+/// and a 50 ms timeout (`store` adds keys), 1 s heartbeats so held streams can be seen alive.
 fn replica(up: &Upstream, redis: &RedisServer, limits: &str, store: &str) -> ProxyConfig {
+    let url = redis.url();
+    with_store(
+        up,
+        limits,
+        &format!("url = \"{url}\"\nlease = \"{LEASE}\"\ntimeout = \"50ms\"\n{store}"),
+    )
+}
+
+/// A replica whose `[limits.store]` keys beyond `kind` and the prefix are all `store`'s.
+fn with_store(up: &Upstream, limits: &str, store: &str) -> ProxyConfig {
     ProxyConfig::new(up.addr)
         .section("limits", limits)
         .section("sse", "heartbeat = \"1s\"")
         .merge(&format!(
-            "[limits.store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{PREFIX}\"\n\
-             lease = \"{LEASE}\"\ntimeout = \"50ms\"\n{store}",
-            redis.url()
+            "[limits.store]\nkind = \"redis\"\nkey_prefix = \"{PREFIX}\"\n{store}"
         ))
 }
 
@@ -142,13 +151,12 @@ async fn a_user_at_the_cap_who_closes_a_stream_can_open_another_at_once() {
 async fn the_first_admission_after_redis_restarted_is_decided_by_redis() {
     let mut redis = RedisServer::start();
     let up = Upstream::start().await;
-    let cfg = replica(
-        &up,
-        &redis,
-        "max_streams_per_user = 1",
-        "on_error = \"closed\"",
+    // A timeout no loaded machine misses: what fails here must be the dead connection.
+    let store = format!(
+        "url = \"{}\"\nlease = \"5s\"\ntimeout = \"500ms\"\non_error = \"closed\"",
+        redis.url()
     );
-    let a = Proxy::start_with(cfg).await;
+    let a = Proxy::start_with(with_store(&up, "max_streams_per_user = 1", &store)).await;
     let alice = auth("alice");
     let h = [("Authorization", alice.as_str())];
     admitted(a.addr, Kind::Sse, &h).await.close().await;
@@ -521,6 +529,46 @@ async fn churn_across_replicas_leaves_no_lease_and_no_stream_behind() {
     let evicted = metric_now(&a, "streamguard_evictions_total", &[]).await
         + metric_now(&b, "streamguard_evictions_total", &[]).await;
     assert!(evicted > 0.0, "the churn evicted nothing");
+}
+
+/// `rediss://` with a password file and a private CA (`ca_file`): the store works over TLS, and a
+/// server whose certificate does not chain to that CA is never trusted (the store is down).
+/// The timeout leaves room for a TLS handshake in a debug build.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_works_over_tls_with_a_private_ca_and_a_password_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = SignedCertificate::issue(dir.path(), "redis");
+    let redis = RedisServer::start_tls(&cert, "tls-redis-password");
+    let password = dir.path().join("redis-password");
+    std::fs::write(&password, "tls-redis-password\n").expect("write");
+    let up = Upstream::start().await;
+    let replica = |ca: &std::path::Path| {
+        let store = format!(
+            "url = \"{}\"\npassword_file = \"{}\"\nca_file = \"{}\"\n\
+             on_error = \"closed\"\ntimeout = \"500ms\"\n",
+            redis.tls_url(),
+            password.display(),
+            ca.display()
+        );
+        with_store(&up, "max_streams_per_user = 1", &store)
+    };
+    let a = Proxy::start_with(replica(&cert.ca)).await;
+    let alice = auth("alice");
+    let h = [("Authorization", alice.as_str())];
+    let mut held = admitted(a.addr, Kind::Sse, &h).await;
+    assert_eq!(leases(&redis, "alice"), 1);
+    refused(a.addr, Kind::Ws, &h).await.assert_cap(429);
+    held.assert_alive().await;
+    assert_metric(&a, "streamguard_store_up", &[], 1.0).await;
+
+    // The same server, seen by a replica that trusts another CA.
+    let other = SignedCertificate::issue(&dir.path().join("other"), "redis");
+    let b = Proxy::start_with(replica(&other.ca)).await;
+    let bob = auth("bob");
+    refused(b.addr, Kind::Sse, &[("Authorization", bob.as_str())])
+        .await
+        .assert(503, r#"{"error":"temporarily unavailable"}"#, 1..=5);
+    assert_eq!(leases(&redis, "bob"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

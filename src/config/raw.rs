@@ -210,6 +210,7 @@ pub(super) struct RawStore {
     pub kind: Option<Text>,
     pub url: Option<Text>,
     pub password_file: Option<Text>,
+    pub ca_file: Option<Text>,
     pub key_prefix: Option<Text>,
     pub timeout: Option<Text>,
     pub lease: Option<Text>,

@@ -372,6 +372,13 @@ fn store(store: &StoreConfig) -> Entries {
                 .as_ref()
                 .map(|p| text(&p.display().to_string())),
         ),
+        (
+            "ca_file",
+            redis
+                .ca_file
+                .as_ref()
+                .map(|p| text(&p.display().to_string())),
+        ),
         ("key_prefix", Some(text(&redis.key_prefix))),
         ("timeout", Some(duration(redis.timeout))),
         ("lease", Some(duration(redis.lease))),

@@ -45,11 +45,9 @@ impl ConfigSource {
 /// The files a configuration names, resolved against the config file's directory, in a fixed
 /// order. A value that does not substitute is left out: validation reports it.
 pub(super) fn named_files(raw: &RawConfig, base_dir: &Path, env: &dyn EnvSource) -> Vec<PathBuf> {
-    let store_password = raw
-        .limits
-        .store
-        .as_ref()
-        .and_then(|store| store.get_ref().password_file.as_ref());
+    let store = raw.limits.store.as_ref().map(|store| store.get_ref());
+    let store_password = store.and_then(|store| store.password_file.as_ref());
+    let store_ca = store.and_then(|store| store.ca_file.as_ref());
     [
         raw.listen.tls_cert_file.as_ref(),
         raw.listen.tls_key_file.as_ref(),
@@ -57,6 +55,7 @@ pub(super) fn named_files(raw: &RawConfig, base_dir: &Path, env: &dyn EnvSource)
         raw.auth.public_key_file.as_ref(),
         raw.auth.jwks_file.as_ref(),
         store_password,
+        store_ca,
     ]
     .into_iter()
     .flatten()

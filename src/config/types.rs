@@ -446,6 +446,11 @@ pub struct RedisStoreConfig {
     pub password_file: Option<PathBuf>,
     /// The contents of `password_file` (trailing newlines removed), read at load.
     pub password: Option<String>,
+    /// Where `ca` was read from, for `check` to print.
+    pub ca_file: Option<PathBuf>,
+    /// PEM certificates that a `rediss://` server's certificate must chain to, instead of the
+    /// system's roots (a private CA); read at load.
+    pub ca: Option<Vec<u8>>,
     /// Prepended to every key and channel, so several services can share one Redis.
     pub key_prefix: String,
     /// Per operation; past it the store counts as down for that operation. Default 50 ms.
@@ -461,6 +466,7 @@ impl std::fmt::Debug for RedisStoreConfig {
         f.debug_struct("RedisStoreConfig")
             .field("url", &redact_url(&self.url))
             .field("password_file", &self.password_file)
+            .field("ca_file", &self.ca_file)
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
             .field("lease", &self.lease)

@@ -15,7 +15,7 @@
 //!   owner's channel (`<prefix>evict:<replica>`), and records it in the user's evicted set, so
 //!   the owner's next renewal evicts it even if the message was lost.
 //! - **Cheap on the request path.** An admission is one script call on a connection of the
-//!   runtime it runs on (no hand-off to another thread), and ended streams' releases wait to
+//!   runtime it runs on (`conns`: no hand-off to another thread), and ended streams' releases
 //!   ride on their user's next admission or a batched round trip (`releases`).
 //! - **When Redis is down or slow** (a failed call, or none within `timeout`), `on_error`
 //!   decides new streams: this replica's own limits, admit, or refuse. A [`breaker::Breaker`]
@@ -27,6 +27,7 @@
 //! per-replica flood guard and never leaves it.
 
 mod breaker;
+mod conns;
 mod keys;
 mod releases;
 mod tasks;
@@ -37,7 +38,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, ScriptInvocation, Value};
 use tokio::sync::Notify;
 
@@ -48,6 +48,7 @@ use crate::policy::limits::{
 use crate::telemetry::{Metrics, StoreOp, SECURITY_TARGET};
 
 use self::breaker::{Breaker, Transition};
+use self::conns::Connections;
 use self::keys::Keys;
 use self::releases::Releases;
 
@@ -96,13 +97,7 @@ pub struct RedisStore {
 }
 
 struct Shared {
-    client: redis::Client,
-    conn_config: ConnectionManagerConfig,
-    /// One connection per runtime that calls the store, made there on first use, so its
-    /// driver task runs beside the requests that use it: an admission then costs no hand-off
-    /// to another thread and back (wake-ups and context switches that cost more than the
-    /// admission itself). A handful of entries: Pingora's runtimes live as long as the process.
-    conns: Mutex<HashMap<tokio::runtime::Id, ConnectionManager>>,
+    conns: Arc<Connections>,
     keys: Keys,
     /// This process's name in members and its eviction channel: random, so a restarted
     /// replica never takes over the leases of the process it replaces.
@@ -158,32 +153,6 @@ impl Admitted {
     }
 }
 
-/// Sends a request, and once more if the connection turned out dead, which the manager then
-/// replaces: an idle connection that Redis closed (its `timeout`, or a restart) must not make
-/// a healthy store count as down, nor send that one stream to `on_error`. The caller's timeout
-/// bounds both tries. (If the first reached Redis before the connection died, a duplicate lease
-/// is never renewed and lapses within `lease`.)
-pub(super) async fn once_more_if_reconnected<T, F, Fut>(mut send: F) -> redis::RedisResult<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = redis::RedisResult<T>>,
-{
-    match send().await {
-        Err(e) if e.is_unrecoverable_error() => send().await,
-        other => other,
-    }
-}
-
-/// Every connection's settings. Our own timeout bounds every call; the manager's reconnect
-/// backoff stays short so a Redis that comes back is found within the probe period.
-fn connection_config(timeout: Duration) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
-        .set_response_timeout(None)
-        .set_number_of_retries(1)
-        .set_max_delay(tasks::PROBE_EVERY)
-}
-
 /// At most this many of a user's ended streams ride on their next admission; the background
 /// task removes any others.
 const CARRIED_RELEASES: usize = 64;
@@ -211,14 +180,23 @@ impl RedisStore {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        let client = redis::Client::open(info).map_err(|_| StoreError::Url("not usable".into()))?;
+        let client = match &cfg.ca {
+            // A private CA: the server's certificate must chain to it, not to the system's roots.
+            Some(ca) => redis::Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            ),
+            None => redis::Client::open(info),
+        }
+        .map_err(|_| StoreError::Url("not usable".into()))?;
         let keys = Keys::new(&cfg.key_prefix);
         let replica = format!("{:016x}", rand::random::<u64>());
         Ok(RedisStore {
             shared: Arc::new(Shared {
-                client,
-                conn_config: connection_config(cfg.timeout),
-                conns: Mutex::new(HashMap::new()),
+                conns: Arc::new(Connections::new(client, cfg.timeout)),
                 channel: format!("{}{replica}", keys.channel_prefix()),
                 keys,
                 replica,
@@ -249,23 +227,6 @@ impl RedisStore {
 impl Shared {
     fn available(&self) -> bool {
         lock(&self.breaker).is_closed()
-    }
-
-    /// The connection of the runtime this runs on (see `conns`); `None` outside a runtime or
-    /// if the client cannot make one, which counts as the store failing.
-    fn conn(&self) -> Option<ConnectionManager> {
-        let runtime = tokio::runtime::Handle::try_current().ok()?.id();
-        let mut conns = lock(&self.conns);
-        if let Some(conn) = conns.get(&runtime) {
-            return Some(conn.clone());
-        }
-        // Lazy: it connects on first use, and the manager reconnects on its own after that.
-        let conn =
-            ConnectionManager::new_lazy_with_config(self.client.clone(), self.conn_config.clone())
-                .map_err(|e| tracing::error!(error = %e, "cannot set up a limit store connection"))
-                .ok()?;
-        conns.insert(runtime, conn.clone());
-        Some(conn)
     }
 
     fn record(&self, transition: Transition) {
@@ -310,11 +271,11 @@ impl Shared {
     /// One script call, bounded by `timeout`; `None` if it failed or took too long (the
     /// breaker counts it).
     async fn call<T: FromRedisValue>(
-        &self,
+        self: &Arc<Self>,
         op: StoreOp,
         invocation: &ScriptInvocation<'_>,
     ) -> Option<T> {
-        let Some(conn) = self.conn() else {
+        let Some(conn) = self.conns.for_this_runtime() else {
             self.failed(op);
             return None;
         };
@@ -323,7 +284,7 @@ impl Shared {
             let mut conn = conn.clone();
             async move { invocation.invoke_async(&mut conn).await }
         };
-        match tokio::time::timeout(self.timeout, once_more_if_reconnected(send)).await {
+        match tokio::time::timeout(self.timeout, conns::once_more_if_reconnected(send)).await {
             Ok(Ok(reply)) => {
                 self.metrics
                     .store
@@ -407,7 +368,12 @@ impl Shared {
         outcome
     }
 
-    async fn acquire(&self, key: &LimitKey, limits: &StreamLimits, now: Instant) -> Acquire {
+    async fn acquire(
+        self: &Arc<Self>,
+        key: &LimitKey,
+        limits: &StreamLimits,
+        now: Instant,
+    ) -> Acquire {
         if !self.available() {
             return self.degraded(key, limits, now);
         }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use redis::{ErrorKind, RedisError, ServerErrorKind};
 
+use super::conns::{once_more_if_reconnected, RECONNECT_WITHIN};
 use super::keys::{self, Keys};
 use super::releases::GATHER;
 use super::{lock, Shared};
@@ -23,10 +24,11 @@ const CALLS_PER_ROUND_TRIP: usize = 8;
 /// Users whose releases go in one pipelined round trip.
 const RELEASES_PER_ROUND_TRIP: usize = 512;
 /// How often a down store is probed, and how soon a lost eviction channel is dialled again.
-pub(super) const PROBE_EVERY: Duration = Duration::from_millis(250);
+const PROBE_EVERY: Duration = RECONNECT_WITHIN;
 const RESUBSCRIBE_AFTER: Duration = Duration::from_millis(500);
 
 pub(super) async fn run(shared: Arc<Shared>) {
+    shared.conns.open_home().await;
     tokio::spawn(subscribe(Arc::clone(&shared)));
 
     let mut renew = tokio::time::interval(shared.lease / 3);
@@ -56,11 +58,14 @@ pub(super) async fn run(shared: Arc<Shared>) {
 
 /// A `PING`: an answer closes the breaker, a failure counts towards opening it.
 async fn health_probe(shared: &Shared) {
-    let Some(mut conn) = shared.conn() else {
+    let Some(conn) = shared.conns.home() else {
         return shared.failed(StoreOp::Ping);
     };
-    let ping = redis::cmd("PING");
-    match tokio::time::timeout(shared.timeout, ping.query_async::<String>(&mut conn)).await {
+    let send = || {
+        let mut conn = conn.clone();
+        async move { redis::cmd("PING").query_async::<String>(&mut conn).await }
+    };
+    match tokio::time::timeout(shared.timeout, once_more_if_reconnected(send)).await {
         Ok(Ok(_)) => shared.succeeded(),
         _ => shared.failed(StoreOp::Ping),
     }
@@ -72,14 +77,14 @@ async fn round_trip<T: redis::FromRedisValue>(
     op: StoreOp,
     pipe: &redis::Pipeline,
 ) -> Result<T, Option<RedisError>> {
-    let conn = shared.conn().ok_or(None)?;
+    let conn = shared.conns.home().ok_or(None)?;
     let started = Instant::now();
     let budget = shared.timeout.max(Duration::from_millis(250));
     let send = || {
         let mut conn = conn.clone();
         async move { pipe.query_async::<T>(&mut conn).await }
     };
-    match tokio::time::timeout(budget, super::once_more_if_reconnected(send)).await {
+    match tokio::time::timeout(budget, once_more_if_reconnected(send)).await {
         Ok(Ok(reply)) => {
             shared
                 .metrics
@@ -168,7 +173,7 @@ async fn renew_leases(shared: &Shared) {
                 // Redis restarted or its script cache was flushed: load and go again once. The
                 // other scripts are loaded too, so the next admission is one round trip again
                 // rather than three (EVALSHA, SCRIPT LOAD, EVALSHA) against its timeout.
-                let loaded = match shared.conn() {
+                let loaded = match shared.conns.home() {
                     Some(mut conn) => {
                         let scripts = &shared.scripts;
                         let mut ok = true;
@@ -216,7 +221,7 @@ async fn subscribe(shared: Arc<Shared>) {
     // A stopped Redis accepts the connection and never answers: bound the set-up.
     let bound = shared.timeout.max(Duration::from_millis(500));
     loop {
-        match tokio::time::timeout(bound, shared.client.get_async_pubsub()).await {
+        match tokio::time::timeout(bound, shared.conns.client().get_async_pubsub()).await {
             Ok(Ok(mut pubsub)) => {
                 match tokio::time::timeout(bound, pubsub.subscribe(&shared.channel)).await {
                     Ok(Ok(())) => {

@@ -12,18 +12,51 @@ pub struct RedisServer {
     child: Option<Child>,
     socket: PathBuf,
     paused: bool,
+    /// Arguments beyond the plain unix-socket server's (TLS, a password).
+    extra: Vec<String>,
+    password: Option<String>,
+    tls_port: Option<u16>,
     // Last, so the socket's directory outlives the child.
     dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     pub fn start() -> Self {
+        Self::start_with(Vec::new(), None, None)
+    }
+
+    /// Also serving TLS on a loopback port with `cert`, and requiring `password` on every
+    /// connection. The unix socket stays plain, for the test's own `redis-cli`.
+    pub fn start_tls(cert: &super::tls::SignedCertificate, password: &str) -> Self {
+        let port = super::free_port();
+        let path = |p: &std::path::Path| p.display().to_string();
+        let extra = vec![
+            "--tls-port".into(),
+            port.to_string(),
+            "--tls-cert-file".into(),
+            path(&cert.cert),
+            "--tls-key-file".into(),
+            path(&cert.key),
+            "--tls-ca-cert-file".into(),
+            path(&cert.ca),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--requirepass".into(),
+            password.into(),
+        ];
+        Self::start_with(extra, Some(password.into()), Some(port))
+    }
+
+    fn start_with(extra: Vec<String>, password: Option<String>, tls_port: Option<u16>) -> Self {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
         let socket = dir.path().join("redis.sock");
         let mut server = RedisServer {
             child: None,
             socket,
             paused: false,
+            extra,
+            password,
+            tls_port,
             dir,
         };
         server.launch();
@@ -44,6 +77,7 @@ impl RedisServer {
             ])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -67,8 +101,18 @@ impl RedisServer {
         format!("unix://{}", self.socket.display())
     }
 
+    /// `rediss://` URL of the TLS port (see [`RedisServer::start_tls`]).
+    pub fn tls_url(&self) -> String {
+        let port = self.tls_port.expect("started with start_tls");
+        format!("rediss://127.0.0.1:{port}/0")
+    }
+
     fn try_cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        if let Some(password) = &self.password {
+            cli.env("REDISCLI_AUTH", password);
+        }
+        let out = cli
             .arg("-s")
             .arg(&self.socket)
             .args(args)

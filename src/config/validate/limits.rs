@@ -134,6 +134,7 @@ pub(super) fn store(cx: &mut Cx<'_>, raw: Option<&Spanned<RawStore>>) -> StoreCo
         let redis_only = [
             ("url", &r.url),
             ("password_file", &r.password_file),
+            ("ca_file", &r.ca_file),
             ("key_prefix", &r.key_prefix),
             ("timeout", &r.timeout),
             ("lease", &r.lease),
@@ -179,6 +180,20 @@ pub(super) fn store(cx: &mut Cx<'_>, raw: Option<&Spanned<RawStore>>) -> StoreCo
             Ok((resolve_path(base_dir, p), password))
         },
     );
+    let ca_file = cx.text("limits.store.ca_file", r.ca_file.as_ref(), |p| {
+        let pem = read_file(base_dir, p)?;
+        ca_certificates(&pem)
+            .map_err(|why| format!("{}: {why}", resolve_path(base_dir, p).display()))?;
+        Ok::<_, String>((resolve_path(base_dir, p), pem))
+    });
+    if ca_file.is_some() && url.as_deref().is_some_and(|u| !u.starts_with("rediss://")) {
+        let line = r.ca_file.as_ref().map(|f| cx.line(f));
+        cx.error(
+            "limits.store.ca_file",
+            line,
+            "only used with TLS; write the url as rediss://... or remove the key",
+        );
+    }
     let timeout = cx
         .text(
             "limits.store.timeout",
@@ -208,10 +223,13 @@ pub(super) fn store(cx: &mut Cx<'_>, raw: Option<&Spanned<RawStore>>) -> StoreCo
         );
     }
     let (password_file, password) = password_file.unzip();
+    let (ca_file, ca) = ca_file.unzip();
     StoreConfig::Redis(RedisStoreConfig {
         url: url.unwrap_or_default(),
         password_file,
         password,
+        ca_file,
+        ca,
         key_prefix: cx
             .text("limits.store.key_prefix", r.key_prefix.as_ref(), key_prefix)
             .unwrap_or_else(|| "streamguard:".into()),
@@ -239,6 +257,23 @@ fn redis_url(s: &str) -> Result<String, String> {
             let shown = redact_url(s);
             format!("{shown:?} is not a Redis URL; {fix}")
         })
+}
+
+/// A CA file must hold at least one certificate, and only certificates that rustls takes as a
+/// root: otherwise every connection would fail later, as a store that is down.
+fn ca_certificates(pem: &[u8]) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = pingora::tls::RootCertStore::empty();
+    for cert in pingora::tls::CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|_| "not a PEM certificate file".to_owned())?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("a certificate in it is not usable as a root ({e})"))?;
+    }
+    if roots.is_empty() {
+        return Err("holds no certificate; write the CA's PEM certificate(s) into it".into());
+    }
+    Ok(())
 }
 
 /// Braces would end the `{user}` hash tag every key carries, putting users' keys in the wrong

@@ -17,6 +17,21 @@ const ED25519_PEM: &str = "-----BEGIN PUBLIC KEY-----\n\
 const JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","alg":"EdDSA",
     "x":"pH6KkfgheF8_Be7GmDbVo3MiJDz8fyWLA0uarqiCA48"}]}"#;
 
+/// A CA certificate (P-256, self-signed, valid until 2126) for `limits.store.ca_file`.
+const CA_PEM: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBgTCCASegAwIBAgIUMOz40zLO6uLFkeAwCoIjfeg+6nMwCgYIKoZIzj0EAwIw\n\
+FTETMBEGA1UEAwwKc2ctdGVzdC1jYTAgFw0yNjEyMDIxNDU1NDNaGA8yMTI2MTEw\n\
+ODE0NTU0M1owFTETMBEGA1UEAwwKc2ctdGVzdC1jYTBZMBMGByqGSM49AgEGCCqG\n\
+SM49AwEHA0IABJV3JjrvGmCI46wSeSkP3T7khJWqEYl9w8kRKT8jGbiqxhm6oZMO\n\
+WdS2wuo9oiQWiws9TfvubZ/NGRFWMtfJzIWjUzBRMB0GA1UdDgQWBBREufj9OOWu\n\
+zMa5h+uQ2Gt/2VqJITAfBgNVHSMEGDAWgBREufj9OOWuzMa5h+uQ2Gt/2VqJITAP\n\
+BgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIQDBp0mNpxXu9gzHHfEA\n\
+EpY9kehPHUMSM4OqxsU/oqR2RAIgaFdnqAQstS0zCRJWEGUieulSq2BEUyDAyTre\n\
+grIQoKM=\n\
+-----END CERTIFICATE-----\n\
+";
+
 /// Key files shared by all tests (created once; tests run in parallel).
 fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -29,6 +44,7 @@ fn fixtures() -> &'static Path {
             ("ed.pem", ED25519_PEM.to_owned()),
             ("jwks.json", JWKS.to_owned()),
             ("cert.pem", "cert".to_owned()),
+            ("ca.pem", CA_PEM.to_owned()),
         ] {
             std::fs::write(dir.join(name), contents).expect("fixture file");
         }
@@ -591,6 +607,17 @@ fn the_limit_store_defaults_to_memory_and_takes_redis_keys() {
         !format!("{redis:?}").contains(SECRET),
         "debug output hides the password"
     );
+    assert_eq!(redis.ca, None);
+
+    let c = valid(&with_base(
+        "[limits.store]\nkind = \"redis\"\nurl = \"rediss://redis.internal:6380/0\"\n\
+         ca_file = \"ca.pem\"",
+    ));
+    let StoreConfig::Redis(redis) = c.store else {
+        panic!("expected the Redis store")
+    };
+    assert_eq!(redis.ca.as_deref(), Some(CA_PEM.as_bytes()));
+    assert_eq!(redis.ca_file, Some(fixtures().join("ca.pem")));
 }
 
 #[test]
@@ -604,6 +631,10 @@ fn limit_store_errors_name_the_key_line_and_fix() {
         ("[limits.store]\nkind = \"redis\"\nurl = \"redis://h\"\nlease = \"1s\"\ntimeout = \"500ms\"", "limits.store.lease", Some(4), &["ten times"]),
         ("[limits.store]\nkind = \"redis\"\nurl = \"redis://h\"\ntimeout = \"0s\"", "limits.store.timeout", Some(4), &["outside"]),
         ("[limits.store]\nkind = \"redis\"\nurl = \"redis://h\"\npassword_file = \"absent.txt\"", "limits.store.password_file", Some(4), &["cannot read"]),
+        ("[limits.store]\nkind = \"redis\"\nurl = \"redis://h\"\nca_file = \"ca.pem\"", "limits.store.ca_file", Some(4), &["rediss://"]),
+        ("[limits.store]\nkind = \"redis\"\nurl = \"rediss://h\"\nca_file = \"secret.txt\"", "limits.store.ca_file", Some(4), &["no certificate"]),
+        ("[limits.store]\nkind = \"redis\"\nurl = \"rediss://h\"\nca_file = \"absent.pem\"", "limits.store.ca_file", Some(4), &["cannot read"]),
+        ("[limits.store]\nca_file = \"ca.pem\"", "limits.store.ca_file", Some(2), &["kind = \"redis\""]),
         ("[[route]]\npath = \"/a\"\nlimits = { store = { kind = \"redis\" } }", "route[0].limits.store", Some(3), &["[limits.store]"]),
     ];
     for (case, key, line, needles) in cases {

@@ -1,0 +1,142 @@
+//! The store's connections to Redis: a *home* connection on the runtime of the background task,
+//! and one per runtime that serves requests.
+//!
+//! A connection's driver task runs on the runtime that made it. If requests used the home
+//! connection, every admission would hand its command to the background runtime's thread and
+//! wait for the reply to be handed back: wake-ups and context switches that cost the proxy more
+//! than the admission itself (measured at 100 us and more per stream setup). So each request
+//! runtime gets its own connection, whose driver runs beside the requests that use it, and the
+//! admissions of one event-loop turn leave in one write.
+//!
+//! A runtime's own connection is opened in the background the first time the runtime asks,
+//! and until it is up the runtime uses the home connection: no stream setup ever waits for a
+//! connect (a TLS handshake, `AUTH`) inside the store's `timeout`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::RedisResult;
+use tokio::runtime::{Handle, Id};
+
+use super::lock;
+
+/// How often a connection's manager tries again, at most: a Redis that comes back is found
+/// within this (and the breaker's probe runs at the same pace).
+pub(super) const RECONNECT_WITHIN: Duration = Duration::from_millis(250);
+
+/// How long the background task waits for the home connection's first `PING`.
+const FIRST_PING_WITHIN: Duration = Duration::from_secs(1);
+
+pub(super) struct Connections {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    /// Made by [`Connections::open_home`], on the background runtime.
+    home: OnceLock<ConnectionManager>,
+    /// A handful of entries: Pingora's runtimes live as long as the process.
+    per_runtime: Mutex<HashMap<Id, Local>>,
+}
+
+enum Local {
+    Connecting,
+    Ready(ConnectionManager),
+}
+
+impl Connections {
+    pub(super) fn new(client: redis::Client, timeout: Duration) -> Connections {
+        // Our own timeout bounds every call (`Shared::call`); connecting may take longer than
+        // one call is allowed, since no call waits for it.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout.max(Duration::from_millis(500))))
+            .set_response_timeout(None)
+            .set_number_of_retries(1)
+            .set_max_delay(RECONNECT_WITHIN);
+        Connections {
+            client,
+            config,
+            home: OnceLock::new(),
+            per_runtime: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client, for what is not a request (the eviction channel's subscription).
+    pub(super) fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// Makes the home connection and sends it a first `PING` from the calling (background)
+    /// runtime, so that its driver usually starts there. Redis being down is fine: the manager
+    /// keeps trying.
+    pub(super) async fn open_home(&self) {
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone()) {
+            Ok(conn) => {
+                let mut conn = self.home.get_or_init(|| conn).clone();
+                let ping = redis::cmd("PING");
+                let _ = tokio::time::timeout(FIRST_PING_WITHIN, ping.query_async::<()>(&mut conn))
+                    .await;
+            }
+            Err(e) => tracing::error!(
+                error = %e,
+                "cannot set up the limit store's connection; new streams follow limits.store.on_error"
+            ),
+        }
+    }
+
+    /// The home connection (the background task's work).
+    pub(super) fn home(&self) -> Option<ConnectionManager> {
+        self.home.get().cloned()
+    }
+
+    /// The calling runtime's own connection, or the home connection while that one is being
+    /// opened; `None` before the home connection exists.
+    pub(super) fn for_this_runtime(self: &Arc<Self>) -> Option<ConnectionManager> {
+        let home = self.home.get()?;
+        let Ok(runtime) = Handle::try_current() else {
+            return Some(home.clone());
+        };
+        let id = runtime.id();
+        let mut per_runtime = lock(&self.per_runtime);
+        match per_runtime.get(&id) {
+            Some(Local::Ready(conn)) => return Some(conn.clone()),
+            Some(Local::Connecting) => return Some(home.clone()),
+            None => {}
+        }
+        per_runtime.insert(id, Local::Connecting);
+        drop(per_runtime);
+        let this = Arc::clone(self);
+        runtime.spawn(async move {
+            let opened =
+                ConnectionManager::new_with_config(this.client.clone(), this.config.clone()).await;
+            let mut per_runtime = lock(&this.per_runtime);
+            match opened {
+                Ok(conn) => {
+                    per_runtime.insert(id, Local::Ready(conn));
+                }
+                // The next request on this runtime tries again; meanwhile home serves it.
+                Err(e) => {
+                    tracing::debug!(error = %e, "opening a limit store connection failed");
+                    per_runtime.remove(&id);
+                }
+            }
+        });
+        Some(home.clone())
+    }
+}
+
+/// Sends a request, and once more if the connection turned out dead, which the manager then
+/// replaces: an idle connection that Redis closed (its `timeout`, or a restart) must not make
+/// a healthy store count as down, nor send that one stream to `on_error`. The caller's timeout
+/// bounds both tries. (If the first reached Redis before the connection died, a duplicate lease
+/// is never renewed and lapses within `lease`.)
+pub(super) async fn once_more_if_reconnected<T, F, Fut>(mut send: F) -> RedisResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = RedisResult<T>>,
+{
+    match send().await {
+        Err(e) if e.is_unrecoverable_error() => send().await,
+        other => other,
+    }
+}
