@@ -84,6 +84,12 @@ impl Connections {
         }
     }
 
+    /// Whether [`Connections::open_home`] has made the home connection: until then (the first
+    /// moments after start) there is nothing to call.
+    pub(super) fn started(&self) -> bool {
+        self.home.get().is_some()
+    }
+
     /// The home connection (the background task's work).
     pub(super) fn home(&self) -> Option<ConnectionManager> {
         self.home.get().cloned()

@@ -225,8 +225,9 @@ impl RedisStore {
 }
 
 impl Shared {
+    /// Whether a call may go to Redis now: the connections are set up and the breaker is shut.
     fn available(&self) -> bool {
-        lock(&self.breaker).is_closed()
+        self.conns.started() && lock(&self.breaker).is_closed()
     }
 
     fn record(&self, transition: Transition) {
