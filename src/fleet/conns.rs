@@ -10,12 +10,13 @@
 //!
 //! A runtime's own connection is opened in the background the first time the runtime asks,
 //! and until it is up the runtime uses the home connection: no stream setup ever waits for a
-//! connect (a TLS handshake, `AUTH`) inside the store's `timeout`.
+//! connect (a TLS handshake, `AUTH`) inside the store's `timeout`. A failed open is tried again
+//! on a later request, at most every [`RECONNECT_WITHIN`].
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::RedisResult;
@@ -42,6 +43,9 @@ pub(super) struct Connections {
 enum Local {
     Connecting,
     Ready(ConnectionManager),
+    /// The last try failed at this moment: home serves this runtime until the next try is due,
+    /// so a Redis that refuses connections (say, at `maxclients`) is not dialled per request.
+    Failed(Instant),
 }
 
 impl Connections {
@@ -107,7 +111,10 @@ impl Connections {
         match per_runtime.get(&id) {
             Some(Local::Ready(conn)) => return Some(conn.clone()),
             Some(Local::Connecting) => return Some(home.clone()),
-            None => {}
+            Some(Local::Failed(at)) if at.elapsed() < RECONNECT_WITHIN => {
+                return Some(home.clone())
+            }
+            Some(Local::Failed(_)) | None => {}
         }
         per_runtime.insert(id, Local::Connecting);
         drop(per_runtime);
@@ -120,10 +127,9 @@ impl Connections {
                 Ok(conn) => {
                     per_runtime.insert(id, Local::Ready(conn));
                 }
-                // The next request on this runtime tries again; meanwhile home serves it.
                 Err(e) => {
                     tracing::debug!(error = %e, "opening a limit store connection failed");
-                    per_runtime.remove(&id);
+                    per_runtime.insert(id, Local::Failed(Instant::now()));
                 }
             }
         });
