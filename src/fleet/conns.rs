@@ -9,8 +9,9 @@
 //! admissions of one event-loop turn leave in one write.
 //!
 //! A runtime's own connection is opened in the background the first time the runtime asks,
-//! and until it is up the runtime uses the home connection: no stream setup ever waits for a
-//! connect (a TLS handshake, `AUTH`) inside the store's `timeout`. A failed open is tried again
+//! and until it is up the runtime uses the home connection, so a runtime's first stream setups
+//! do not wait for its connect (a TLS handshake, `AUTH`) inside the store's `timeout`. (The home
+//! connection itself connects lazily at start, and a stream setup in those first moments may.) A failed open is tried again
 //! on a later request, at most every [`RECONNECT_WITHIN`].
 
 use std::collections::HashMap;
@@ -94,6 +95,15 @@ impl Connections {
         self.home.get().is_some()
     }
 
+    /// Drops the calling runtime's own connection after a call on it timed out: a connection
+    /// that a middlebox dropped without a reset never errors, it only goes silent, and the
+    /// manager would keep it. Home serves the runtime until a fresh one is open.
+    pub(super) fn forget_this_runtime(&self) {
+        if let Ok(runtime) = Handle::try_current() {
+            lock(&self.per_runtime).remove(&runtime.id());
+        }
+    }
+
     /// The home connection (the background task's work).
     pub(super) fn home(&self) -> Option<ConnectionManager> {
         self.home.get().cloned()
@@ -140,15 +150,17 @@ impl Connections {
 /// Sends a request, and once more if the connection turned out dead, which the manager then
 /// replaces: an idle connection that Redis closed (its `timeout`, or a restart) must not make
 /// a healthy store count as down, nor send that one stream to `on_error`. The caller's timeout
-/// bounds both tries. (If the first reached Redis before the connection died, a duplicate lease
-/// is never renewed and lapses within `lease`.)
+/// bounds both tries. Only a dropped or refused connection is tried again, never a reply that
+/// came back wrong (the script ran). A request whose connection died after Redis ran it but
+/// before the reply (Redis killed at that instant, a reset by a middlebox) runs twice: the first
+/// admission's lease belongs to no stream and lapses within `lease`.
 pub(super) async fn once_more_if_reconnected<T, F, Fut>(mut send: F) -> RedisResult<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = RedisResult<T>>,
 {
     match send().await {
-        Err(e) if e.is_unrecoverable_error() => send().await,
+        Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => send().await,
         other => other,
     }
 }

@@ -230,7 +230,7 @@ impl Shared {
         self.conns.started() && lock(&self.breaker).is_closed()
     }
 
-    fn record(&self, transition: Transition) {
+    fn record(&self, transition: Transition, cause: &str) {
         let store = &self.metrics.store;
         match transition {
             Transition::None => {}
@@ -241,6 +241,7 @@ impl Shared {
                     security = true,
                     event = "store_down",
                     on_error = ?self.on_error,
+                    cause,
                     "the limit store does not answer; new streams follow limits.store.on_error"
                 );
             }
@@ -260,13 +261,15 @@ impl Shared {
 
     fn succeeded(&self) {
         let transition = lock(&self.breaker).success();
-        self.record(transition);
+        self.record(transition, "");
     }
 
-    fn failed(&self, op: StoreOp) {
+    /// Counts a failed call; `cause` (the client's error: a refused certificate, a wrong
+    /// password, a timeout) goes into the `store_down` line if this one opens the breaker.
+    fn failed(&self, op: StoreOp, cause: &str) {
         self.metrics.store.error(op);
         let transition = lock(&self.breaker).failure(Instant::now());
-        self.record(transition);
+        self.record(transition, cause);
     }
 
     /// One script call, bounded by `timeout`; `None` if it failed or took too long (the
@@ -277,7 +280,7 @@ impl Shared {
         invocation: &ScriptInvocation<'_>,
     ) -> Option<T> {
         let Some(conn) = self.conns.for_this_runtime() else {
-            self.failed(op);
+            self.failed(op, "no connection yet");
             return None;
         };
         let started = Instant::now();
@@ -295,12 +298,13 @@ impl Shared {
             }
             Ok(Err(e)) => {
                 tracing::debug!(op = op.label(), error = %e, "limit store call failed");
-                self.failed(op);
+                self.failed(op, &e.to_string());
                 None
             }
             Err(_) => {
                 tracing::debug!(op = op.label(), timeout = ?self.timeout, "limit store call timed out");
-                self.failed(op);
+                self.conns.forget_this_runtime();
+                self.failed(op, "timed out");
                 None
             }
         }
@@ -317,14 +321,24 @@ impl Shared {
             .push(lease);
     }
 
-    /// Whether `member` is one of this replica's open streams.
-    fn is_open(&self, leases_key: &str, member: &str) -> bool {
-        let Some((_, seq)) = keys::parse_member(member, &self.replica) else {
-            return false;
-        };
-        lock(&self.leases)
-            .get(leases_key)
-            .is_some_and(|user| user.leases.iter().any(|l| l.seq == seq))
+    /// The members of `users` (leases key, members) whose streams are no longer open here.
+    /// One lock, and a set per user: a key can hold many streams (a shared service token).
+    fn ended_of(&self, users: &[(String, Vec<String>)]) -> Vec<(String, String)> {
+        let all = lock(&self.leases);
+        let mut ended = Vec::new();
+        for (leases_key, members) in users {
+            let open: std::collections::HashSet<u64> = all
+                .get(leases_key)
+                .map(|user| user.leases.iter().map(|l| l.seq).collect())
+                .unwrap_or_default();
+            for member in members {
+                let seq = keys::parse_member(member, &self.replica).map(|(_, seq)| seq);
+                if !seq.is_some_and(|seq| open.contains(&seq)) {
+                    ended.push((leases_key.clone(), member.clone()));
+                }
+            }
+        }
+        ended
     }
 
     /// Evicts one of this replica's streams that another admission took the slot of.

@@ -41,13 +41,15 @@ struct Pending {
 impl Pending {
     fn add(&mut self, leases_key: String, members: impl IntoIterator<Item = String>) {
         let room = KEPT.saturating_sub(self.members);
+        let mut members = members.into_iter().take(room).peekable();
+        // Full (or nothing to add): nothing to touch, not even an empty entry.
+        if members.peek().is_none() {
+            return;
+        }
         let user = self.by_user.entry(leases_key).or_default();
         let before = user.len();
-        user.extend(members.into_iter().take(room));
+        user.extend(members);
         self.members += user.len() - before;
-        if user.is_empty() {
-            self.by_user.retain(|_, members| !members.is_empty());
-        }
     }
 }
 

@@ -59,7 +59,7 @@ pub(super) async fn run(shared: Arc<Shared>) {
 /// A `PING`: an answer closes the breaker, a failure counts towards opening it.
 async fn health_probe(shared: &Shared) {
     let Some(conn) = shared.conns.home() else {
-        return shared.failed(StoreOp::Ping);
+        return shared.failed(StoreOp::Ping, "no connection yet");
     };
     let send = || {
         let mut conn = conn.clone();
@@ -67,7 +67,8 @@ async fn health_probe(shared: &Shared) {
     };
     match tokio::time::timeout(shared.timeout, once_more_if_reconnected(send)).await {
         Ok(Ok(_)) => shared.succeeded(),
-        _ => shared.failed(StoreOp::Ping),
+        Ok(Err(e)) => shared.failed(StoreOp::Ping, &e.to_string()),
+        Err(_) => shared.failed(StoreOp::Ping, "timed out"),
     }
 }
 
@@ -114,16 +115,18 @@ async fn flush_releases(shared: &Shared) {
             pipe.zrem(leases_key, members).ignore();
         }
         if let Err(e) = round_trip::<()>(shared, StoreOp::Release, &pipe).await {
-            if let Some(e) = e {
-                tracing::debug!(error = %e, "releasing leases failed");
-            }
-            shared.failed(StoreOp::Release);
+            shared.failed(StoreOp::Release, &cause(e.as_ref()));
             for (leases_key, members) in batch.into_iter().chain(users) {
                 shared.releases.put_back(leases_key, members);
             }
             return;
         }
     }
+}
+
+/// What a failed round trip says of itself, for the `store_down` line.
+fn cause(error: Option<&RedisError>) -> String {
+    error.map_or_else(|| "timed out".to_owned(), ToString::to_string)
 }
 
 /// A snapshot of this replica's leases: per user, the leases key and the members.
@@ -192,18 +195,15 @@ async fn renew_leases(shared: &Shared) {
             }
             other => other,
         };
-        let Ok(evicted) = reply else {
-            shared.failed(StoreOp::Renew);
-            return;
-        };
-        // See the module's doc: members of streams that ended meanwhile go again.
-        for (leases_key, members) in round {
-            for member in members {
-                if !shared.is_open(leases_key, member) {
-                    shared.releases.push(leases_key.clone(), member.clone());
-                }
-            }
+        // See the module's doc: members of streams that ended meanwhile go again, whatever the
+        // reply (a renewal that timed out may still have run).
+        for (leases_key, member) in shared.ended_of(round) {
+            shared.releases.push(leases_key, member);
         }
+        let evicted = match reply {
+            Ok(evicted) => evicted,
+            Err(e) => return shared.failed(StoreOp::Renew, &cause(e.as_ref())),
+        };
         for (call, evicted) in round.chunks(USERS_PER_CALL).zip(evicted) {
             for member in evicted {
                 // Members are unique to this replica, so the user is the one whose batch held it.

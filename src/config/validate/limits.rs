@@ -186,13 +186,22 @@ pub(super) fn store(cx: &mut Cx<'_>, raw: Option<&Spanned<RawStore>>) -> StoreCo
             .map_err(|why| format!("{}: {why}", resolve_path(base_dir, p).display()))?;
         Ok::<_, String>((resolve_path(base_dir, p), pem))
     });
-    if ca_file.is_some() && url.as_deref().is_some_and(|u| !u.starts_with("rediss://")) {
-        let line = r.ca_file.as_ref().map(|f| cx.line(f));
-        cx.error(
-            "limits.store.ca_file",
-            line,
-            "only used with TLS; write the url as rediss://... or remove the key",
-        );
+    if let (Some(_), Some(url)) = (&ca_file, url.as_deref()) {
+        let tls = url
+            .get(.."rediss://".len())
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"));
+        // The client's `#insecure` turns certificate checks off, and the CA with them.
+        let why = if !tls {
+            Some("only used with TLS; write the url as rediss://... or remove the key")
+        } else if url.ends_with("#insecure") {
+            Some("the url's #insecure skips certificate checks, so the CA would be ignored; drop one of them")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            let line = r.ca_file.as_ref().map(|f| cx.line(f));
+            cx.error("limits.store.ca_file", line, why);
+        }
     }
     let timeout = cx
         .text(

@@ -610,7 +610,7 @@ fn the_limit_store_defaults_to_memory_and_takes_redis_keys() {
     assert_eq!(redis.ca, None);
 
     let c = valid(&with_base(
-        "[limits.store]\nkind = \"redis\"\nurl = \"rediss://redis.internal:6380/0\"\n\
+        "[limits.store]\nkind = \"redis\"\nurl = \"Rediss://redis.internal:6380/0\"\n\
          ca_file = \"ca.pem\"",
     ));
     let StoreConfig::Redis(redis) = c.store else {
@@ -634,6 +634,7 @@ fn limit_store_errors_name_the_key_line_and_fix() {
         ("[limits.store]\nkind = \"redis\"\nurl = \"redis://h\"\nca_file = \"ca.pem\"", "limits.store.ca_file", Some(4), &["rediss://"]),
         ("[limits.store]\nkind = \"redis\"\nurl = \"rediss://h\"\nca_file = \"secret.txt\"", "limits.store.ca_file", Some(4), &["no certificate"]),
         ("[limits.store]\nkind = \"redis\"\nurl = \"rediss://h\"\nca_file = \"absent.pem\"", "limits.store.ca_file", Some(4), &["cannot read"]),
+        ("[limits.store]\nkind = \"redis\"\nurl = \"rediss://h/0#insecure\"\nca_file = \"ca.pem\"", "limits.store.ca_file", Some(4), &["#insecure"]),
         ("[limits.store]\nca_file = \"ca.pem\"", "limits.store.ca_file", Some(2), &["kind = \"redis\""]),
         ("[[route]]\npath = \"/a\"\nlimits = { store = { kind = \"redis\" } }", "route[0].limits.store", Some(3), &["[limits.store]"]),
     ];
