@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::RedisResult;
+use redis::{RedisError, RedisResult};
 use tokio::runtime::{Handle, Id};
 
 use super::lock;
@@ -147,20 +147,45 @@ impl Connections {
     }
 }
 
-/// Sends a request, and once more if the connection turned out dead, which the manager then
-/// replaces: an idle connection that Redis closed (its `timeout`, or a restart) must not make
-/// a healthy store count as down, nor send that one stream to `on_error`. The caller's timeout
-/// bounds both tries. Only a dropped or refused connection is tried again, never a reply that
-/// came back wrong (the script ran). A request whose connection died after Redis ran it but
-/// before the reply (Redis killed at that instant, a reset by a middlebox) runs twice: the first
-/// admission's lease belongs to no stream and lapses within `lease`.
-pub(super) async fn once_more_if_reconnected<T, F, Fut>(mut send: F) -> RedisResult<T>
+/// Why a request got no reply: what the `store_down` line names as the cause.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Failure {
+    #[error("{0}")]
+    Redis(#[from] RedisError),
+    #[error("timed out")]
+    TimedOut,
+    /// Before the background task has made the connections, in the first moments after start.
+    #[error("no connection yet")]
+    NotConnected,
+}
+
+/// Sends `request` on `conn` within `budget`, and once more if the connection turned out dead,
+/// which the manager then replaces: an idle connection that Redis closed (its `timeout`, or a
+/// restart) must not make a healthy store count as down, nor send that one stream to
+/// `on_error`. The budget bounds both tries. Only a dropped or refused connection is tried
+/// again, never a reply that came back wrong (the script ran). A request whose connection died
+/// after Redis ran it but before the reply (Redis killed at that instant, a reset by a
+/// middlebox) runs twice: the first admission's lease belongs to no stream and lapses within
+/// `lease`.
+pub(super) async fn send<T, F, Fut>(
+    conn: &ConnectionManager,
+    budget: Duration,
+    request: F,
+) -> Result<T, Failure>
 where
-    F: FnMut() -> Fut,
+    F: Fn(ConnectionManager) -> Fut,
     Fut: Future<Output = RedisResult<T>>,
 {
-    match send().await {
-        Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => send().await,
-        other => other,
+    let tries = async {
+        match request(conn.clone()).await {
+            Err(e) if e.is_connection_dropped() || e.is_connection_refusal() => {
+                request(conn.clone()).await
+            }
+            other => other,
+        }
+    };
+    match tokio::time::timeout(budget, tries).await {
+        Ok(reply) => Ok(reply?),
+        Err(_) => Err(Failure::TimedOut),
     }
 }

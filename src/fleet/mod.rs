@@ -48,7 +48,7 @@ use crate::policy::limits::{
 use crate::telemetry::{Metrics, StoreOp, SECURITY_TARGET};
 
 use self::breaker::{Breaker, Transition};
-use self::conns::Connections;
+use self::conns::{Connections, Failure};
 use self::keys::Keys;
 use self::releases::Releases;
 
@@ -230,7 +230,7 @@ impl Shared {
         self.conns.started() && lock(&self.breaker).is_closed()
     }
 
-    fn record(&self, transition: Transition, cause: &str) {
+    fn record(&self, transition: Transition, cause: Option<&Failure>) {
         let store = &self.metrics.store;
         match transition {
             Transition::None => {}
@@ -241,7 +241,7 @@ impl Shared {
                     security = true,
                     event = "store_down",
                     on_error = ?self.on_error,
-                    cause,
+                    cause = cause.map(ToString::to_string),
                     "the limit store does not answer; new streams follow limits.store.on_error"
                 );
             }
@@ -261,15 +261,15 @@ impl Shared {
 
     fn succeeded(&self) {
         let transition = lock(&self.breaker).success();
-        self.record(transition, "");
+        self.record(transition, None);
     }
 
-    /// Counts a failed call; `cause` (the client's error: a refused certificate, a wrong
+    /// Counts a failed call; its cause (the client's error: a refused certificate, a wrong
     /// password, a timeout) goes into the `store_down` line if this one opens the breaker.
-    fn failed(&self, op: StoreOp, cause: &str) {
+    fn failed(&self, op: StoreOp, cause: &Failure) {
         self.metrics.store.error(op);
         let transition = lock(&self.breaker).failure(Instant::now());
-        self.record(transition, cause);
+        self.record(transition, Some(cause));
     }
 
     /// One script call, bounded by `timeout`; `None` if it failed or took too long (the
@@ -280,34 +280,39 @@ impl Shared {
         invocation: &ScriptInvocation<'_>,
     ) -> Option<T> {
         let Some(conn) = self.conns.for_this_runtime() else {
-            self.failed(op, "no connection yet");
+            self.failed(op, &Failure::NotConnected);
             return None;
         };
-        let started = Instant::now();
-        let send = || {
-            let mut conn = conn.clone();
-            async move { invocation.invoke_async(&mut conn).await }
-        };
-        match tokio::time::timeout(self.timeout, conns::once_more_if_reconnected(send)).await {
-            Ok(Ok(reply)) => {
-                self.metrics
-                    .store
-                    .observe(op, started.elapsed().as_secs_f64());
-                self.succeeded();
-                Some(reply)
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(op = op.label(), error = %e, "limit store call failed");
-                self.failed(op, &e.to_string());
-                None
-            }
-            Err(_) => {
-                tracing::debug!(op = op.label(), timeout = ?self.timeout, "limit store call timed out");
-                self.conns.forget_this_runtime();
-                self.failed(op, "timed out");
+        let invoke = |mut conn| async move { invocation.invoke_async(&mut conn).await };
+        match self
+            .observed(op, conns::send(&conn, self.timeout, invoke))
+            .await
+        {
+            Ok(reply) => Some(reply),
+            Err(failure) => {
+                tracing::debug!(op = op.label(), %failure, "limit store call failed");
+                if matches!(failure, Failure::TimedOut) {
+                    self.conns.forget_this_runtime();
+                }
+                self.failed(op, &failure);
                 None
             }
         }
+    }
+
+    /// Awaits a request; a reply is timed into `op`'s histogram and counts for the breaker.
+    async fn observed<T>(
+        &self,
+        op: StoreOp,
+        request: impl std::future::Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        let started = Instant::now();
+        let reply = request.await?;
+        self.metrics
+            .store
+            .observe(op, started.elapsed().as_secs_f64());
+        self.succeeded();
+        Ok(reply)
     }
 
     fn register(&self, key: &LimitKey, leases_key: String, lease: Lease) {

@@ -13,12 +13,12 @@
 //! and their leases lapse in Redis within `lease`, as a dead replica's would.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::sync::Notify;
 
 use super::lock;
-use std::sync::Mutex;
 
 /// How long the background task waits after the first pending release before it sends them.
 pub(super) const GATHER: Duration = Duration::from_millis(20);

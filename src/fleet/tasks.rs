@@ -7,12 +7,12 @@
 //! releasing again the members of its snapshot whose streams ended meanwhile.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::{ErrorKind, RedisError, ServerErrorKind};
+use redis::{ErrorKind, ServerErrorKind};
 
-use super::conns::{once_more_if_reconnected, RECONNECT_WITHIN};
+use super::conns::{send, Failure, RECONNECT_WITHIN};
 use super::keys::{self, Keys};
 use super::releases::GATHER;
 use super::{lock, Shared};
@@ -59,16 +59,12 @@ pub(super) async fn run(shared: Arc<Shared>) {
 /// A `PING`: an answer closes the breaker, a failure counts towards opening it.
 async fn health_probe(shared: &Shared) {
     let Some(conn) = shared.conns.home() else {
-        return shared.failed(StoreOp::Ping, "no connection yet");
+        return shared.failed(StoreOp::Ping, &Failure::NotConnected);
     };
-    let send = || {
-        let mut conn = conn.clone();
-        async move { redis::cmd("PING").query_async::<String>(&mut conn).await }
-    };
-    match tokio::time::timeout(shared.timeout, once_more_if_reconnected(send)).await {
-        Ok(Ok(_)) => shared.succeeded(),
-        Ok(Err(e)) => shared.failed(StoreOp::Ping, &e.to_string()),
-        Err(_) => shared.failed(StoreOp::Ping, "timed out"),
+    let ping = |mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await };
+    match send(&conn, shared.timeout, ping).await {
+        Ok(_) => shared.succeeded(),
+        Err(failure) => shared.failed(StoreOp::Ping, &failure),
     }
 }
 
@@ -77,26 +73,11 @@ async fn round_trip<T: redis::FromRedisValue>(
     shared: &Shared,
     op: StoreOp,
     pipe: &redis::Pipeline,
-) -> Result<T, Option<RedisError>> {
-    let conn = shared.conns.home().ok_or(None)?;
-    let started = Instant::now();
+) -> Result<T, Failure> {
+    let conn = shared.conns.home().ok_or(Failure::NotConnected)?;
     let budget = shared.timeout.max(Duration::from_millis(250));
-    let send = || {
-        let mut conn = conn.clone();
-        async move { pipe.query_async::<T>(&mut conn).await }
-    };
-    match tokio::time::timeout(budget, once_more_if_reconnected(send)).await {
-        Ok(Ok(reply)) => {
-            shared
-                .metrics
-                .store
-                .observe(op, started.elapsed().as_secs_f64());
-            shared.succeeded();
-            Ok(reply)
-        }
-        Ok(Err(e)) => Err(Some(e)),
-        Err(_) => Err(None),
-    }
+    let query = |mut conn| async move { pipe.query_async::<T>(&mut conn).await };
+    shared.observed(op, send(&conn, budget, query)).await
 }
 
 /// Removes ended streams' leases, one `ZREM` per user; on failure they wait for Redis (or
@@ -114,19 +95,14 @@ async fn flush_releases(shared: &Shared) {
         for (leases_key, members) in &batch {
             pipe.zrem(leases_key, members).ignore();
         }
-        if let Err(e) = round_trip::<()>(shared, StoreOp::Release, &pipe).await {
-            shared.failed(StoreOp::Release, &cause(e.as_ref()));
+        if let Err(failure) = round_trip::<()>(shared, StoreOp::Release, &pipe).await {
+            shared.failed(StoreOp::Release, &failure);
             for (leases_key, members) in batch.into_iter().chain(users) {
                 shared.releases.put_back(leases_key, members);
             }
             return;
         }
     }
-}
-
-/// What a failed round trip says of itself, for the `store_down` line.
-fn cause(error: Option<&RedisError>) -> String {
-    error.map_or_else(|| "timed out".to_owned(), ToString::to_string)
 }
 
 /// A snapshot of this replica's leases: per user, the leases key and the members.
@@ -172,7 +148,7 @@ async fn renew_leases(shared: &Shared) {
             pipe.invoke_script(&invocation);
         }
         let reply = match round_trip::<Vec<Vec<String>>>(shared, StoreOp::Renew, &pipe).await {
-            Err(Some(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            Err(Failure::Redis(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 // Redis restarted or its script cache was flushed: load and go again once. The
                 // other scripts are loaded too, so the next admission is one round trip again
                 // rather than three (EVALSHA, SCRIPT LOAD, EVALSHA) against its timeout.
@@ -190,7 +166,7 @@ async fn renew_leases(shared: &Shared) {
                 if loaded {
                     round_trip::<Vec<Vec<String>>>(shared, StoreOp::Renew, &pipe).await
                 } else {
-                    Err(None)
+                    Err(Failure::Redis(e))
                 }
             }
             other => other,
@@ -202,7 +178,7 @@ async fn renew_leases(shared: &Shared) {
         }
         let evicted = match reply {
             Ok(evicted) => evicted,
-            Err(e) => return shared.failed(StoreOp::Renew, &cause(e.as_ref())),
+            Err(failure) => return shared.failed(StoreOp::Renew, &failure),
         };
         for (call, evicted) in round.chunks(USERS_PER_CALL).zip(evicted) {
             for member in evicted {
