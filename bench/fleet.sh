@@ -32,10 +32,13 @@ while [ $# -gt 0 ]; do
   shift
 done
 
+# Every process started here is in PIDS, killed on exit whatever happens; build_release and
+# wait_port.
+source "$BENCH/lib.sh"
+
 command -v redis-server >/dev/null || bash "$ROOT/tests/deps.sh" test
 if [ "$BUILD" = 1 ]; then
-  (cd "$ROOT" && cargo build --release --bin streamguard)
-  cargo build --release --manifest-path "$BENCH/Cargo.toml"
+  build_release
 fi
 SG=$ROOT/target/release/streamguard
 LOADGEN=$BENCH/target/release/sg-loadgen
@@ -53,9 +56,6 @@ printf '%s' "$HS_SECRET" >"$WORK/jwt-hs.secret"
 log() { printf '[fleet %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 T0=$(date +%s)
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-
-# Every process started here is in PIDS, killed on exit whatever happens; and wait_port.
-source "$BENCH/lib.sh"
 
 # ---- redis --------------------------------------------------------------------------------
 SOCK=$WORK/redis.sock

@@ -48,18 +48,14 @@ log() { printf '[bench-h2 %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 source "$BENCH/lib.sh"
 
 if [ "$BUILD" = 1 ]; then
-  (cd "$ROOT" && cargo build --release --bin streamguard)
-  cargo build --release --manifest-path "$BENCH/Cargo.toml"
+  build_release
 fi
-for b in "$ROOT/target/release/streamguard" "$BENCH/target/release/sg-h2load" \
-         "$BENCH/target/release/sg-bench-upstream"; do
-  [ -x "$b" ] || { echo "missing $b (drop --skip-build)" >&2; exit 1; }
-  cp "$b" "$WORK/bin/"
-done
+SG_REVISION=$(revision)
+run_copies "$WORK/bin" "$ROOT/target/release/streamguard" "$BENCH/target/release/sg-h2load" \
+  "$BENCH/target/release/sg-bench-upstream"
 SG=$WORK/bin/streamguard
 H2LOAD=$WORK/bin/sg-h2load
 UPSTREAM=$WORK/bin/sg-bench-upstream
-SG_REVISION="$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo '+dirty')"
 
 # streamguard as streamguard-off in run.sh (auth off, no heartbeats, no limits), h2c on for the
 # HTTP/2 cases.

@@ -1,6 +1,31 @@
-# Shared by the bench scripts (source it): process bookkeeping, so every process a script starts
-# is pinned, bounded in time and killed on exit whatever happens, and waiting for ports.
-# The sourcing script sets LOGS (where `start` writes each process's output) before `start`.
+# Shared by the bench scripts (source it): building and copying the binaries, process
+# bookkeeping (every process a script starts is pinned, bounded in time and killed on exit
+# whatever happens), and waiting for ports. The sourcing script sets ROOT and BENCH first, and
+# LOGS (where `start` writes each process's output) before `start`.
+
+# build_release: streamguard and the bench tools, release builds.
+build_release() {
+  (cd "$ROOT" && cargo build --release --bin streamguard)
+  cargo build --release --manifest-path "$BENCH/Cargo.toml"
+}
+
+# revision: the short commit of the tree, +dirty if it has changes ('?' outside git). Read it
+# when the binaries are copied: the tree may change during a run, the copies do not.
+revision() {
+  echo "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo '+dirty')"
+}
+
+# run_copies DIR BINARY...: copies of the built binaries in DIR, so that another build in the
+# same target dir cannot swap one mid-run.
+run_copies() {
+  local dir=$1 b
+  shift
+  mkdir -p "$dir"
+  for b in "$@"; do
+    [ -x "$b" ] || { echo "missing binary $b (drop --skip-build)" >&2; exit 1; }
+    cp "$b" "$dir/"
+  done
+}
 
 # Every process started through `start` (or added to PIDS by hand), killed by pid on exit.
 PIDS=()

@@ -147,21 +147,12 @@ install_pkgs() {
 
 install_pkgs
 if [ "$BUILD" = 1 ]; then
-  log "building streamguard (release)"
-  (cd "$ROOT" && cargo build --release --bin streamguard)
-  log "building the bench tools (release)"
-  cargo build --release --manifest-path "$BENCH/Cargo.toml"
+  log "building streamguard and the bench tools (release)"
+  build_release
 fi
-# The revision the copies below are built from: read now, since the tree may change during the
-# run (the copies do not).
-SG_REVISION="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$ROOT" diff --quiet 2>/dev/null || echo '+dirty')"
-# Run copies: other builds in the same target dir must not swap a binary mid-run.
-mkdir -p "$WORK/bin"
-for b in "$ROOT/target/release/streamguard" "$BENCH/target/release/sg-loadgen" \
-         "$BENCH/target/release/sg-bench-upstream"; do
-  [ -x "$b" ] || { echo "missing binary $b (drop --skip-build)" >&2; exit 1; }
-  cp "$b" "$WORK/bin/"
-done
+SG_REVISION=$(revision)
+run_copies "$WORK/bin" "$ROOT/target/release/streamguard" "$BENCH/target/release/sg-loadgen" \
+  "$BENCH/target/release/sg-bench-upstream"
 SG=$WORK/bin/streamguard
 LOADGEN=$WORK/bin/sg-loadgen
 UPSTREAM=$WORK/bin/sg-bench-upstream
