@@ -44,7 +44,7 @@ RAW=$WORK/raw; LOGS=$WORK/logs
 mkdir -p "$RAW" "$LOGS" "$WORK/nginx/tmp" "$WORK/bin"
 log() { printf '[bench-h2 %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# Process bookkeeping (start, stop, child_of, cleanup on exit) and wait_port.
+# Building and run copies, process bookkeeping (start, stop, child_of, cleanup on exit), wait_port.
 source "$BENCH/lib.sh"
 
 if [ "$BUILD" = 1 ]; then

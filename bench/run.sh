@@ -106,7 +106,7 @@ RESULT_JSON=$OUTDIR/$DATE$SUFFIX.json
 
 log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# Process bookkeeping (start, stop, child_of, cleanup on exit) and wait_port.
+# Building and run copies, process bookkeeping (start, stop, child_of, cleanup on exit), wait_port.
 source "$BENCH/lib.sh"
 
 # ---- install and build ----------------------------------------------------------------------
