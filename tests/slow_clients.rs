@@ -334,8 +334,18 @@ async fn a_stalled_client_is_closed_with_the_retry_hint_and_the_app_is_never_hel
         "the other client's events did not keep flowing: {flow:?}"
     );
     // Closed, it waits for the client to take its last bytes: whole events within the bound,
-    // then the retry hint and the end of the body.
-    let text = proxy.metrics().await;
+    // then the retry hint and the end of the body. On a loaded machine the app's events (and so
+    // the filling of the kernel's buffers) can take longer than the flow check above.
+    let text = wait_metrics(
+        &proxy,
+        Duration::from_secs(10),
+        "the stalled stream's last bytes",
+        |t| {
+            gauge(t, "streamguard_slow_clients") == 1.0
+                && gauge(t, "streamguard_slow_buffer_bytes") > 0.0
+        },
+    )
+    .await;
     let buffered = gauge(&text, "streamguard_slow_buffer_bytes");
     assert!(
         buffered > 0.0 && buffered <= 65_536.0 + 64.0,
