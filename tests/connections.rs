@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::http::{connect, read_response_head, read_some, BodyDecoder, Framing};
-use common::{metric, Certificate, HttpConn, Proxy, Response, SseClient, Upstream, IO_TIMEOUT};
+use common::{
+    assert_metric, rss_kib, Certificate, HttpConn, Proxy, Response, SseClient, Upstream, IO_TIMEOUT,
+};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -18,25 +20,6 @@ use tokio::net::{TcpSocket, TcpStream};
 const AUTH_OFF: &str = "[auth]\nmode = \"off\"\n";
 const BAD_REQUEST: &str = r#"{"error":"bad request"}"#;
 const TOO_MANY_CONNECTIONS: &str = r#"{"error":"too many connections"}"#;
-/// How long a test waits for something the proxy should do at once (a metric, a close).
-const SOON: Duration = Duration::from_secs(5);
-
-/// Polls `/metrics` until `name{labels}` equals `value`; panics with the last scrape after
-/// [`SOON`] (counters and gauges are updated as connections end, a moment after the client).
-async fn wait_metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)], value: f64) {
-    let deadline = Instant::now() + SOON;
-    loop {
-        let text = proxy.metrics().await;
-        if metric(&text, name, labels).unwrap_or(0.0) == value {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{labels:?} never became {value}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The security-log lines about refused request heads.
 fn head_refusals(proxy: &Proxy) -> Vec<Value> {
@@ -104,17 +87,6 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
             Ok(Ok(_)) => {}
         }
     }
-}
-
-/// The resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// What a client that sends a huge head it never finishes gets back.
@@ -239,7 +211,7 @@ async fn unfinished_heads_of_a_mebibyte_get_431_and_hold_no_memory() {
         growth_mib < 40,
         "the proxy's RSS grew by {growth_mib} MiB for {CLIENTS} unfinished heads (from {before} KiB)"
     );
-    wait_metric(
+    assert_metric(
         &proxy,
         "streamguard_rejections_total",
         &[("reason", "head_too_large")],
@@ -309,7 +281,7 @@ async fn a_dribbled_head_gets_408_at_the_deadline_and_is_never_served() {
         (Duration::from_millis(1800)..Duration::from_millis(3500)).contains(&elapsed),
         "408 after {elapsed:?}, not at the 2 s deadline"
     );
-    wait_metric(
+    assert_metric(
         &proxy,
         "streamguard_rejections_total",
         &[("reason", "head_timeout")],
@@ -364,7 +336,7 @@ async fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
         String::from_utf8_lossy(&buf)
     );
     assert_eq!(up.stats.hits("/echo"), 2);
-    wait_metric(&proxy, "streamguard_connections_active", &[], 0.0).await;
+    assert_metric(&proxy, "streamguard_connections_active", &[], 0.0).await;
 }
 
 /// `max_connections`: one connection over it gets 503, `Retry-After` and the fixed body; an SSE
@@ -383,12 +355,12 @@ async fn max_connections_refuses_the_one_over_and_counts_streams_until_they_end(
     let mut sse = SseClient::connect(proxy.addr, "/sse?events=1&then=quiet", &[]).await;
     assert_eq!(sse.status, 200);
     sse.read_event(IO_TIMEOUT).await.expect("first event");
-    wait_metric(&proxy, active, &[], 1.0).await;
+    assert_metric(&proxy, active, &[], 1.0).await;
     let idle: Vec<TcpStream> = vec![
         connect(proxy.addr).await.expect("idle 1"),
         connect(proxy.addr).await.expect("idle 2"),
     ];
-    wait_metric(&proxy, active, &[], 3.0).await;
+    assert_metric(&proxy, active, &[], 3.0).await;
 
     let resp = send_raw(proxy.addr, b"GET /echo/over HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_refusal(&resp, 503, TOO_MANY_CONNECTIONS, "over max_connections");
@@ -397,7 +369,7 @@ async fn max_connections_refuses_the_one_over_and_counts_streams_until_they_end(
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no whole-second Retry-After: {resp:?}"));
     assert!((1..=5).contains(&retry), "Retry-After {retry}");
-    wait_metric(
+    assert_metric(
         &proxy,
         "streamguard_connection_refusals_total",
         &[("reason", "global")],
@@ -411,7 +383,7 @@ async fn max_connections_refuses_the_one_over_and_counts_streams_until_they_end(
     );
 
     drop(idle);
-    wait_metric(&proxy, active, &[], 1.0).await;
+    assert_metric(&proxy, active, &[], 1.0).await;
     let served = send_raw(
         proxy.addr,
         format!(
@@ -422,12 +394,12 @@ async fn max_connections_refuses_the_one_over_and_counts_streams_until_they_end(
     )
     .await;
     assert_eq!(served.status, 200, "{served:?}");
-    wait_metric(&proxy, active, &[], 1.0).await;
+    assert_metric(&proxy, active, &[], 1.0).await;
     assert!(!sse.is_ended(), "the stream is still open");
 
     drop(sse);
-    wait_metric(&proxy, active, &[], 0.0).await;
-    wait_metric(
+    assert_metric(&proxy, active, &[], 0.0).await;
+    assert_metric(
         &proxy,
         "streamguard_streams_active",
         &[("kind", "sse")],
@@ -466,7 +438,7 @@ async fn max_connections_per_ip_refuses_that_address_only() {
         connect_from("127.0.0.1", proxy.addr).await,
         connect_from("127.0.0.1", proxy.addr).await,
     ];
-    wait_metric(&proxy, "streamguard_connections_active", &[], 2.0).await;
+    assert_metric(&proxy, "streamguard_connections_active", &[], 2.0).await;
     let request = format!(
         "GET /echo/ip HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
         proxy.addr
@@ -484,7 +456,7 @@ async fn max_connections_per_ip_refuses_that_address_only() {
         "over max_connections_per_ip",
     );
     assert!(resp.header("retry-after").is_some(), "{resp:?}");
-    wait_metric(
+    assert_metric(
         &proxy,
         "streamguard_connection_refusals_total",
         &[("reason", "per_ip")],
@@ -501,7 +473,7 @@ async fn max_connections_per_ip_refuses_that_address_only() {
     assert_eq!(up.stats.hits("/echo"), 1);
 
     drop(held);
-    wait_metric(&proxy, "streamguard_connections_active", &[], 0.0).await;
+    assert_metric(&proxy, "streamguard_connections_active", &[], 0.0).await;
     let mut again = connect_from("127.0.0.1", proxy.addr).await;
     again.write_all(request.as_bytes()).await.expect("write");
     let resp = read_response(&mut again, &mut Vec::new())
@@ -534,7 +506,7 @@ async fn request_targets_without_a_leading_slash_are_refused_before_the_upstream
         assert_refusal(&resp, 400, BAD_REQUEST, target);
     }
     assert_eq!(up.stats.total(), 0, "no such target reached the upstream");
-    wait_metric(
+    assert_metric(
         &proxy,
         "streamguard_rejections_total",
         &[("reason", "bad_request")],
@@ -575,7 +547,7 @@ async fn trace_and_connect_get_405_and_never_reach_the_upstream() {
         assert!(allow.contains("GET") && !allow.contains("TRACE"), "{allow}");
     }
     assert_eq!(up.stats.total(), 0);
-    wait_metric(
+    assert_metric(
         &proxy,
         "streamguard_rejections_total",
         &[("reason", "method_not_allowed")],
@@ -631,14 +603,14 @@ async fn bad_framing_and_oversized_heads_get_streamguards_answers() {
     );
     let resp = send_raw(proxy.addr, padded(7 * 1024).as_bytes()).await;
     assert_eq!(resp.status, 200, "a 7 KiB head fits 8KiB: {resp:?}");
-    wait_metric(
+    assert_metric(
         &proxy,
         "streamguard_rejections_total",
         &[("reason", "bad_request")],
         cases.len() as f64,
     )
     .await;
-    wait_metric(
+    assert_metric(
         &proxy,
         "streamguard_rejections_total",
         &[("reason", "head_too_large")],
@@ -689,7 +661,7 @@ async fn tls_handshakes_count_against_the_cap_and_end_at_the_head_deadline() {
                 .unwrap_or_else(|e| panic!("silent {i}: {e}")),
         );
     }
-    wait_metric(&proxy, "streamguard_connections_active", &[], 3.0).await;
+    assert_metric(&proxy, "streamguard_connections_active", &[], 3.0).await;
     let over = tokio::task::block_in_place(|| curl("/echo/over"));
     assert!(over.ends_with("\n503"), "{over}");
     assert!(over.starts_with(TOO_MANY_CONNECTIONS), "{over}");
@@ -703,14 +675,14 @@ async fn tls_handshakes_count_against_the_cap_and_end_at_the_head_deadline() {
         waited >= Duration::from_millis(1900),
         "closed early: {waited:?}"
     );
-    wait_metric(
+    assert_metric(
         &proxy,
         "streamguard_rejections_total",
         &[("reason", "head_timeout")],
         3.0,
     )
     .await;
-    wait_metric(&proxy, "streamguard_connections_active", &[], 0.0).await;
+    assert_metric(&proxy, "streamguard_connections_active", &[], 0.0).await;
     let served = tokio::task::block_in_place(|| curl("/echo/in"));
     assert!(served.ends_with("\n200"), "{served}");
     assert_eq!(

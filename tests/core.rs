@@ -113,22 +113,6 @@ async fn wait_access_lines(proxy: &Proxy, n: usize) {
     );
 }
 
-/// Polls `/metrics` until `cond` holds; panics with the last scrape after 5 s.
-async fn metrics_when(proxy: &Proxy, what: &str, cond: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = proxy.metrics().await;
-        if cond(&text) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metrics never showed {what}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn send(
     addr: std::net::SocketAddr,
     method: &str,
@@ -1923,7 +1907,7 @@ async fn metrics_count_outcomes_rejections_and_open_streams() {
     .await;
     assert_eq!(preflight.status, 204);
 
-    let text = metrics_when(&proxy, "six requests", |t| {
+    let text = wait_metrics(&proxy, "six requests", |t| {
         metric(t, "streamguard_requests_total", &[]) == Some(6.0)
     })
     .await;
@@ -1955,12 +1939,12 @@ async fn metrics_count_outcomes_rejections_and_open_streams() {
         SseClient::connect(proxy.addr, "/sse?events=1", &[("Authorization", &reader)]).await;
     assert_eq!(sse.status, 200);
     sse.read_event(IO_TIMEOUT).await.expect("event 1");
-    metrics_when(&proxy, "one open sse stream", |t| {
+    wait_metrics(&proxy, "one open sse stream", |t| {
         metric(t, "streamguard_streams_active", &[("kind", "sse")]) == Some(1.0)
     })
     .await;
     drop(sse);
-    let text = metrics_when(&proxy, "the sse stream closed", |t| {
+    let text = wait_metrics(&proxy, "the sse stream closed", |t| {
         metric(t, "streamguard_streams_active", &[("kind", "sse")]) == Some(0.0)
             && metric(t, "streamguard_requests_total", &[("outcome", "streamed")]) == Some(1.0)
     })

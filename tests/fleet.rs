@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::redis::RedisServer;
 use common::streams::*;
 use common::tls::SignedCertificate;
-use common::{Proxy, ProxyConfig, Upstream};
+use common::{assert_metric, metric_now, Proxy, ProxyConfig, Upstream};
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -31,28 +31,6 @@ fn sse_headers(auth: &str) -> Vec<(&str, &str)> {
     vec![("accept", "text/event-stream"), ("authorization", auth)]
 }
 
-async fn metric_of(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metric(&proxy.metrics().await, name, labels).unwrap_or(0.0)
-}
-
-/// Polls a metric until `check` holds (at most `timeout`); its last value.
-async fn metric_until(
-    proxy: &Proxy,
-    name: &str,
-    labels: &[(&str, &str)],
-    timeout: Duration,
-    check: impl Fn(f64) -> bool,
-) -> f64 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let value = metric_of(proxy, name, labels).await;
-        if check(value) || Instant::now() >= deadline {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Reads units until one satisfies `want`; panics with what came instead.
 async fn expect_unit(stream: &mut H2Stream, what: &str, want: impl Fn(&str) -> bool) -> String {
     let mut seen = Vec::new();
@@ -105,11 +83,11 @@ async fn twenty_streams_share_one_connection_and_a_reset_ends_only_its_own() {
         expect_unit(stream, &format!("a heartbeat on stream {i}"), is_heartbeat).await;
     }
     assert_eq!(
-        metric_of(&proxy, "streamguard_http2_connections_total", &[]).await,
+        metric_now(&proxy, "streamguard_http2_connections_total", &[]).await,
         1.0
     );
     assert_eq!(
-        metric_of(&proxy, "streamguard_streams_active", &[("kind", "sse")]).await,
+        metric_now(&proxy, "streamguard_streams_active", &[("kind", "sse")]).await,
         20.0
     );
     assert_eq!(upstream.stats.open_streams(), 20);
@@ -138,11 +116,11 @@ async fn twenty_streams_share_one_connection_and_a_reset_ends_only_its_own() {
         reset_at.elapsed()
     );
     assert_eq!(
-        metric_of(&proxy, "streamguard_http2_client_resets_total", &[]).await,
+        metric_now(&proxy, "streamguard_http2_client_resets_total", &[]).await,
         1.0
     );
     assert_eq!(
-        metric_of(
+        metric_now(
             &proxy,
             "streamguard_stream_closes_total",
             &[("kind", "sse"), ("reason", "client_gone")]
@@ -194,7 +172,7 @@ async fn expiry_ends_only_its_stream_with_the_expired_event_and_end_stream() {
     )
     .await;
     assert_eq!(
-        metric_of(
+        metric_now(
             &proxy,
             "streamguard_stream_closes_total",
             &[("kind", "sse"), ("reason", "expired")]
@@ -245,7 +223,7 @@ async fn evict_oldest_counts_http1_and_http2_streams_of_a_user_together() {
     })
     .await;
     assert_eq!(
-        metric_of(&proxy, "streamguard_evictions_total", &[]).await,
+        metric_now(&proxy, "streamguard_evictions_total", &[]).await,
         2.0
     );
 }
@@ -287,7 +265,7 @@ async fn a_drain_sends_goaway_and_ends_streams_at_event_boundaries() {
         }
     }
     assert_eq!(
-        metric_of(
+        metric_now(
             &proxy,
             "streamguard_http2_goaways_total",
             &[("reason", "drain")]
@@ -380,7 +358,7 @@ async fn a_client_that_stops_reading_one_stream_loses_it_and_its_siblings_carry_
         if let Ok(Some(unit)) = sibling.next_unit(Duration::from_millis(300)).await {
             sibling_events += usize::from(event_field(&unit, "id").is_some());
         }
-        let closed = metric_of(
+        let closed = metric_now(
             &proxy,
             "streamguard_stream_closes_total",
             &[("kind", "sse"), ("reason", "slow_client")],
@@ -391,7 +369,7 @@ async fn a_client_that_stops_reading_one_stream_loses_it_and_its_siblings_carry_
         }
     }
     assert_eq!(
-        metric_of(
+        metric_now(
             &proxy,
             "streamguard_stream_closes_total",
             &[("kind", "sse"), ("reason", "slow_client")]
@@ -447,16 +425,6 @@ async fn a_client_that_stops_reading_one_stream_loses_it_and_its_siblings_carry_
         event_field(u, "id").is_some()
     })
     .await;
-}
-
-/// The proxy's resident memory, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// One HTTP/2 frame on the wire.
@@ -621,7 +589,7 @@ async fn curl_gets_h2_over_tls_and_websocket_keeps_http1_on_the_same_port() {
     .expect("curl");
     assert!(out.starts_with("HTTP/1.1 101"), "{out}");
     assert_eq!(
-        metric_of(&proxy, "streamguard_http2_connections_total", &[]).await,
+        metric_now(&proxy, "streamguard_http2_connections_total", &[]).await,
         1.0
     );
 }
@@ -680,7 +648,7 @@ async fn ten_event_sources(http2: bool, wait: Duration) -> ((Vec<u64>, f64), Pro
         .as_array()
         .map(|a| a.iter().map(|n| n.as_u64().unwrap_or(0)).collect())
         .unwrap_or_default();
-    let open = metric_of(&proxy, "streamguard_streams_active", &[("kind", "sse")]).await;
+    let open = metric_now(&proxy, "streamguard_streams_active", &[("kind", "sse")]).await;
     browser.close(page).await;
     ((counts, open), proxy, upstream)
 }
@@ -694,11 +662,11 @@ async fn chromium_opens_ten_event_sources_on_one_origin_over_h2_with_the_session
     );
     assert_eq!(open, 10.0);
     assert!(
-        metric_of(&proxy, "streamguard_http2_streams_total", &[]).await >= 11.0,
+        metric_now(&proxy, "streamguard_http2_streams_total", &[]).await >= 11.0,
         "the page, the session and ten streams went over h2"
     );
     assert_eq!(
-        metric_of(&proxy, "streamguard_http2_connections_total", &[]).await,
+        metric_now(&proxy, "streamguard_http2_connections_total", &[]).await,
         1.0,
         "one connection carries them all"
     );
@@ -725,7 +693,7 @@ async fn over_http1_the_same_page_gets_only_six_event_sources() {
     assert_eq!(served, 6, "{counts:?}");
     assert_eq!(open, 6.0);
     assert_eq!(
-        metric_of(&proxy, "streamguard_http2_connections_total", &[]).await,
+        metric_now(&proxy, "streamguard_http2_connections_total", &[]).await,
         0.0
     );
 }
@@ -789,7 +757,7 @@ async fn streams_per_connection_are_capped_and_only_a_connection_without_any_goe
     )
     .await;
     assert_eq!(
-        metric_of(
+        metric_now(
             &proxy,
             "streamguard_http2_goaways_total",
             &[("reason", "idle")]
@@ -825,7 +793,7 @@ async fn a_connection_that_keeps_sending_malformed_requests_is_ended() {
         "the connection was not ended"
     );
     assert_eq!(
-        metric_of(
+        metric_now(
             &proxy,
             "streamguard_http2_goaways_total",
             &[("reason", "malformed")]

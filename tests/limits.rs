@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::http::{connect, read_response_head, read_some, request_head};
 use common::streams::*;
-use common::{event_field, metric, HttpConn, Proxy, ProxyConfig, Upstream};
+use common::{
+    assert_metric, event_field, metric, wait_metric_within, HttpConn, Proxy, ProxyConfig, Upstream,
+};
 use futures_util::future::join_all;
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
@@ -815,22 +817,24 @@ async fn churn_of_five_thousand_streams_leaves_no_slot_behind() {
     // The limiter's gauge (refreshed by its sweep, every 5 s) shows exactly the users holding
     // streams.
     let keys = users.len() as f64;
-    poll_metric(
+    wait_metric_within(
         &proxy,
         "streamguard_limiter_keys",
-        keys,
+        &[],
         Duration::from_secs(12),
+        |v| v == keys,
     )
     .await;
     drop(held);
     wait_active(&proxy, 0.0, Duration::from_secs(10)).await;
 
     // The limiter forgets users without streams at its next sweep.
-    poll_metric(
+    wait_metric_within(
         &proxy,
         "streamguard_limiter_keys",
-        0.0,
+        &[],
         Duration::from_secs(12),
+        |v| v == 0.0,
     )
     .await;
 }

@@ -13,8 +13,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    event_data, event_field, metric, wait_until, Proxy, ProxyConfig, SseClient, Upstream,
-    IO_TIMEOUT,
+    event_data, event_field, metric, rss_kib, wait_metrics_within, wait_until, Proxy, ProxyConfig,
+    SseClient, Upstream, IO_TIMEOUT,
 };
 
 /// The broadcast's pace and event size: megabytes a second to every connection. Between the
@@ -83,31 +83,6 @@ fn slow_closes(text: &str) -> f64 {
         &[("kind", "sse"), ("reason", "slow_client")],
     )
     .unwrap_or(0.0)
-}
-
-/// Polls `/metrics` until `check` holds; panics with the last scrape after `timeout`.
-async fn wait_metrics(
-    proxy: &Proxy,
-    timeout: Duration,
-    what: &str,
-    check: impl Fn(&str) -> bool,
-) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = proxy.metrics().await;
-        if check(&text) {
-            return text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metrics never showed {what}; last scrape:\n{}",
-            text.lines()
-                .filter(|l| l.starts_with("streamguard_") && !l.ends_with(" 0"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// One broadcast event as the client got it: its `id`, checked whole (the data carries the same
@@ -305,7 +280,7 @@ async fn a_stalled_client_never_holds_back_the_app_and_skip_tells_it_what_it_mis
     );
     assert_app_never_held_back(&up);
     // Caught up: nothing is held for it any more.
-    wait_metrics(&proxy, Duration::from_secs(5), "no slow client", |t| {
+    wait_metrics_within(&proxy, Duration::from_secs(5), "no slow client", |t| {
         gauge(t, "streamguard_slow_clients") == 0.0
             && gauge(t, "streamguard_slow_buffer_bytes") == 0.0
     })
@@ -338,7 +313,7 @@ async fn a_stalled_client_is_closed_with_the_retry_hint_and_the_app_is_never_hel
     // the filling of the kernel's buffers) can take longer than the flow check above. Rarely,
     // the kernel's send buffer has grown enough to take those last bytes at once: the stream
     // has then ended already, and there is no wait to look at.
-    let text = wait_metrics(
+    let text = wait_metrics_within(
         &proxy,
         Duration::from_secs(10),
         "the stalled stream's last bytes, or its end",
@@ -383,7 +358,7 @@ async fn a_stalled_client_is_closed_with_the_retry_hint_and_the_app_is_never_hel
         whole > 10 && skipped == 0,
         "{whole} events, {skipped} skipped"
     );
-    let text = wait_metrics(&proxy, Duration::from_secs(5), "a slow_client close", |t| {
+    let text = wait_metrics_within(&proxy, Duration::from_secs(5), "a slow_client close", |t| {
         slow_closes(t) == 1.0
     })
     .await;
@@ -467,7 +442,7 @@ async fn a_full_budget_closes_stalled_streams_that_are_within_their_own_buffer()
         assert!(body.is_empty(), "stalled {i}: a half block at the end");
         assert_eq!(blocks.last().map(String::as_str), Some("retry: 1500"));
     }
-    let text = wait_metrics(&proxy, Duration::from_secs(5), "an empty budget", |t| {
+    let text = wait_metrics_within(&proxy, Duration::from_secs(5), "an empty budget", |t| {
         gauge(t, "streamguard_slow_buffer_bytes") == 0.0
     })
     .await;
@@ -486,7 +461,7 @@ async fn a_client_that_reads_nothing_is_dropped_after_write_timeout_even_when_sk
     let _stalled = stalled_client(&proxy, "stalled").await;
     let flowing = tokio::spawn(read_flow(fast, Duration::from_secs(5), EVENT_SIZE));
     let started = Instant::now();
-    let text = wait_metrics(
+    let text = wait_metrics_within(
         &proxy,
         Duration::from_secs(10),
         "a slow_client close",
@@ -511,17 +486,6 @@ async fn a_client_that_reads_nothing_is_dropped_after_write_timeout_even_when_sk
         flow.longest_quiet < Duration::from_secs(1),
         "the other client's events did not keep flowing: {flow:?}"
     );
-}
-
-/// The proxy process's resident set size, from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -577,7 +541,7 @@ async fn two_thousand_stalled_clients_stay_within_the_budget_and_fast_clients_fl
     let connected = rss_kib(proxy.pid());
 
     // Every stalled client falls behind; the budget runs out at once and they skip.
-    let text = wait_metrics(&proxy, Duration::from_secs(20), "2,000 slow clients", |t| {
+    let text = wait_metrics_within(&proxy, Duration::from_secs(20), "2,000 slow clients", |t| {
         gauge(t, "streamguard_slow_clients") >= (STALLED - 10) as f64
     })
     .await;
@@ -664,7 +628,7 @@ async fn a_client_that_trickles_cannot_keep_a_closed_stream_and_its_upstream_ope
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
-    let closed = wait_metrics(
+    let closed = wait_metrics_within(
         &proxy,
         Duration::from_secs(12),
         "a slow_client close (the trickling client keeps its ended stream open)",

@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{
-    event_data, event_field, get, metric, mint_token, request_head, split_event, wait_until, Proxy,
-    ProxyConfig, SseClient, Upstream, IO_TIMEOUT, TEST_SECRET,
+    event_data, event_field, get, metric, mint_token, request_head, rss_kib, split_event,
+    wait_metrics, wait_until, Proxy, ProxyConfig, SseClient, Upstream, IO_TIMEOUT, TEST_SECRET,
 };
 use futures_util::StreamExt;
 
@@ -107,44 +107,9 @@ fn sse_closes(text: &str, reason: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-/// Polls `/metrics` until `check` holds (5 s at most) and returns that scrape. Stream-close
-/// metrics are recorded after the relay lets go of both sockets, so a client can see the end
-/// of its stream a moment before the counter moves.
-async fn wait_metrics(proxy: &Proxy, what: &str, check: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let text = proxy.metrics().await;
-        if check(&text) {
-            return text;
-        }
-        if Instant::now() >= deadline {
-            let ours: Vec<&str> = text
-                .lines()
-                .filter(|l| l.starts_with("streamguard_") && !l.ends_with(" 0"))
-                .collect();
-            panic!(
-                "metrics never showed {what}; last scrape:\n{}",
-                ours.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// `retry: N` → N.
 fn retry_ms(block: &str) -> Option<u64> {
     block.strip_prefix("retry: ")?.parse().ok()
-}
-
-/// The proxy process's resident set size, from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("reading /proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
 }
 
 fn unix_now() -> f64 {

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use common::node::{NodeApp, NodeStats};
 use common::{
-    http, http_request, metric, mint_token, request_head, wait_until, ws_connect, Proxy,
-    ProxyConfig, Upstream, WsClient, IO_TIMEOUT,
+    http, http_request, metric, metric_now, mint_token, request_head, wait_metric,
+    wait_metric_within, wait_until, ws_connect, Proxy, ProxyConfig, Upstream, WsClient, IO_TIMEOUT,
 };
 use futures_util::{SinkExt, StreamExt};
 use streamguard::relay::websocket::frame::{encode_frame, Direction, FrameDecoder, Item, OpCode};
@@ -310,43 +310,6 @@ impl RawWs {
             Err(End::Eof) | Err(End::Io(_)) => {}
             other => panic!("expected the connection to end, got {other:?}"),
         }
-    }
-}
-
-/// The current value of a metric (0 when absent).
-async fn metric_now(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metric(&proxy.metrics().await, name, labels).unwrap_or(0.0)
-}
-
-/// Polls `/metrics` for up to 5 s until `name{labels}` satisfies `want`.
-async fn wait_metric(
-    proxy: &Proxy,
-    name: &str,
-    labels: &[(&str, &str)],
-    want: impl Fn(f64) -> bool,
-) -> f64 {
-    wait_metric_within(proxy, Duration::from_secs(5), name, labels, want).await
-}
-
-/// Polls `/metrics` until `name{labels}` satisfies `want`; panics with the last value otherwise.
-async fn wait_metric_within(
-    proxy: &Proxy,
-    timeout: Duration,
-    name: &str,
-    labels: &[(&str, &str)],
-    want: impl Fn(f64) -> bool,
-) -> f64 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let value = metric_now(proxy, name, labels).await;
-        if want(value) {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{labels:?} stayed at {value}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -746,9 +709,9 @@ async fn client_that_stops_reading_is_dropped_as_dead() {
     let opened = Instant::now();
     wait_metric_within(
         &proxy,
-        Duration::from_secs(15),
         "streamguard_stream_closes_total",
         &[("kind", "websocket"), ("reason", "dead_peer")],
+        Duration::from_secs(15),
         |v| v == 1.0,
     )
     .await;

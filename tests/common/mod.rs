@@ -11,6 +11,7 @@ pub mod apps;
 pub mod chromium;
 pub mod h2;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod proxy;
 pub mod redis;
@@ -30,6 +31,10 @@ use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::WebSocketStream;
 
 pub use http::{get, http_request, request_head, try_http_request, HttpConn, Response, IO_TIMEOUT};
+pub use metrics::{
+    assert_metric, metric_now, metric_until, rss_kib, wait_metric, wait_metric_within,
+    wait_metrics, wait_metrics_within,
+};
 pub use proxy::{metric, Proxy, ProxyConfig};
 pub use sse::{event_data, event_field, split_event, Chunk, SseClient};
 pub use tls::Certificate;

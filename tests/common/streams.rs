@@ -9,7 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use super::{
-    event_data, event_field, metric, mint_token, ws_connect, Proxy, SseClient, WsClient, IO_TIMEOUT,
+    event_data, event_field, metric, metrics::assert_metric, mint_token, ws_connect, Proxy,
+    SseClient, WsClient, IO_TIMEOUT,
 };
 
 /// An SSE stream that sends one event and then stays open (the upstream watches its socket).
@@ -283,43 +284,6 @@ pub async fn ws_until_close(ws: &mut WsClient, timeout: Duration) -> Result<(u16
             Ok(Some(Ok(Message::Close(None)))) => return Err("close frame without a code".into()),
             Ok(Some(Ok(_))) => {}
         }
-    }
-}
-
-pub async fn metric_now(proxy: &Proxy, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metric(&proxy.metrics().await, name, labels).unwrap_or(0.0)
-}
-
-/// Polls until `name{labels}` equals `want`, then asserts it. Counters are bumped in the logging
-/// phase, a moment after the client got its answer, hence the poll.
-pub async fn assert_metric(proxy: &Proxy, name: &str, labels: &[(&str, &str)], want: f64) {
-    let deadline = Instant::now() + SOON;
-    loop {
-        let got = metric_now(proxy, name, labels).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name}{labels:?} = {got}, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls a gauge that changes on the proxy's own schedule until it reads `want`.
-pub async fn poll_metric(proxy: &Proxy, name: &str, want: f64, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let got = metric_now(proxy, name, &[]).await;
-        if got == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} stuck at {got}, expected {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
