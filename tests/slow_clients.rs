@@ -374,9 +374,8 @@ async fn a_stalled_client_is_closed_with_the_retry_hint_and_the_app_is_never_hel
 /// below its own `client_buffer`, share a `slow_buffer_total` smaller than one buffer; both are
 /// closed with the retry hint once it is full, and the proxy never holds much more than it.
 ///
-/// How soon they close depends on how much the kernel takes first (tens of milliseconds on a
-/// quiet machine), so the gauge is sampled until it is full rather than read once later:
-/// it can already be back at zero by then.
+/// The gauge is sampled while they fill it rather than read once later: streams whose last
+/// bytes the kernel took at once have ended by then, and it is back at zero.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_budget_closes_stalled_streams_that_are_within_their_own_buffer() {
     const BUDGET: usize = 96 * 1024;
@@ -392,22 +391,19 @@ async fn a_full_budget_closes_stalled_streams_that_are_within_their_own_buffer()
         stalled_client(&proxy, "stalled-1").await,
         stalled_client(&proxy, "stalled-2").await,
     ];
-    // Full once a stream is refused a unit: then it closes, and the other at its next unit.
-    let full = (BUDGET - 2 * (EVENT_SIZE + 64)) as f64;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // At 8 MB/s the kernel's buffers and the budget fill within tens of milliseconds; a stream
+    // that is refused a unit then closes, and ends once the kernel takes its last bytes
+    // (at once, or only when the client reads). Which, and when, is the kernel's choice, and
+    // nothing outside shows a stream that is closing but not over: the gauge is watched for a
+    // while, the close itself is checked by what each client gets.
+    let watch_until = Instant::now() + Duration::from_secs(3);
     let mut peak = 0.0_f64;
-    loop {
+    while Instant::now() < watch_until {
         let text = proxy.metrics().await;
-        let buffered = gauge(&text, "streamguard_slow_buffer_bytes");
-        peak = peak.max(buffered);
-        if buffered >= full || slow_closes(&text) == 2.0 {
+        peak = peak.max(gauge(&text, "streamguard_slow_buffer_bytes"));
+        if slow_closes(&text) == 2.0 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the budget never filled: {buffered} bytes, {} streams closed",
-            slow_closes(&text)
-        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Bytes already in memory are held whether or not there is room (the rest of a write the
@@ -442,11 +438,14 @@ async fn a_full_budget_closes_stalled_streams_that_are_within_their_own_buffer()
         assert!(body.is_empty(), "stalled {i}: a half block at the end");
         assert_eq!(blocks.last().map(String::as_str), Some("retry: 1500"));
     }
-    let text = wait_metrics_within(&proxy, Duration::from_secs(5), "an empty budget", |t| {
-        gauge(t, "streamguard_slow_buffer_bytes") == 0.0
-    })
+    // The budget is given back as each relay ends, the close counted a moment later.
+    wait_metrics_within(
+        &proxy,
+        Duration::from_secs(5),
+        "two slow_client closes and an empty budget",
+        |t| slow_closes(t) == 2.0 && gauge(t, "streamguard_slow_buffer_bytes") == 0.0,
+    )
     .await;
-    assert_eq!(slow_closes(&text), 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
