@@ -345,10 +345,8 @@ async fn reloads_under_load_drop_nothing_and_apply_within_a_second() {
         "requests both configurations allow were refused: {refused:?}"
     );
 
-    assert_eq!(
-        metric(&proxy.metrics().await, "streamguard_streams_active", &[]),
-        Some((SSE + WS) as f64)
-    );
+    // The prober's last stream has just ended at the client; the gauge follows a moment later.
+    assert_metric(&proxy, "streamguard_streams_active", &[], (SSE + WS) as f64).await;
     // Every stream is still open and still served: a heartbeat on each SSE stream, an echo on
     // each WebSocket.
     let alive: Vec<_> = sse
@@ -771,6 +769,15 @@ async fn watch_config_reloads_changed_files_and_refuses_a_broken_one_once() {
     );
 
     proxy.rewrite_config_text("[upstream\n");
+    assert!(
+        settles(Duration::from_secs(5), || async {
+            reloads(&proxy, "error").await >= 1.0
+        })
+        .await
+        .is_some(),
+        "the broken file was never refused"
+    );
+    // Ten more polls of the unchanged file.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         reloads(&proxy, "error").await,

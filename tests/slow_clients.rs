@@ -13,8 +13,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    event_data, event_field, metric, rss_kib, wait_metrics_within, wait_until, Proxy, ProxyConfig,
-    SseClient, Upstream, IO_TIMEOUT,
+    event_data, event_field, metric, rss_kib, wait_metrics, wait_metrics_within, wait_until, Proxy,
+    ProxyConfig, SseClient, Upstream, IO_TIMEOUT,
 };
 
 /// The broadcast's pace and event size: megabytes a second to every connection. Between the
@@ -225,19 +225,23 @@ async fn a_stalled_client_never_holds_back_the_app_and_skip_tells_it_what_it_mis
         flow.events > 100 && flow.longest_quiet < Duration::from_secs(1),
         "the other client's events did not keep flowing: {flow:?}"
     );
-    let text = proxy.metrics().await;
-    assert!(skipped_metric(&text) > 0.0, "events were skipped");
-    assert_eq!(gauge(&text, "streamguard_slow_clients"), 1.0);
+    // Polled: should the kernel's send buffer grow and take the whole queue, the client counts
+    // as caught up until the socket is full again.
+    wait_metrics(&proxy, "events skipped for a client that is behind", |t| {
+        skipped_metric(t) > 0.0
+            && gauge(t, "streamguard_slow_clients") == 1.0
+            && gauge(t, "streamguard_slow_buffer_bytes") > 0.0
+    })
+    .await;
     // While it skips, its buffer stays within its bound (and drains only as the client takes
     // bytes: nothing new is queued before it has caught up).
     for _ in 0..5 {
         let text = proxy.metrics().await;
         let buffered = gauge(&text, "streamguard_slow_buffer_bytes");
         assert!(
-            buffered > 0.0 && buffered <= 65_536.0,
+            buffered <= 65_536.0,
             "buffered {buffered} bytes for a 64 KiB client_buffer"
         );
-        assert_eq!(gauge(&text, "streamguard_slow_clients"), 1.0);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

@@ -338,7 +338,12 @@ async fn a_half_sent_event_is_discarded_when_the_upstream_goes_stale() {
         !String::from_utf8_lossy(&body).contains("id: 3"),
         "the half event leaked: {blocks:?}"
     );
-    let text = wait_metrics(&proxy, "a stale close", |t| sse_closes(t, "stale") == 1.0).await;
+    // The stream leaves the active gauge last, after its close is counted.
+    let text = wait_metrics(&proxy, "a stale close", |t| {
+        sse_closes(t, "stale") == 1.0
+            && metric(t, "streamguard_streams_active", &[("kind", "sse")]) == Some(0.0)
+    })
+    .await;
     assert_eq!(
         metric(&text, "streamguard_sse_events_total", &[]),
         Some(2.0)
@@ -377,7 +382,12 @@ async fn a_stale_upstream_ends_the_stream_cleanly_and_releases_the_upstream() {
         "the proxy must close the upstream connection of a stale stream"
     );
 
-    let text = wait_metrics(&proxy, "a stale close", |t| sse_closes(t, "stale") == 1.0).await;
+    // The stream leaves the active gauge last, after its close is counted.
+    let text = wait_metrics(&proxy, "a stale close", |t| {
+        sse_closes(t, "stale") == 1.0
+            && metric(t, "streamguard_streams_active", &[("kind", "sse")]) == Some(0.0)
+    })
+    .await;
     assert_eq!(
         metric(&text, "streamguard_sse_events_total", &[]),
         Some(1.0)
