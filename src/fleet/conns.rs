@@ -11,8 +11,8 @@
 //! A runtime's own connection is opened in the background the first time the runtime asks,
 //! and until it is up the runtime uses the home connection, so a runtime's first stream setups
 //! do not wait for its connect (a TLS handshake, `AUTH`) inside the store's `timeout`. (The home
-//! connection itself connects lazily at start, and a stream setup in those first moments may.) A failed open is tried again
-//! on a later request, at most every [`RECONNECT_WITHIN`].
+//! connection itself connects lazily at start, and a stream setup in those first moments may.)
+//! A failed open is tried again on a later request, at most every [`RECONNECT_WITHIN`].
 
 use std::collections::HashMap;
 use std::future::Future;
