@@ -59,7 +59,16 @@ impl LifecycleControl {
             Some(_) => {}
         });
         if first {
-            self.streams.send_modify(|l| l.phase = Phase::Draining);
+            // Only from `Serving`: the supervisor watches `requested` and, with no
+            // `drain_delay`, may have published the plan already; a plain assignment here
+            // would take it back, and no stream would end until `drain_timeout`.
+            self.streams.send_if_modified(|l| {
+                let serving = matches!(l.phase, Phase::Serving);
+                if serving {
+                    l.phase = Phase::Draining;
+                }
+                serving
+            });
         }
         first
     }
@@ -113,6 +122,20 @@ impl LifecycleControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::Interrupt;
+    use tokio::time::Instant;
+
+    /// The supervisor can publish the plan between the two steps of `request_drain` (it wakes
+    /// as soon as the drain is asked for): the late "draining" must not undo it.
+    #[tokio::test]
+    async fn a_plan_published_before_the_draining_phase_still_ends_streams() {
+        let control = LifecycleControl::new(TrustedKeys::default(), Duration::ZERO);
+        let mut stream = control.watch(None);
+        control.end_streams(DrainPlan::new(Instant::now(), Duration::ZERO, 1));
+        control.request_drain(DrainTrigger::Signal);
+        let ended = tokio::time::timeout(Duration::from_secs(5), stream.ended()).await;
+        assert_eq!(ended.ok(), Some(Interrupt::Shutdown));
+    }
 
     #[tokio::test]
     async fn a_drain_is_asked_for_once_and_a_signal_outranks_the_admin() {
