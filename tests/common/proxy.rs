@@ -211,6 +211,17 @@ impl Proxy {
                     if self.logs().contains("in use") {
                         return Err("a listen port is in use by another process".to_string());
                     }
+                    // That connection counts (and holds a per-address slot) until the proxy
+                    // has seen it end: a test starts once it has.
+                    while super::metrics::metric_now(self, "streamguard_connections_active", &[])
+                        .await
+                        > 0.0
+                    {
+                        if Instant::now() >= deadline {
+                            return Err("the readiness probe's connection never ended".into());
+                        }
+                        tokio::time::sleep(POLL).await;
+                    }
                     return Ok(());
                 }
             }
