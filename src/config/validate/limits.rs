@@ -182,21 +182,21 @@ pub(super) fn store(cx: &mut Cx<'_>, raw: Option<&Spanned<RawStore>>) -> StoreCo
     );
     let ca_file = cx.text("limits.store.ca_file", r.ca_file.as_ref(), |p| {
         let pem = read_file(base_dir, p)?;
-        ca_certificates(&pem)
-            .map_err(|why| format!("{}: {why}", resolve_path(base_dir, p).display()))?;
-        Ok::<_, String>((resolve_path(base_dir, p), pem))
+        let path = resolve_path(base_dir, p);
+        ca_certificates(&pem).map_err(|why| format!("{}: {why}", path.display()))?;
+        Ok::<_, String>((path, pem))
     });
     if let (Some(_), Some(url)) = (&ca_file, url.as_deref()) {
-        let tls = url
-            .get(.."rediss://".len())
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("rediss://"));
-        // The client's `#insecure` turns certificate checks off, and the CA with them.
-        let why = if !tls {
-            Some("only used with TLS; write the url as rediss://... or remove the key")
-        } else if url.ends_with("#insecure") {
-            Some("the url's #insecure skips certificate checks, so the CA would be ignored; drop one of them")
-        } else {
-            None
+        // Asked of the client's own parser (which also takes valkeys://), not of the text.
+        use redis::{ConnectionAddr, IntoConnectionInfo};
+        let info = url.into_connection_info();
+        let why = match info.as_ref().map(|info| info.addr()) {
+            Ok(ConnectionAddr::TcpTls { insecure: false, .. }) => None,
+            // The client's `#insecure` turns certificate checks off, and the CA with them.
+            Ok(ConnectionAddr::TcpTls { insecure: true, .. }) => Some(
+                "the url's #insecure skips certificate checks, so the CA would be ignored; drop one of them",
+            ),
+            _ => Some("only used with TLS; write the url as rediss://... or remove the key"),
         };
         if let Some(why) = why {
             let line = r.ca_file.as_ref().map(|f| cx.line(f));

@@ -618,6 +618,11 @@ fn the_limit_store_defaults_to_memory_and_takes_redis_keys() {
     };
     assert_eq!(redis.ca.as_deref(), Some(CA_PEM.as_bytes()));
     assert_eq!(redis.ca_file, Some(fixtures().join("ca.pem")));
+    // The client takes valkeys:// for TLS too.
+    valid(&with_base(
+        "[limits.store]\nkind = \"redis\"\nurl = \"valkeys://redis.internal:6380/0\"\n\
+         ca_file = \"ca.pem\"",
+    ));
 }
 
 #[test]
