@@ -97,10 +97,15 @@ impl Connections {
 
     /// Drops the calling runtime's own connection after a call on it timed out: a connection
     /// that a middlebox dropped without a reset never errors, it only goes silent, and the
-    /// manager would keep it. Home serves the runtime until a fresh one is open.
+    /// manager would keep it. Home serves the runtime until a fresh one is open. A runtime
+    /// whose own is still being opened (the call went on home) keeps that open going rather
+    /// than start a second one.
     pub(super) fn forget_this_runtime(&self) {
         if let Ok(runtime) = Handle::try_current() {
-            lock(&self.per_runtime).remove(&runtime.id());
+            let mut per_runtime = lock(&self.per_runtime);
+            if matches!(per_runtime.get(&runtime.id()), Some(Local::Ready(_))) {
+                per_runtime.remove(&runtime.id());
+            }
         }
     }
 
