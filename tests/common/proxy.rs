@@ -213,10 +213,8 @@ impl Proxy {
                     }
                     // That connection counts (and holds a per-address slot) until the proxy
                     // has seen it end: a test starts once it has.
-                    while super::metrics::metric_now(self, "streamguard_connections_active", &[])
-                        .await
-                        > 0.0
-                    {
+                    let active = "streamguard_connections_active";
+                    while metric(&self.metrics().await, active, &[]).unwrap_or(0.0) > 0.0 {
                         if Instant::now() >= deadline {
                             return Err("the readiness probe's connection never ended".into());
                         }
